@@ -1,0 +1,200 @@
+//! The `cohort` command line (SPEC 9.1).
+//!
+//! Exit codes: 0 after a clean run or a graceful stop; 2 for a bad flag, config key or value (the
+//! message names it); 1 for a failure of the outside world (a port already taken, a child that died).
+//! Every `cohort node` flag can also come from a `COHORT_*` environment variable; flags win over
+//! the environment, which wins over the config file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, LogFormat, Overrides};
+use crate::{Node, telemetry};
+
+/// Exit code for usage and configuration errors (clap uses it too).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code for runtime failures.
+pub const EXIT_FAILURE: u8 = 1;
+
+#[derive(Parser, Debug)]
+#[command(name = "cohort", version, about = "Cohort: a distributed actor runtime node")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run one cluster node.
+    Node(NodeArgs),
+    /// Start a local cluster of N nodes on 127.0.0.1 with generated secrets (the embedded default).
+    Up(crate::up::UpArgs),
+}
+
+/// Flags of `cohort node`.
+#[derive(Args, Debug, Default)]
+pub struct NodeArgs {
+    /// TOML config file (see docs/operations.md).
+    #[arg(long, env = "COHORT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Node name, unique in the cluster.
+    #[arg(long, env = "COHORT_NAME", value_name = "N")]
+    pub name: Option<String>,
+    /// HTTP listen address (port 0 picks a free port).
+    #[arg(long, env = "COHORT_HTTP", value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+    /// Gossip (UDP) listen address.
+    #[arg(long, env = "COHORT_GOSSIP", value_name = "ADDR")]
+    pub gossip: Option<SocketAddr>,
+    /// Internode (TCP) listen address.
+    #[arg(long, env = "COHORT_INTERNODE", value_name = "ADDR")]
+    pub internode: Option<SocketAddr>,
+    /// Comma-separated gossip addresses of nodes to join through.
+    #[arg(long, env = "COHORT_SEEDS", value_name = "A,B", value_delimiter = ',')]
+    pub seeds: Option<Vec<String>>,
+    /// Directory for durable state.
+    #[arg(long, env = "COHORT_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// File holding the cluster secret.
+    #[arg(long, env = "COHORT_CLUSTER_SECRET_FILE", value_name = "F")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Bearer token for mutating admin endpoints.
+    #[arg(long, env = "COHORT_ADMIN_TOKEN", value_name = "T", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Enable chaos mode (fault injection, probe workload).
+    #[arg(long, env = "COHORT_CHAOS")]
+    pub chaos: bool,
+    /// Log format.
+    #[arg(long, env = "COHORT_LOG_FORMAT", value_enum, value_name = "pretty|json")]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, RUST_LOG syntax.
+    #[arg(long, env = "RUST_LOG", value_name = "FILTER")]
+    pub log_filter: Option<String>,
+    /// Base URL of an OTLP/HTTP collector.
+    #[arg(long, env = "COHORT_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+}
+
+impl NodeArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            name: self.name.clone(),
+            http: self.http,
+            gossip: self.gossip,
+            internode: self.internode,
+            seeds: self.seeds.clone(),
+            data_dir: self.data_dir.clone(),
+            cluster_secret_file: self.cluster_secret_file.clone(),
+            admin_token: self.admin_token.clone(),
+            chaos: self.chaos,
+            log_format: self.log_format,
+            log_filter: self.log_filter.clone(),
+            otlp_endpoint: self.otlp_endpoint.clone(),
+        }
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help/version to stdout with exit 0, usage errors to stderr with exit 2.
+            let _ = e.print();
+            return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
+        }
+    };
+    match cli.command {
+        Command::Node(args) => run_node(args),
+        Command::Up(args) => crate::up::run(args),
+    }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("cohort").build()
+}
+
+fn run_node(args: NodeArgs) -> ExitCode {
+    let config = match Config::load(args.config.as_deref(), args.overrides()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cohort node: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let (log_control, otlp) = match telemetry::init(&config) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("cohort node: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cohort node: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let code = rt.block_on(async {
+        let node = match Node::builder(config).log_control(log_control).start().await {
+            Ok(node) => node,
+            Err(e) => {
+                tracing::error!(error = %e, "node failed to start");
+                eprintln!("cohort node: {e}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        };
+        if let Some(otlp) = &otlp {
+            otlp.export_metrics(node.metrics().registry());
+        }
+        announce(&node);
+        let signal = wait_for_signal().await;
+        tracing::info!(signal, "stop requested");
+        let report = node.shutdown().await;
+        if report.aborted.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILURE) }
+    });
+    // The OTLP flush blocks on HTTP; it runs after the node stopped, outside the runtime.
+    drop(rt);
+    if let Some(otlp) = otlp {
+        otlp.shutdown();
+    }
+    code
+}
+
+/// One machine-readable line on stdout once the node serves: `cohort up` and scripts read the
+/// real ports from it (logs go to stderr).
+fn announce(node: &Node) {
+    use std::io::Write;
+    let a = node.addrs();
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "cohort node listening name={} incarnation={} http=http://{} gossip={} internode={}",
+        node.id().name,
+        node.id().incarnation,
+        a.http,
+        a.gossip,
+        a.internode
+    );
+    let _ = out.flush();
+}
+
+/// Wait for SIGTERM or SIGINT; returns the signal's name.
+pub(crate) async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        },
+        _ => {
+            // Installing handlers only fails when the runtime lacks signal support; Ctrl-C still works.
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
+    }
+}

@@ -1,0 +1,610 @@
+//! Node configuration: the TOML file, `COHORT_*` environment variables and command-line flags.
+//!
+//! Precedence, lowest first: built-in defaults, the config file, environment variables, flags
+//! (environment variables and flags are both handled by the CLI layer, see `cli.rs`, and arrive
+//! here as [`Overrides`]). The file is parsed with unknown keys refused, and every error names the
+//! key it is about, so an operator can fix it without reading the source. `docs/operations.md` is the
+//! reference for every key.
+//!
+//! Invariants: a [`Config`] that [`Config::validate`] accepted can start a node; the only errors left
+//! at start are those of the outside world (a port already taken, a read-only data dir).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Shortest cluster secret accepted, in bytes. HMAC-SHA256 keys shorter than this are guessable
+/// offline from one captured handshake.
+pub const MIN_CLUSTER_SECRET_BYTES: usize = 16;
+/// Largest config file read, so a wrong path (a log file, a device) fails fast instead of filling memory.
+pub const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
+/// Largest cluster secret file read.
+pub const MAX_SECRET_FILE_BYTES: u64 = 4096;
+/// Longest node name: it travels in every gossip identity, so it must stay small.
+pub const MAX_NODE_NAME_LEN: usize = 64;
+/// Most seeds accepted: the join loop cycles through them, a longer list is a mistake.
+pub const MAX_SEEDS: usize = 64;
+/// Shortest admin token accepted.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+/// Default HTTP listen address: loopback only (SPEC 9.2), a port of our own.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:7480";
+/// Default gossip (UDP) listen address.
+pub const DEFAULT_GOSSIP_ADDR: &str = "127.0.0.1:7481";
+/// Default internode (TCP) listen address.
+pub const DEFAULT_INTERNODE_ADDR: &str = "127.0.0.1:7482";
+
+/// The whole configuration of one node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Node name, unique in the cluster. Default: the host name.
+    pub name: String,
+    /// Cluster name: nodes of different clusters refuse each other's handshakes.
+    pub cluster_name: String,
+    /// Directory for durable state (raft log, snapshots). Created at start.
+    pub data_dir: PathBuf,
+    /// Gossip addresses (`host:port`) of nodes to join through.
+    pub seeds: Vec<String>,
+    /// File holding the cluster secret (at least 16 bytes after trimming white space).
+    /// Without one the node generates a secret of its own and can only form a cluster alone.
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Bearer token for mutating admin endpoints; without one they answer 403.
+    pub admin_token: Option<String>,
+    /// HTTP surface.
+    pub http: HttpConfig,
+    /// Gossip (SWIM over UDP).
+    pub gossip: ListenConfig,
+    /// Internode transport (TCP).
+    pub internode: ListenConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Chaos mode: fault injection and the probe workload.
+    pub chaos: ChaosConfig,
+    /// OpenTelemetry export.
+    pub telemetry: TelemetryConfig,
+    /// Shutdown behaviour.
+    pub shutdown: ShutdownConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            name: default_node_name(),
+            cluster_name: "cohort".to_string(),
+            data_dir: PathBuf::from("cohort-data"),
+            seeds: Vec::new(),
+            cluster_secret_file: None,
+            admin_token: None,
+            http: HttpConfig::default(),
+            gossip: ListenConfig { addr: parse_addr(DEFAULT_GOSSIP_ADDR) },
+            internode: ListenConfig { addr: parse_addr(DEFAULT_INTERNODE_ADDR) },
+            log: LogConfig::default(),
+            chaos: ChaosConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            shutdown: ShutdownConfig::default(),
+        }
+    }
+}
+
+/// A listener: the address to bind (`port 0` picks a free port).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// Address to bind.
+    pub addr: SocketAddr,
+}
+
+/// The HTTP surface: address and the limits that protect it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address to bind; loopback by default.
+    pub addr: SocketAddr,
+    /// Requests served at once; more are refused with 503 `QueueSaturated` (counted).
+    pub max_in_flight: usize,
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { addr: parse_addr(DEFAULT_HTTP_ADDR), max_in_flight: 256, max_body_bytes: 1024 * 1024 }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `pretty` or `json`.
+    pub format: LogFormat,
+    /// A `RUST_LOG`-style filter (`info`, `cohort=debug,warn`, ...).
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Pretty, filter: "info".to_string() }
+    }
+}
+
+/// Chaos mode.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChaosConfig {
+    /// Enables `POST/DELETE /admin/faults` and the probe workload. Off in production.
+    pub enabled: bool,
+}
+
+/// OpenTelemetry (OTLP over HTTP/protobuf) export.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Base URL of an OTLP/HTTP collector (`http://127.0.0.1:4318`); `/v1/traces` and `/v1/metrics`
+    /// are appended. Unset: nothing is exported.
+    pub otlp_endpoint: Option<String>,
+    /// How often metrics are pushed and spans flushed, in milliseconds.
+    pub export_interval_ms: u64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self { otlp_endpoint: None, export_interval_ms: 10_000 }
+    }
+}
+
+impl TelemetryConfig {
+    /// The export interval as a duration.
+    pub fn export_interval(&self) -> Duration {
+        Duration::from_millis(self.export_interval_ms)
+    }
+}
+
+/// Graceful shutdown.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// Budget for stopping every subsystem, in milliseconds. Kept under the 5 s that SPEC 9.1 allows
+    /// so that the telemetry flush after it still fits.
+    pub timeout_ms: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self { timeout_ms: 4_000 }
+    }
+}
+
+/// Values from flags or `COHORT_*` variables, applied over the file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--name`
+    pub name: Option<String>,
+    /// `--http`
+    pub http: Option<SocketAddr>,
+    /// `--gossip`
+    pub gossip: Option<SocketAddr>,
+    /// `--internode`
+    pub internode: Option<SocketAddr>,
+    /// `--seeds`
+    pub seeds: Option<Vec<String>>,
+    /// `--data-dir`
+    pub data_dir: Option<PathBuf>,
+    /// `--cluster-secret-file`
+    pub cluster_secret_file: Option<PathBuf>,
+    /// `--admin-token`
+    pub admin_token: Option<String>,
+    /// `--chaos`
+    pub chaos: bool,
+    /// `--log-format`
+    pub log_format: Option<LogFormat>,
+    /// `--log-filter` / `RUST_LOG`
+    pub log_filter: Option<String>,
+    /// `--otlp-endpoint`
+    pub otlp_endpoint: Option<String>,
+}
+
+/// Why a configuration was refused. Every variant names the key (or file) at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {reason}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        reason: String,
+    },
+    /// The config file is not valid TOML for this schema.
+    #[error("config file {path}{}: {message}{}", key.as_ref().map(|k| format!(": key `{k}`")).unwrap_or_default(), line.map(|l| format!(" (line {l})")).unwrap_or_default())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The dotted key the error is about, when it can be told.
+        key: Option<String>,
+        /// 1-based line.
+        line: Option<usize>,
+        /// The parser's message.
+        message: String,
+    },
+    /// A value parsed but is not acceptable.
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid {
+        /// The dotted key (or flag) at fault.
+        key: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(key: &'static str, reason: impl fmt::Display) -> Self {
+        Self::Invalid { key, reason: reason.to_string() }
+    }
+}
+
+impl Config {
+    /// Parse a config file's text. `path` is only used in error messages.
+    ///
+    /// ```
+    /// use cohort::config::Config;
+    /// let c = Config::from_toml_str("name = \"a\"\n[http]\naddr = \"127.0.0.1:0\"\n", "node.toml".as_ref()).unwrap();
+    /// assert_eq!(c.name, "a");
+    /// assert!(Config::from_toml_str("nmae = \"a\"", "node.toml".as_ref()).is_err());
+    /// ```
+    pub fn from_toml_str(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let (key, line) = match e.span() {
+                Some(span) => key_at(text, span.start),
+                None => (None, None),
+            };
+            ConfigError::Parse { path: path.to_path_buf(), key, line, message: e.message().trim().to_string() }
+        })
+    }
+
+    /// Read and parse a config file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let read_err = |reason: String| ConfigError::Read { path: path.to_path_buf(), reason };
+        let meta = std::fs::metadata(path).map_err(|e| read_err(e.to_string()))?;
+        if !meta.is_file() {
+            return Err(read_err("not a regular file".into()));
+        }
+        if meta.len() > MAX_CONFIG_FILE_BYTES {
+            return Err(read_err(format!("larger than {MAX_CONFIG_FILE_BYTES} bytes")));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| read_err(e.to_string()))?;
+        Self::from_toml_str(&text, path)
+    }
+
+    /// Apply flag / environment overrides.
+    pub fn apply(&mut self, o: Overrides) {
+        if let Some(v) = o.name {
+            self.name = v;
+        }
+        if let Some(v) = o.http {
+            self.http.addr = v;
+        }
+        if let Some(v) = o.gossip {
+            self.gossip.addr = v;
+        }
+        if let Some(v) = o.internode {
+            self.internode.addr = v;
+        }
+        if let Some(v) = o.seeds {
+            self.seeds = v.into_iter().filter(|s| !s.trim().is_empty()).collect();
+        }
+        if let Some(v) = o.data_dir {
+            self.data_dir = v;
+        }
+        if let Some(v) = o.cluster_secret_file {
+            self.cluster_secret_file = Some(v);
+        }
+        if let Some(v) = o.admin_token {
+            self.admin_token = Some(v);
+        }
+        if o.chaos {
+            self.chaos.enabled = true;
+        }
+        if let Some(v) = o.log_format {
+            self.log.format = v;
+        }
+        if let Some(v) = o.log_filter {
+            self.log.filter = v;
+        }
+        if let Some(v) = o.otlp_endpoint {
+            self.telemetry.otlp_endpoint = Some(v);
+        }
+    }
+
+    /// Check every value that the types alone do not constrain. Reads the secret file (so a
+    /// missing or short secret fails here, with exit code 2, rather than at the first handshake).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_node_name(&self.name).map_err(|r| ConfigError::invalid("name", r))?;
+        validate_node_name(&self.cluster_name).map_err(|r| ConfigError::invalid("cluster_name", r))?;
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::invalid("data_dir", "must not be empty"));
+        }
+        if self.seeds.len() > MAX_SEEDS {
+            return Err(ConfigError::invalid("seeds", format!("at most {MAX_SEEDS} seeds")));
+        }
+        for seed in &self.seeds {
+            validate_seed(seed).map_err(|r| ConfigError::invalid("seeds", format!("`{seed}`: {r}")))?;
+        }
+        if let Some(path) = &self.cluster_secret_file {
+            read_cluster_secret(path).map_err(|r| ConfigError::invalid("cluster_secret_file", r))?;
+        }
+        if let Some(token) = &self.admin_token {
+            if token.len() < MIN_ADMIN_TOKEN_LEN {
+                return Err(ConfigError::invalid(
+                    "admin_token",
+                    format!("must be at least {MIN_ADMIN_TOKEN_LEN} characters"),
+                ));
+            }
+            if !token.chars().all(|c| c.is_ascii_graphic()) {
+                return Err(ConfigError::invalid("admin_token", "must be printable ASCII without spaces"));
+            }
+        }
+        if !(1..=65_536).contains(&self.http.max_in_flight) {
+            return Err(ConfigError::invalid("http.max_in_flight", "must be between 1 and 65536"));
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.http.max_body_bytes) {
+            return Err(ConfigError::invalid("http.max_body_bytes", "must be between 1024 and 67108864"));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.filter)
+            .map_err(|e| ConfigError::invalid("log.filter", e))?;
+        if let Some(url) = &self.telemetry.otlp_endpoint {
+            if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+                return Err(ConfigError::invalid(
+                    "telemetry.otlp_endpoint",
+                    format!("`{url}` is not an http:// or https:// URL"),
+                ));
+            }
+        }
+        if !(100..=600_000).contains(&self.telemetry.export_interval_ms) {
+            return Err(ConfigError::invalid("telemetry.export_interval_ms", "must be between 100 and 600000"));
+        }
+        if !(100..=4_500).contains(&self.shutdown.timeout_ms) {
+            return Err(ConfigError::invalid(
+                "shutdown.timeout_ms",
+                "must be between 100 and 4500 (a node exits within 5 s of SIGTERM)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Load a complete configuration: the optional file, then the overrides, then validation.
+    pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Self, ConfigError> {
+        let mut config = match file {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        config.apply(overrides);
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Read the cluster secret file: trimmed contents, at least [`MIN_CLUSTER_SECRET_BYTES`].
+pub fn read_cluster_secret(path: &Path) -> Result<Vec<u8>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if meta.len() > MAX_SECRET_FILE_BYTES {
+        return Err(format!("{} is larger than {MAX_SECRET_FILE_BYTES} bytes", path.display()));
+    }
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let trimmed = bytes.trim_ascii();
+    if trimmed.len() < MIN_CLUSTER_SECRET_BYTES {
+        return Err(format!(
+            "{} holds {} bytes; a cluster secret needs at least {MIN_CLUSTER_SECRET_BYTES}",
+            path.display(),
+            trimmed.len()
+        ));
+    }
+    Ok(trimmed.to_vec())
+}
+
+/// Node and cluster names: 1-64 characters of `[A-Za-z0-9_-.]`, so they are safe in logs, URLs
+/// and the `<name.incarnation.local>` pid format (a dot separates fields there, so no dots).
+fn validate_node_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NODE_NAME_LEN {
+        return Err(format!("must be 1 to {MAX_NODE_NAME_LEN} characters"));
+    }
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(format!("`{name}` may only hold letters, digits, `-` and `_`"));
+    }
+    Ok(())
+}
+
+fn validate_seed(seed: &str) -> Result<(), String> {
+    let (host, port) = seed.rsplit_once(':').ok_or("expected host:port")?;
+    if host.is_empty() || host.len() > 253 {
+        return Err("empty or overlong host".into());
+    }
+    match port.parse::<u16>() {
+        Ok(0) | Err(_) => Err("port must be 1-65535".into()),
+        Ok(_) => Ok(()),
+    }
+}
+
+fn default_node_name() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let cleaned: String = raw
+        .trim()
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .take(MAX_NODE_NAME_LEN)
+        .collect();
+    if cleaned.is_empty() { "cohort".to_string() } else { cleaned }
+}
+
+fn parse_addr(s: &str) -> SocketAddr {
+    // Only called on the DEFAULT_* constants above, which the tests parse.
+    s.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+/// The dotted key and the 1-based line at a byte offset of a TOML text: the key on that line
+/// (text before `=`), prefixed by the nearest `[table]` header above it.
+fn key_at(text: &str, offset: usize) -> (Option<String>, Option<usize>) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line_no = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let table = before[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']') && !l.starts_with("[["))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    let key = line.split_once('=').map(|(k, _)| k.trim().trim_matches('"').to_string()).filter(|k| {
+        !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+    });
+    let full = match (table, key) {
+        (Some(t), Some(k)) => Some(format!("{t}.{k}")),
+        (None, Some(k)) => Some(k),
+        (Some(t), None) if line.trim_start().starts_with('[') => Some(t),
+        (Some(t), None) => Some(t),
+        (None, None) => None,
+    };
+    (full, Some(line_no))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str(text, Path::new("node.toml"))
+    }
+
+    #[test]
+    fn default_addresses_parse_and_are_loopback() {
+        for a in [DEFAULT_HTTP_ADDR, DEFAULT_GOSSIP_ADDR, DEFAULT_INTERNODE_ADDR] {
+            let addr: SocketAddr = a.parse().unwrap();
+            assert!(addr.ip().is_loopback());
+        }
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let c = parse(
+            r#"
+name = "n1"
+cluster_name = "prod"
+data_dir = "/tmp/x"
+seeds = ["127.0.0.1:7000", "db-1:7481"]
+admin_token = "0123456789abcdef"
+[http]
+addr = "127.0.0.1:0"
+max_in_flight = 10
+[gossip]
+addr = "127.0.0.1:0"
+[internode]
+addr = "127.0.0.1:0"
+[log]
+format = "json"
+filter = "debug"
+[chaos]
+enabled = true
+[telemetry]
+otlp_endpoint = "http://127.0.0.1:4318"
+export_interval_ms = 1000
+[shutdown]
+timeout_ms = 2000
+"#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.name, "n1");
+        assert_eq!(c.http.max_in_flight, 10);
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert!(c.chaos.enabled);
+        assert_eq!(c.seeds.len(), 2);
+    }
+
+    #[test]
+    fn unknown_top_level_key_is_named() {
+        let err = parse("name = \"a\"\nnmae = \"b\"\n").unwrap_err().to_string();
+        assert!(err.contains("nmae"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_in_table_is_named_with_its_table() {
+        let err = parse("[http]\naddr = \"127.0.0.1:0\"\nport = 3\n").unwrap_err().to_string();
+        assert!(err.contains("http.port"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_its_key() {
+        let err = parse("[gossip]\naddr = \"not an address\"\n").unwrap_err().to_string();
+        assert!(err.contains("gossip.addr"), "{err}");
+        let err = parse("[log]\nformat = \"xml\"\n").unwrap_err().to_string();
+        assert!(err.contains("log.format"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let mut c = Config { name: "has space".into(), ..Config::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("`name`"));
+        c.name = "ok".into();
+        c.seeds = vec!["nohostport".into()];
+        assert!(c.validate().unwrap_err().to_string().contains("`seeds`"));
+        c.seeds.clear();
+        c.admin_token = Some("short".into());
+        assert!(c.validate().unwrap_err().to_string().contains("`admin_token`"));
+        c.admin_token = None;
+        c.log.filter = "=[".into();
+        assert!(c.validate().unwrap_err().to_string().contains("`log.filter`"));
+        c.log.filter = "info".into();
+        c.telemetry.otlp_endpoint = Some("ftp://x".into());
+        assert!(c.validate().unwrap_err().to_string().contains("`telemetry.otlp_endpoint`"));
+    }
+
+    #[test]
+    fn missing_or_short_secret_file_is_refused() {
+        let dir = std::env::temp_dir().join(format!("cohort-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let short = dir.join("short");
+        std::fs::write(&short, "abc\n").unwrap();
+        let c = Config { cluster_secret_file: Some(short), ..Config::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("cluster_secret_file"));
+        let c = Config { cluster_secret_file: Some(dir.join("missing")), ..Config::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("cluster_secret_file"));
+        let good = dir.join("good");
+        std::fs::write(&good, "0123456789abcdef0123\n").unwrap();
+        assert_eq!(read_cluster_secret(&good).unwrap(), b"0123456789abcdef0123");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn overrides_win_over_file() {
+        let mut c = parse("name = \"file\"\n").unwrap();
+        c.apply(Overrides {
+            name: Some("flag".into()),
+            seeds: Some(vec!["a:1".into(), "".into()]),
+            chaos: true,
+            ..Overrides::default()
+        });
+        assert_eq!(c.name, "flag");
+        assert_eq!(c.seeds, vec!["a:1".to_string()]);
+        assert!(c.chaos.enabled);
+    }
+}

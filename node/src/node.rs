@@ -1,0 +1,312 @@
+//! The [`Node`]: one Cohort cluster member, owning all of its state.
+//!
+//! A node binds its three listeners first (HTTP over TCP, gossip over UDP, internode over TCP), so
+//! a taken port fails the start at once rather than after the node announced itself; then it starts
+//! its subsystems in a fixed order and, on [`Node::shutdown`], stops them in the reverse order within
+//! `shutdown.timeout_ms`. A subsystem that does not stop in its share of the budget is aborted and
+//! the fact logged.
+//!
+//! Invariants: everything a node holds (health registry, metrics registry, listeners, subsystems)
+//! is owned by its `Node` value, never by a process-global, so several nodes can run in one process.
+//! Until the cluster layer lands, the gossip socket and the internode listener are bound and held
+//! (reserving the ports and reporting the real addresses) but not yet served.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Semaphore, oneshot};
+use tokio::task::JoinHandle;
+
+use cohort_cluster::NodeId;
+
+use crate::config::Config;
+use crate::health::{Health, HealthError};
+use crate::http::{self, HttpState};
+use crate::metrics::Metrics;
+use crate::telemetry::LogControl;
+
+/// How often the runtime watchdog beats its activity check.
+pub const WATCHDOG_PERIOD: Duration = Duration::from_millis(250);
+/// Silence after which the runtime watchdog check fails: a Tokio runtime that cannot run a timer
+/// task for this long is starved or deadlocked.
+pub const WATCHDOG_MAX_SILENCE: Duration = Duration::from_secs(5);
+/// Boot grace of node-level health checks.
+pub const BOOT_GRACE: Duration = Duration::from_secs(10);
+
+/// The bound addresses of a node (real ports, also when the config asked for port 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeAddrs {
+    /// HTTP surface.
+    pub http: SocketAddr,
+    /// Gossip (UDP).
+    pub gossip: SocketAddr,
+    /// Internode transport (TCP).
+    pub internode: SocketAddr,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot bind the {listener} listener on {addr}: {source}")]
+    Bind {
+        /// `http`, `gossip` or `internode`.
+        listener: &'static str,
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The data directory could not be created.
+    #[error("cannot create data_dir {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The metrics registry refused a collector (a duplicate name: a bug).
+    #[error("metrics registry: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// A health check could not be registered.
+    #[error("health registry: {0}")]
+    Health(#[from] HealthError),
+}
+
+/// A running subsystem: a task and the trigger that asks it to stop.
+struct Subsystem {
+    name: &'static str,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+/// What [`Node::shutdown`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Subsystems in the order they were stopped.
+    pub stopped: Vec<&'static str>,
+    /// Subsystems that missed their deadline and were aborted.
+    pub aborted: Vec<&'static str>,
+    /// Total time taken.
+    pub elapsed: Duration,
+}
+
+/// Options for embedding a node.
+#[derive(Default)]
+pub struct NodeBuilder {
+    config: Config,
+    log_control: Option<LogControl>,
+}
+
+impl NodeBuilder {
+    /// Let `POST /admin/log-filter` change the process's log filter.
+    pub fn log_control(mut self, control: LogControl) -> Self {
+        self.log_control = Some(control);
+        self
+    }
+
+    /// Bind the listeners and start the subsystems.
+    pub async fn start(self) -> Result<Node, StartError> {
+        Node::start_with(self.config, self.log_control).await
+    }
+}
+
+/// One running Cohort node.
+///
+/// ```no_run
+/// # async fn demo() -> anyhow::Result<()> {
+/// use cohort::{Config, Node};
+/// let mut config = Config::default();
+/// config.http.addr = "127.0.0.1:0".parse()?;
+/// config.gossip.addr = "127.0.0.1:0".parse()?;
+/// config.internode.addr = "127.0.0.1:0".parse()?;
+/// let node = Node::start(config).await?;
+/// println!("/livez at http://{}/livez", node.addrs().http);
+/// node.shutdown().await;
+/// # Ok(()) }
+/// ```
+pub struct Node {
+    id: NodeId,
+    addrs: NodeAddrs,
+    config: Arc<Config>,
+    health: Health,
+    metrics: Metrics,
+    subsystems: Vec<Subsystem>,
+    // Held until issue #3's cluster layer serves them; dropping them frees the ports.
+    _gossip_socket: std::net::UdpSocket,
+    _internode_listener: std::net::TcpListener,
+}
+
+impl Node {
+    /// A builder for `config` (validate it first: [`Config::validate`]).
+    pub fn builder(config: Config) -> NodeBuilder {
+        NodeBuilder { config, log_control: None }
+    }
+
+    /// Start a node with `config` and no log control.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        Self::start_with(config, None).await
+    }
+
+    async fn start_with(config: Config, log_control: Option<LogControl>) -> Result<Self, StartError> {
+        let started = Instant::now();
+        let id = NodeId::new(config.name.clone(), NodeId::fresh_incarnation());
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
+
+        let http_listener = tokio::net::TcpListener::bind(config.http.addr)
+            .await
+            .map_err(|source| StartError::Bind { listener: "http", addr: config.http.addr, source })?;
+        let gossip_socket = std::net::UdpSocket::bind(config.gossip.addr)
+            .map_err(|source| StartError::Bind { listener: "gossip", addr: config.gossip.addr, source })?;
+        let internode_listener = std::net::TcpListener::bind(config.internode.addr)
+            .map_err(|source| StartError::Bind { listener: "internode", addr: config.internode.addr, source })?;
+        let local = |r: std::io::Result<SocketAddr>, listener, addr| {
+            r.map_err(|source| StartError::Bind { listener, addr, source })
+        };
+        let addrs = NodeAddrs {
+            http: local(http_listener.local_addr(), "http", config.http.addr)?,
+            gossip: local(gossip_socket.local_addr(), "gossip", config.gossip.addr)?,
+            internode: local(internode_listener.local_addr(), "internode", config.internode.addr)?,
+        };
+
+        let health = Health::new(started);
+        let metrics = Metrics::new(&id.name)?;
+        let startup_gate = health.register_gate("startup")?;
+        let mut node = Self {
+            id,
+            addrs,
+            config: Arc::new(config),
+            health,
+            metrics,
+            subsystems: Vec::new(),
+            _gossip_socket: gossip_socket,
+            _internode_listener: internode_listener,
+        };
+
+        node.start_watchdog()?;
+        node.start_http(http_listener, log_control);
+        startup_gate.set(true);
+        tracing::info!(
+            node = %node.id,
+            http = %node.addrs.http,
+            gossip = %node.addrs.gossip,
+            internode = %node.addrs.internode,
+            chaos = node.config.chaos.enabled,
+            "node started"
+        );
+        Ok(node)
+    }
+
+    fn push_subsystem(&mut self, name: &'static str, stop: oneshot::Sender<()>, task: JoinHandle<()>) {
+        tracing::info!(subsystem = name, "subsystem started");
+        self.subsystems.push(Subsystem { name, stop: Some(stop), task });
+    }
+
+    /// The runtime watchdog: an activity check proving the Tokio runtime still runs timers.
+    fn start_watchdog(&mut self) -> Result<(), StartError> {
+        let activity = self.health.register_activity("runtime", WATCHDOG_MAX_SILENCE, BOOT_GRACE)?;
+        let (stop_tx, mut stop_rx) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(WATCHDOG_PERIOD);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = &mut stop_rx => break,
+                    _ = tick.tick() => activity.beat(),
+                }
+            }
+        });
+        self.push_subsystem("watchdog", stop_tx, task);
+        Ok(())
+    }
+
+    fn start_http(&mut self, listener: tokio::net::TcpListener, log_control: Option<LogControl>) {
+        let state = HttpState {
+            id: self.id.clone(),
+            started: self.health.boot(),
+            addrs: self.addrs,
+            health: self.health.clone(),
+            metrics: self.metrics.clone(),
+            admin_token: self.config.admin_token.as_deref().map(Arc::from),
+            in_flight: Arc::new(Semaphore::new(self.config.http.max_in_flight)),
+            log_control,
+        };
+        let app = http::router(state, self.config.http.max_body_bytes);
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stop_rx.await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+        self.push_subsystem("http", stop_tx, task);
+    }
+
+    /// This node's identity.
+    pub fn id(&self) -> &NodeId {
+        &self.id
+    }
+
+    /// The bound addresses.
+    pub fn addrs(&self) -> NodeAddrs {
+        self.addrs
+    }
+
+    /// The configuration the node runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The health registry (subsystems add their checks here).
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// The metrics registry (subsystems add their collectors here).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Stop every subsystem in the reverse of the start order, within `shutdown.timeout_ms`.
+    pub async fn shutdown(mut self) -> ShutdownReport {
+        let begin = Instant::now();
+        let deadline = begin + Duration::from_millis(self.config.shutdown.timeout_ms);
+        let mut report = ShutdownReport { stopped: Vec::new(), aborted: Vec::new(), elapsed: Duration::ZERO };
+        tracing::info!(node = %self.id, "node stopping");
+        while let Some(mut s) = self.subsystems.pop() {
+            if let Some(stop) = s.stop.take() {
+                let _ = stop.send(());
+            }
+            let budget = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(budget, &mut s.task).await {
+                Ok(_) => {
+                    tracing::info!(subsystem = s.name, "subsystem stopped");
+                    report.stopped.push(s.name);
+                }
+                Err(_) => {
+                    s.task.abort();
+                    tracing::warn!(subsystem = s.name, "subsystem missed the shutdown deadline; aborted");
+                    report.aborted.push(s.name);
+                }
+            }
+        }
+        report.elapsed = begin.elapsed();
+        tracing::info!(node = %self.id, elapsed_ms = report.elapsed.as_millis() as u64, "node stopped");
+        report
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // A node dropped without shutdown() must not leave its tasks serving a dead node.
+        for s in &self.subsystems {
+            s.task.abort();
+        }
+    }
+}
