@@ -32,10 +32,7 @@ impl NodeId {
     /// A fresh incarnation for a node starting now: the wall clock in microseconds, so a restart
     /// (even of the same process image, seconds later) gets a larger one without any durable state.
     pub fn fresh_incarnation() -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(1)
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1)
     }
 
     /// Whether `self` is an older run of the same node as `other`.
