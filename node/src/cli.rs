@@ -29,7 +29,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run one cluster node.
-    Node(NodeArgs),
+    Node(Box<NodeArgs>),
     /// Start a local cluster of N nodes on 127.0.0.1 with generated secrets (the embedded default).
     Up(crate::up::UpArgs),
 }
@@ -108,7 +108,7 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Node(args) => run_node(args),
+        Command::Node(args) => run_node(*args),
         Command::Up(args) => crate::up::run(args),
     }
 }

@@ -364,15 +364,14 @@ impl Config {
         if !(1024..=64 * 1024 * 1024).contains(&self.http.max_body_bytes) {
             return Err(ConfigError::invalid("http.max_body_bytes", "must be between 1024 and 67108864"));
         }
-        tracing_subscriber::EnvFilter::try_new(&self.log.filter)
-            .map_err(|e| ConfigError::invalid("log.filter", e))?;
-        if let Some(url) = &self.telemetry.otlp_endpoint {
-            if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
-                return Err(ConfigError::invalid(
-                    "telemetry.otlp_endpoint",
-                    format!("`{url}` is not an http:// or https:// URL"),
-                ));
-            }
+        tracing_subscriber::EnvFilter::try_new(&self.log.filter).map_err(|e| ConfigError::invalid("log.filter", e))?;
+        if let Some(url) = &self.telemetry.otlp_endpoint
+            && (!(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10)
+        {
+            return Err(ConfigError::invalid(
+                "telemetry.otlp_endpoint",
+                format!("`{url}` is not an http:// or https:// URL"),
+            ));
         }
         if !(100..=600_000).contains(&self.telemetry.export_interval_ms) {
             return Err(ConfigError::invalid("telemetry.export_interval_ms", "must be between 100 and 600000"));
@@ -472,9 +471,10 @@ fn key_at(text: &str, offset: usize) -> (Option<String>, Option<usize>) {
         .map(str::trim)
         .find(|l| l.starts_with('[') && l.ends_with(']') && !l.starts_with("[["))
         .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
-    let key = line.split_once('=').map(|(k, _)| k.trim().trim_matches('"').to_string()).filter(|k| {
-        !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
-    });
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"').to_string())
+        .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.'));
     let full = match (table, key) {
         (Some(t), Some(k)) => Some(format!("{t}.{k}")),
         (None, Some(k)) => Some(k),

@@ -296,8 +296,7 @@ mod tests {
             Err(HealthError::Duplicate("x".into()))
         );
         for i in 1..MAX_HEALTH_CHECKS {
-            h.register(format!("c{i}"), Duration::ZERO, |_| CheckResult { ok: true, detail: String::new() })
-                .unwrap();
+            h.register(format!("c{i}"), Duration::ZERO, |_| CheckResult { ok: true, detail: String::new() }).unwrap();
         }
         assert_eq!(
             h.register("one-too-many", Duration::ZERO, |_| CheckResult { ok: true, detail: String::new() }),

@@ -12,8 +12,7 @@
 //! they are exported at 0.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Label values of `cohort_http_rejected_total{reason}`.
@@ -49,10 +48,7 @@ impl Metrics {
             &["route"],
         )?;
         let http_rejected = IntCounterVec::new(
-            Opts::new(
-                "cohort_http_rejected_total",
-                "HTTP requests refused before reaching a handler, by reason.",
-            ),
+            Opts::new("cohort_http_rejected_total", "HTTP requests refused before reaching a handler, by reason."),
             &["reason"],
         )?;
         let http_in_flight = IntGauge::new("cohort_http_in_flight_requests", "HTTP requests being served now.")?;
@@ -78,14 +74,7 @@ impl Metrics {
         #[cfg(target_os = "linux")]
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
 
-        Ok(Self {
-            registry,
-            http_requests,
-            http_duration,
-            http_rejected,
-            http_in_flight,
-            health_check_ok,
-        })
+        Ok(Self { registry, http_requests, http_duration, http_rejected, http_in_flight, health_check_ok })
     }
 
     /// The registry subsystems register their collectors into.

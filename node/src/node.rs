@@ -158,8 +158,11 @@ impl Node {
         let http_listener = tokio::net::TcpListener::bind(config.http.addr)
             .await
             .map_err(|source| StartError::Bind { listener: "http", addr: config.http.addr, source })?;
-        let gossip_socket = std::net::UdpSocket::bind(config.gossip.addr)
-            .map_err(|source| StartError::Bind { listener: "gossip", addr: config.gossip.addr, source })?;
+        let gossip_socket = std::net::UdpSocket::bind(config.gossip.addr).map_err(|source| StartError::Bind {
+            listener: "gossip",
+            addr: config.gossip.addr,
+            source,
+        })?;
         let internode_listener = std::net::TcpListener::bind(config.internode.addr)
             .map_err(|source| StartError::Bind { listener: "internode", addr: config.internode.addr, source })?;
         let local = |r: std::io::Result<SocketAddr>, listener, addr| {

@@ -14,16 +14,17 @@
 //! Only the binary calls [`init`] (a subscriber is process-global); an embedding application keeps
 //! its own subscriber and nodes in one test process share it.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig as _};
+use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
-use prometheus::proto::MetricType;
+use prometheus::proto::{MetricFamily, MetricType};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, reload};
@@ -78,6 +79,7 @@ pub enum TelemetryError {
 pub struct OtlpGuard {
     tracer: SdkTracerProvider,
     meter: SdkMeterProvider,
+    interval: std::time::Duration,
 }
 
 /// Install logging (and span export when configured). Returns the log control and, with an OTLP
@@ -102,9 +104,8 @@ pub fn init(config: &Config) -> Result<(LogControl, Option<OtlpGuard>), Telemetr
         Some(endpoint) => Some(build_otlp(config, endpoint)?),
         None => None,
     };
-    let otel_layer = guard
-        .as_ref()
-        .map(|g| tracing_opentelemetry::layer().with_tracer(g.tracer.tracer("cohort")).boxed());
+    let otel_layer =
+        guard.as_ref().map(|g| tracing_opentelemetry::layer().with_tracer(g.tracer.tracer("cohort")).boxed());
     tracing_subscriber::registry()
         .with(filter_layer)
         .with(fmt_layer)
@@ -139,7 +140,6 @@ fn build_otlp(config: &Config, endpoint: &str) -> Result<OtlpGuard, TelemetryErr
         .with_http()
         .with_endpoint(format!("{base}/v1/traces"))
         .with_timeout(timeout)
-        .with_headers(Default::default())
         .build()
         .map_err(|e| TelemetryError::Otlp(e.to_string()))?;
     let processor = BatchSpanProcessor::builder(spans)
@@ -155,53 +155,34 @@ fn build_otlp(config: &Config, endpoint: &str) -> Result<OtlpGuard, TelemetryErr
         .map_err(|e| TelemetryError::Otlp(e.to_string()))?;
     let reader = opentelemetry_sdk::metrics::PeriodicReader::builder(metrics).with_interval(interval).build();
     let meter = SdkMeterProvider::builder().with_reader(reader).with_resource(resource(config)).build();
-    Ok(OtlpGuard { tracer, meter })
+    Ok(OtlpGuard { tracer, meter, interval })
 }
 
 impl OtlpGuard {
-    /// Export a node's Prometheus registry over OTLP: one observable instrument per metric family
-    /// present now (counters as counters, gauges as gauges; histograms and summaries as their
-    /// `_sum` and `_count` counters, since OpenTelemetry has no observable histogram). Families
-    /// registered later are not bridged; call this once the node has started.
+    /// Export a node's Prometheus registry over OTLP, from now until the runtime stops: counters as
+    /// observable counters, gauges as observable gauges, histograms and summaries as their `_sum`
+    /// and `_count` counters (OpenTelemetry has no observable histogram). A family is bridged once
+    /// it has a first sample (label vectors without children are not gathered); new families are
+    /// looked for every export interval, up to [`MAX_BRIDGED_FAMILIES`]. Call from a Tokio runtime.
     pub fn export_metrics(&self, registry: &prometheus::Registry) {
-        let meter = self.meter.meter("cohort");
-        for family in registry.gather().into_iter().take(MAX_BRIDGED_FAMILIES) {
-            let name = family.name().to_string();
-            let help = family.help().to_string();
-            match family.get_field_type() {
-                MetricType::COUNTER => {
-                    let reg = registry.clone();
-                    let n = name.clone();
-                    let _ = meter
-                        .f64_observable_counter(name)
-                        .with_description(help)
-                        .with_callback(move |obs| for_each_sample(&reg, &n, |v, a| obs.observe(v, &a)))
-                        .build();
-                }
-                MetricType::GAUGE => {
-                    let reg = registry.clone();
-                    let n = name.clone();
-                    let _ = meter
-                        .f64_observable_gauge(name)
-                        .with_description(help)
-                        .with_callback(move |obs| for_each_sample(&reg, &n, |v, a| obs.observe(v, &a)))
-                        .build();
-                }
-                // Cohort registers no untyped metrics; skip rather than guess a kind.
-                MetricType::UNTYPED => {}
-                MetricType::HISTOGRAM | MetricType::SUMMARY => {
-                    for suffix in ["_sum", "_count"] {
-                        let reg = registry.clone();
-                        let n = name.clone();
-                        let _ = meter
-                            .f64_observable_counter(format!("{name}{suffix}"))
-                            .with_description(help.clone())
-                            .with_callback(move |obs| for_each_aggregate(&reg, &n, suffix, |v, a| obs.observe(v, &a)))
-                            .build();
-                    }
-                }
+        let bridge = Arc::new(Bridge {
+            meter: self.meter.meter("cohort"),
+            snapshot: Arc::new(Snapshot {
+                registry: registry.clone(),
+                fresh_for: self.interval / 2,
+                last: Mutex::new(None),
+            }),
+            known: Mutex::new(HashSet::new()),
+        });
+        bridge.sync();
+        let interval = self.interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tick.tick().await;
+                bridge.sync();
             }
-        }
+        });
     }
 
     /// Flush pending spans and metrics and stop the exporters. Blocking: call from a thread that
@@ -220,12 +201,40 @@ fn labels(m: &prometheus::proto::Metric) -> Vec<KeyValue> {
     m.get_label().iter().map(|l| KeyValue::new(l.name().to_string(), l.value().to_string())).collect()
 }
 
-fn for_each_sample(registry: &prometheus::Registry, family: &str, mut f: impl FnMut(f64, Vec<KeyValue>)) {
-    for fam in registry.gather().iter().filter(|fam| fam.name() == family) {
+/// One `gather()` shared by every instrument callback of an export cycle (the SDK calls each
+/// instrument's callback in turn; gathering per callback would be quadratic in the family count).
+struct Snapshot {
+    registry: prometheus::Registry,
+    fresh_for: std::time::Duration,
+    last: Mutex<Option<(std::time::Instant, Arc<Vec<MetricFamily>>)>>,
+}
+
+impl Snapshot {
+    fn get(&self) -> Arc<Vec<MetricFamily>> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, families)) = last.as_ref()
+            && at.elapsed() < self.fresh_for
+        {
+            return families.clone();
+        }
+        let families = Arc::new(self.registry.gather());
+        *last = Some((std::time::Instant::now(), families.clone()));
+        families
+    }
+
+    /// Call `f(value, labels)` for every sample of `family`; `part` picks `_sum` or `_count` of a
+    /// histogram or summary and is ignored for counters and gauges.
+    fn each(&self, family: &str, part: Part, mut f: impl FnMut(f64, Vec<KeyValue>)) {
+        let families = self.get();
+        let Some(fam) = families.iter().find(|fam| fam.name() == family) else { return };
         for m in fam.get_metric() {
-            let value = match fam.get_field_type() {
-                MetricType::COUNTER => m.get_counter().get_value(),
-                MetricType::GAUGE => m.get_gauge().get_value(),
+            let value = match (fam.get_field_type(), part) {
+                (MetricType::COUNTER, _) => m.get_counter().get_value(),
+                (MetricType::GAUGE, _) => m.get_gauge().get_value(),
+                (MetricType::HISTOGRAM, Part::Sum) => m.get_histogram().get_sample_sum(),
+                (MetricType::HISTOGRAM, Part::Count) => m.get_histogram().get_sample_count() as f64,
+                (MetricType::SUMMARY, Part::Sum) => m.get_summary().sample_sum(),
+                (MetricType::SUMMARY, Part::Count) => m.get_summary().sample_count() as f64,
                 _ => continue,
             };
             f(value, labels(m));
@@ -233,15 +242,62 @@ fn for_each_sample(registry: &prometheus::Registry, family: &str, mut f: impl Fn
     }
 }
 
-fn for_each_aggregate(registry: &prometheus::Registry, family: &str, suffix: &str, mut f: impl FnMut(f64, Vec<KeyValue>)) {
-    for fam in registry.gather().iter().filter(|fam| fam.name() == family) {
-        for m in fam.get_metric() {
-            let (sum, count) = match fam.get_field_type() {
-                MetricType::HISTOGRAM => (m.get_histogram().get_sample_sum(), m.get_histogram().get_sample_count() as f64),
-                MetricType::SUMMARY => (m.get_summary().sample_sum(), m.get_summary().sample_count() as f64),
-                _ => continue,
-            };
-            f(if suffix == "_sum" { sum } else { count }, labels(m));
+#[derive(Clone, Copy)]
+enum Part {
+    Value,
+    Sum,
+    Count,
+}
+
+struct Bridge {
+    meter: opentelemetry::metrics::Meter,
+    snapshot: Arc<Snapshot>,
+    known: Mutex<HashSet<String>>,
+}
+
+impl Bridge {
+    /// Create instruments for families not bridged yet.
+    fn sync(&self) {
+        let families = self.snapshot.get();
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        for family in families.iter() {
+            if known.len() >= MAX_BRIDGED_FAMILIES {
+                return;
+            }
+            let name = family.name().to_string();
+            if !known.insert(name.clone()) {
+                continue;
+            }
+            let help = family.help().to_string();
+            match family.get_field_type() {
+                MetricType::COUNTER => self.counter(name.clone(), name, help, Part::Value),
+                MetricType::GAUGE => {
+                    let snapshot = self.snapshot.clone();
+                    let n = name.clone();
+                    let _ = self
+                        .meter
+                        .f64_observable_gauge(name)
+                        .with_description(help)
+                        .with_callback(move |obs| snapshot.each(&n, Part::Value, |v, a| obs.observe(v, &a)))
+                        .build();
+                }
+                MetricType::HISTOGRAM | MetricType::SUMMARY => {
+                    self.counter(format!("{name}_sum"), name.clone(), help.clone(), Part::Sum);
+                    self.counter(format!("{name}_count"), name, help, Part::Count);
+                }
+                // Cohort registers no untyped metrics; skip rather than guess a kind.
+                MetricType::UNTYPED => {}
+            }
         }
+    }
+
+    fn counter(&self, instrument: String, family: String, help: String, part: Part) {
+        let snapshot = self.snapshot.clone();
+        let _ = self
+            .meter
+            .f64_observable_counter(instrument)
+            .with_description(help)
+            .with_callback(move |obs| snapshot.each(&family, part, |v, a| obs.observe(v, &a)))
+            .build();
     }
 }

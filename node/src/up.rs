@@ -127,9 +127,8 @@ async fn up(args: &UpArgs, dir: &Path) -> ExitCode {
         Err(e) => return fail(format!("cannot find the cohort binary: {e}")),
     };
 
-    let (exit_tx, mut exit_rx) = mpsc::channel::<(String, std::io::Result<std::process::ExitStatus>)>(
-        usize::from(args.nodes),
-    );
+    let (exit_tx, mut exit_rx) =
+        mpsc::channel::<(String, std::io::Result<std::process::ExitStatus>)>(usize::from(args.nodes));
     let mut running: Vec<Running> = Vec::new();
     let mut announced: Vec<Announce> = Vec::new();
     for i in 1..=args.nodes {
@@ -155,7 +154,12 @@ async fn up(args: &UpArgs, dir: &Path) -> ExitCode {
     }
 
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "cohort up: {} nodes on 127.0.0.1 (work dir {}); Ctrl-C stops them all", args.nodes, dir.display());
+    let _ = writeln!(
+        out,
+        "cohort up: {} nodes on 127.0.0.1 (work dir {}); Ctrl-C stops them all",
+        args.nodes,
+        dir.display()
+    );
     for (r, a) in running.iter().zip(&announced) {
         let _ = writeln!(out, "  {:<8} {}  pid {}", r.name, a.http, r.pid);
     }

@@ -1,0 +1,186 @@
+//! The `cohort` binary as an operator runs it: config errors exit 2 naming the key, flags and
+//! `COHORT_*` variables override the file, SIGTERM/SIGINT stop the node with exit 0 in under 5 s
+//! with subsystems stopped in reverse start order, and the admin API validates its input.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Proc, as_strs, get, node_args, request};
+
+const TOKEN: &str = "cli-test-token-0123456789";
+
+fn temp_file(name: &str, contents: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("cohort-cli-{}-{}", std::process::id(), common::rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+/// Run `cohort ARGS` to completion; returns (exit code, stderr).
+async fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut p = Proc::spawn_env(args, env);
+    let (code, _) = p.wait_exit(Duration::from_secs(20)).await;
+    // Give the reader threads a moment to drain the pipes after exit.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    (code, p.stderr_text())
+}
+
+#[tokio::test]
+async fn unknown_config_key_exits_2_naming_the_key() {
+    let file = temp_file("node.toml", "name = \"a\"\n[http]\naddr = \"127.0.0.1:0\"\nprot = 1\n");
+    let (code, err) = run_to_exit(&["node", "--config", file.to_str().unwrap()], &[]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("http.prot"), "{err}");
+    assert!(err.contains("line 4"), "{err}");
+}
+
+#[tokio::test]
+async fn bad_config_value_exits_2_naming_the_key() {
+    let file = temp_file("node.toml", "[gossip]\naddr = \"localhost\"\n");
+    let (code, err) = run_to_exit(&["node", "--config", file.to_str().unwrap()], &[]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("gossip.addr"), "{err}");
+
+    let file = temp_file("node.toml", "[log]\nformat = \"xml\"\n");
+    let (code, err) = run_to_exit(&["node", "--config", file.to_str().unwrap()], &[]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("log.format"), "{err}");
+}
+
+#[tokio::test]
+async fn invalid_values_after_parsing_exit_2_naming_the_key() {
+    let (code, err) = run_to_exit(&["node", "--name", "bad name"], &[]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("`name`"), "{err}");
+    let secret = temp_file("short.secret", "tiny");
+    let (code, err) = run_to_exit(&["node", "--cluster-secret-file", secret.to_str().unwrap()], &[]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("cluster_secret_file"), "{err}");
+    let (code, err) = run_to_exit(&["node", "--admin-token", "short"], &[]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("admin_token"), "{err}");
+}
+
+#[tokio::test]
+async fn bad_flags_and_env_values_exit_2_naming_them() {
+    let (code, err) = run_to_exit(&["node", "--http", "not-an-addr"], &[]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--http"), "{err}");
+    let (code, err) = run_to_exit(&["node", "--no-such-flag"], &[]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--no-such-flag"), "{err}");
+    let (code, err) = run_to_exit(&["node"], &[("COHORT_GOSSIP", "nope")]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--gossip"), "{err}");
+    let (code, err) = run_to_exit(&["node", "--config", "/nonexistent/cohort.toml"], &[]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("/nonexistent/cohort.toml"), "{err}");
+}
+
+#[tokio::test]
+async fn version_flag_prints_the_version() {
+    let mut p = Proc::spawn(&["--version"]);
+    let (code, _) = p.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(code, Some(0));
+    p.wait_stdout(env!("CARGO_PKG_VERSION"), Duration::from_secs(2)).await;
+}
+
+#[tokio::test]
+async fn flags_and_env_override_the_config_file() {
+    let file = temp_file(
+        "node.toml",
+        "name = \"from-file\"\ncluster_name = \"filecluster\"\n[http]\naddr = \"127.0.0.1:1\"\n",
+    );
+    let mut args = node_args("from-flag");
+    args.extend(["--config".into(), file.display().to_string()]);
+    // The file's http address (port 1) is overridden by the flag (port 0) from node_args.
+    let p = Proc::spawn_env(&as_strs(&args), &[("COHORT_ADMIN_TOKEN", TOKEN)]);
+    let url = p.node_url().await;
+    let j = get(&url, "/admin/node").await.json();
+    assert_eq!(j["node"], "from-flag");
+    // The env token is in force: a POST with it reaches the handler.
+    let auth = format!("Bearer {TOKEN}");
+    let a = request("POST", &url, "/admin/log-filter", &[("Authorization", &auth)], Some(r#"{"filter":"info"}"#)).await;
+    assert_eq!(a.status, 200, "{a:?}");
+}
+
+async fn sigterm_stops_node(signal: i32) {
+    let mut args = node_args("stopper");
+    args.extend(["--log-format".into(), "json".into()]);
+    let mut p = Proc::spawn(&as_strs(&args));
+    let url = p.node_url().await;
+    assert_eq!(get(&url, "/livez").await.status, 200);
+    p.signal(signal);
+    let (code, took) = p.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(code, Some(0), "{}", p.stderr_text());
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // JSON logs: every subsystem started and stopped, in reverse order.
+    let events: Vec<serde_json::Value> =
+        p.stderr.lock().unwrap().iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let names = |msg: &str| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e["message"] == msg)
+            .map(|e| e["subsystem"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let started = names("subsystem started");
+    let mut stopped = names("subsystem stopped");
+    assert!(!started.is_empty(), "no start events in:\n{}", p.stderr_text());
+    stopped.reverse();
+    assert_eq!(started, stopped, "subsystems must stop in reverse start order");
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_node_with_exit_0_in_under_5s() {
+    sigterm_stops_node(libc::SIGTERM).await;
+}
+
+#[tokio::test]
+async fn sigint_stops_the_node_with_exit_0_in_under_5s() {
+    sigterm_stops_node(libc::SIGINT).await;
+}
+
+#[tokio::test]
+async fn log_filter_endpoint_validates_its_input() {
+    let mut args = node_args("logs");
+    args.extend(["--admin-token".into(), TOKEN.into()]);
+    let p = Proc::spawn(&as_strs(&args));
+    let url = p.node_url().await;
+    let auth = format!("Bearer {TOKEN}");
+    let h = [("Authorization", auth.as_str())];
+    assert_eq!(get(&url, "/admin/log-filter").await.json()["filter"], "info");
+
+    let ok = request("POST", &url, "/admin/log-filter", &h, Some(r#"{"filter":"cohort=debug,warn"}"#)).await;
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert_eq!(get(&url, "/admin/log-filter").await.json()["filter"], "cohort=debug,warn");
+
+    for (body, status) in
+        [(r#"{"filter":"=[broken"}"#, 400), (r#"{"filter": 5}"#, 422), (r#"{"filtre":"info"}"#, 422), ("not json", 400)]
+    {
+        let a = request("POST", &url, "/admin/log-filter", &h, Some(body)).await;
+        assert_eq!(a.status, status, "{body}: {a:?}");
+        let j = a.json();
+        assert_eq!(j["error"], "BadRequest", "{body}: {j}");
+        assert!(j["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    }
+    let huge = format!(r#"{{"filter":"{}"}}"#, "a".repeat(2 * 1024 * 1024));
+    let a = request("POST", &url, "/admin/log-filter", &h, Some(&huge)).await;
+    assert_eq!(a.status, 413, "{}", a.body);
+    assert_eq!(a.json()["error"], "PayloadTooLarge");
+    let wrong_type = request(
+        "POST",
+        &url,
+        "/admin/log-filter",
+        &[("Authorization", &auth), ("Content-Type", "text/plain")],
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(wrong_type.status, 415);
+    // The filter in force did not change, and the node is still healthy.
+    assert_eq!(get(&url, "/admin/log-filter").await.json()["filter"], "cohort=debug,warn");
+    assert_eq!(get(&url, "/livez").await.status, 200);
+}

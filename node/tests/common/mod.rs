@@ -1,0 +1,263 @@
+//! Shared helpers for the node's integration tests: a minimal HTTP/1.1 client (one request per
+//! connection), a `cohort` child-process wrapper that reads the announce line, bounded polls, and
+//! the promtool check.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The `cohort` binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_cohort");
+
+/// An HTTP answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// One request to `base` (`http://127.0.0.1:PORT` or `127.0.0.1:PORT`).
+pub async fn request(method: &str, base: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> Answer {
+    let addr = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .expect("connect timed out")
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(b) = body {
+        req.push_str(&format!("Content-Length: {}\r\n", b.len()));
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+            req.push_str("Content-Type: application/json\r\n");
+        }
+    }
+    req.push_str("\r\n");
+    if let Some(b) = body {
+        req.push_str(b);
+    }
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw)).await.expect("read timed out").unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+    Answer { status, headers: head.to_string(), body }
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+pub async fn get(base: &str, path: &str) -> Answer {
+    request("GET", base, path, &[], None).await
+}
+
+/// Poll `f` until it returns Some or the deadline passes.
+pub async fn wait_for<T, F, Fut>(within: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether something accepts TCP connections at `base`.
+pub async fn is_listening(base: &str) -> bool {
+    let addr = base.trim_start_matches("http://").trim_end_matches('/');
+    tokio::net::TcpStream::connect(addr).await.is_ok()
+}
+
+/// Run `promtool check metrics` on an exposition. Fails the test when promtool is missing unless
+/// COHORT_ALLOW_NO_PROMTOOL=1 (scripts/test installs it).
+pub fn promtool_check(text: &str) {
+    use std::io::Write;
+    let spawned = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            if std::env::var("COHORT_ALLOW_NO_PROMTOOL").as_deref() == Ok("1") {
+                eprintln!("promtool not found ({e}); skipped because COHORT_ALLOW_NO_PROMTOOL=1");
+                return;
+            }
+            panic!("promtool not found ({e}): run scripts/test, or apt-get install prometheus");
+        }
+    };
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool rejected /metrics:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A `cohort` child process with its output captured.
+pub struct Proc {
+    pub child: Child,
+    pub stdout: Arc<Mutex<Vec<String>>>,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    /// Start `cohort ARGS` with a clean COHORT_* environment.
+    pub fn spawn(args: &[&str]) -> Self {
+        Self::spawn_env(args, &[])
+    }
+
+    pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("COHORT_") || k == "RUST_LOG" {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn cohort");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        let (o, e) = (stdout.clone(), stderr.clone());
+        std::thread::spawn(move || {
+            BufReader::new(out).lines().map_while(Result::ok).for_each(|l| o.lock().unwrap().push(l))
+        });
+        std::thread::spawn(move || {
+            BufReader::new(err).lines().map_while(Result::ok).for_each(|l| e.lock().unwrap().push(l))
+        });
+        Self { child, stdout, stderr }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own unreaped child.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// Wait for an stdout line containing `needle`.
+    pub async fn wait_stdout(&self, needle: &str, within: Duration) -> String {
+        let lines = self.stdout.clone();
+        wait_for(within, needle, || {
+            let found = lines.lock().unwrap().iter().find(|l| l.contains(needle)).cloned();
+            async move { found }
+        })
+        .await
+    }
+
+    /// The HTTP base URL from a `cohort node` announce line.
+    pub async fn node_url(&self) -> String {
+        let line = self.wait_stdout("cohort node listening", Duration::from_secs(20)).await;
+        field(&line, "http").expect("announce has http=")
+    }
+
+    /// Wait for the process to exit within `within`; returns its exit code and how long it took.
+    pub async fn wait_exit(&mut self, within: Duration) -> (Option<i32>, Duration) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status.code(), start.elapsed());
+            }
+            if start.elapsed() > within {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("process did not exit within {within:?}; stderr:\n{}", self.stderr_text());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    pub fn stdout_text(&self) -> String {
+        self.stdout.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `key=value` from a line of space-separated fields.
+pub fn field(line: &str, key: &str) -> Option<String> {
+    line.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{key}=")).map(str::to_string))
+}
+
+/// Flags for a node on free loopback ports with its data in a fresh temp dir.
+pub fn node_args(name: &str) -> Vec<String> {
+    let dir = std::env::temp_dir().join(format!("cohort-test-{}-{name}-{}", std::process::id(), rand_suffix()));
+    vec![
+        "node".into(),
+        "--name".into(),
+        name.into(),
+        "--http".into(),
+        "127.0.0.1:0".into(),
+        "--gossip".into(),
+        "127.0.0.1:0".into(),
+        "--internode".into(),
+        "127.0.0.1:0".into(),
+        "--data-dir".into(),
+        dir.display().to_string(),
+    ]
+}
+
+pub fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
+    t ^ (N.fetch_add(1, Ordering::Relaxed) << 32)
+}
+
+pub fn as_strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}

@@ -1,0 +1,104 @@
+//! `cohort up`, the embedded default: N nodes on 127.0.0.1 that answer /livez, /readyz,
+//! /admin/node and a promtool-clean /metrics; and no orphans whichever way it ends.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Proc, field, get, is_listening, promtool_check, wait_for};
+
+/// Start `cohort up --nodes n`; returns the process, the node URLs and their pids.
+async fn up(n: usize) -> (Proc, Vec<String>, Vec<i32>) {
+    let p = Proc::spawn(&["up", "--nodes", &n.to_string(), "--log-filter", "warn"]);
+    p.wait_stdout("admin token:", Duration::from_secs(60)).await;
+    let lines: Vec<String> =
+        p.stdout.lock().unwrap().iter().filter(|l| l.contains("http://127.0.0.1:")).cloned().collect();
+    let mut urls = Vec::new();
+    let mut pids = Vec::new();
+    for l in lines.iter().filter(|l| l.trim_start().starts_with("node-")) {
+        urls.push(l.split_whitespace().find(|w| w.starts_with("http://")).unwrap().to_string());
+        pids.push(l.split_whitespace().last().unwrap().parse().unwrap());
+    }
+    assert_eq!(urls.len(), n, "stdout:\n{}", p.stdout_text());
+    (p, urls, pids)
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks existence; a zombie counts as gone for this purpose only
+    // after its parent reaps it, so callers poll.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+#[tokio::test]
+async fn up_starts_three_healthy_nodes_and_sigterm_stops_them_all() {
+    let (mut p, urls, _pids) = up(3).await;
+    let token = p.stdout_text().lines().find_map(|l| l.strip_prefix("admin token: ").map(str::to_string)).unwrap();
+    assert!(token.len() >= 16);
+    let mut names = Vec::new();
+    for url in &urls {
+        assert_eq!(get(url, "/livez").await.status, 200, "{url}");
+        assert_eq!(get(url, "/readyz").await.status, 200, "{url}");
+        let node = get(url, "/admin/node").await.json();
+        names.push(node["node"].as_str().unwrap().to_string());
+        let metrics = get(url, "/metrics").await;
+        assert_eq!(metrics.status, 200);
+        promtool_check(&metrics.body);
+    }
+    assert_eq!(names, ["node-1", "node-2", "node-3"]);
+    // Chaos is enabled and the token is in force: a mutating endpoint accepts the printed token.
+    let auth = format!("Bearer {token}");
+    let a = common::request(
+        "POST",
+        &urls[0],
+        "/admin/log-filter",
+        &[("Authorization", &auth)],
+        Some(r#"{"filter":"warn"}"#),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{a:?}");
+
+    p.signal(libc::SIGTERM);
+    let (code, took) = p.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(code, Some(0), "{}", p.stderr_text());
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    for url in &urls {
+        assert!(!is_listening(url).await, "{url} still serving after cohort up stopped");
+    }
+}
+
+#[tokio::test]
+async fn a_dead_child_stops_the_others_and_up_exits_1() {
+    let (mut p, urls, pids) = up(2).await;
+    // SAFETY: killing a child of the process under test.
+    unsafe {
+        libc::kill(pids[1], libc::SIGKILL);
+    }
+    let (code, _) = p.wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(code, Some(1), "{}", p.stderr_text());
+    assert!(p.stderr_text().contains("node-2 exited"), "{}", p.stderr_text());
+    assert!(!is_listening(&urls[0]).await, "node-1 must be stopped too");
+}
+
+#[tokio::test]
+async fn killing_up_with_sigkill_leaves_no_orphans() {
+    let (mut p, urls, pids) = up(2).await;
+    p.signal(libc::SIGKILL);
+    p.wait_exit(Duration::from_secs(5)).await;
+    // The children get SIGTERM from the kernel (PR_SET_PDEATHSIG) and exit; init reaps them.
+    wait_for(Duration::from_secs(10), "children to exit", || {
+        let gone = pids.iter().all(|&pid| !alive(pid));
+        async move { gone.then_some(()) }
+    })
+    .await;
+    for url in &urls {
+        assert!(!is_listening(url).await);
+    }
+}
+
+#[test]
+fn up_refuses_a_bad_node_count() {
+    let out = std::process::Command::new(common::BIN).args(["up", "--nodes", "0"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--nodes"));
+    let _ = field("", "");
+}
