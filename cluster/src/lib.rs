@@ -15,6 +15,11 @@ pub mod auth;
 pub mod faults;
 pub mod frame;
 pub mod identity;
+pub mod member;
+pub mod membership;
+pub mod net;
 pub mod queue;
 
 pub use identity::NodeId;
+pub use member::{MemberAddrs, MemberInfo, MemberState, MemberView, MembershipEvent};
+pub use net::FaultInjector;

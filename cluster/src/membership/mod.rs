@@ -1,0 +1,1 @@
+//! SWIM membership through foca: to be written (issue 3).

@@ -1,0 +1,1 @@
+//! The gossip socket (UDP): to be written (issue 3).

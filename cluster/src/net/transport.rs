@@ -1,0 +1,1 @@
+//! The internode transport (TCP): to be written (issue 3).
