@@ -32,7 +32,9 @@ use crate::health::{Health, HealthReport};
 use crate::metrics::Metrics;
 use crate::node::NodeAddrs;
 use crate::telemetry::LogControl;
-use cohort_cluster::NodeId;
+use cohort_cluster::faults::FaultRules;
+use cohort_cluster::net::FaultInstallError;
+use cohort_cluster::{FaultInjector, NodeId};
 
 /// What the HTTP handlers read. Cheap to clone.
 #[derive(Clone)]
@@ -45,6 +47,7 @@ pub(crate) struct HttpState {
     pub admin_token: Option<Arc<str>>,
     pub in_flight: Arc<Semaphore>,
     pub log_control: Option<LogControl>,
+    pub faults: FaultInjector,
 }
 
 /// A JSON error answer: `{"error": reason, "detail": detail}`.
@@ -111,6 +114,7 @@ pub(crate) fn router(state: HttpState, max_body_bytes: usize) -> Router {
         .route("/metrics", get(metrics))
         .route("/admin/node", get(admin_node))
         .route("/admin/log-filter", get(get_log_filter).post(set_log_filter))
+        .route("/admin/faults", get(get_faults).post(set_faults).delete(clear_faults))
         .route_layer(middleware::from_fn(remember_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -323,6 +327,54 @@ async fn set_log_filter(
     control.set(&body.filter).map_err(|e| ApiError::bad_request(format!("filter: {e}")))?;
     tracing::info!(filter = %body.filter, "log filter changed through the admin API");
     Ok(Json(LogFilterBody { filter: control.current() }))
+}
+
+#[derive(Serialize)]
+struct FaultsBody {
+    enabled: bool,
+    rules: FaultRules,
+}
+
+impl FaultsBody {
+    fn of(faults: &FaultInjector) -> Json<FaultsBody> {
+        Json(FaultsBody { enabled: faults.is_enabled(), rules: faults.rules() })
+    }
+}
+
+fn fault_error(e: FaultInstallError) -> ApiError {
+    match e {
+        FaultInstallError::ChaosDisabled => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "fault injection is only available with chaos enabled (`--chaos` or `chaos.enabled = true`)",
+        ),
+        FaultInstallError::Invalid(e) => ApiError::bad_request(e.to_string()),
+    }
+}
+
+/// `GET /admin/faults`: `{"enabled": bool, "rules": {"rules": [...]}}`.
+async fn get_faults(State(state): State<HttpState>) -> Json<FaultsBody> {
+    FaultsBody::of(&state.faults)
+}
+
+/// `POST /admin/faults`: replace this node's rules (SPEC 9.2). Validation errors name the field.
+async fn set_faults(
+    State(state): State<HttpState>,
+    JsonBody(rules): JsonBody<FaultRules>,
+) -> Result<Json<FaultsBody>, ApiError> {
+    let count = rules.rules.len();
+    state.faults.install(rules).map_err(fault_error)?;
+    state.metrics.fault_rules.set(count as i64);
+    tracing::warn!(rules = count, "fault rules installed through the admin API");
+    Ok(FaultsBody::of(&state.faults))
+}
+
+/// `DELETE /admin/faults`: clear this node's rules.
+async fn clear_faults(State(state): State<HttpState>) -> Result<Json<FaultsBody>, ApiError> {
+    state.faults.clear().map_err(fault_error)?;
+    state.metrics.fault_rules.set(0);
+    tracing::info!("fault rules cleared through the admin API");
+    Ok(FaultsBody::of(&state.faults))
 }
 
 #[cfg(test)]

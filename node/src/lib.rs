@@ -35,6 +35,10 @@ pub mod node;
 pub mod telemetry;
 pub mod up;
 
+pub use cohort_actors as actors;
+pub use cohort_chaos as chaos;
+pub use cohort_cluster as cluster;
 pub use cohort_cluster::NodeId;
+pub use cohort_registry as registry;
 pub use config::Config;
 pub use node::{Node, NodeAddrs, ShutdownReport, StartError};

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub http_in_flight: IntGauge,
     /// `cohort_health_check_ok{check}`: 1 when the check passes at the last evaluation.
     pub health_check_ok: IntGaugeVec,
+    /// `cohort_chaos_fault_rules`: fault rules in force on this node (0 without chaos).
+    pub fault_rules: IntGauge,
 }
 
 impl Metrics {
@@ -56,6 +58,8 @@ impl Metrics {
             Opts::new("cohort_health_check_ok", "1 when the named /livez check passed at its last evaluation."),
             &["check"],
         )?;
+        let fault_rules =
+            IntGauge::new("cohort_chaos_fault_rules", "Fault injection rules in force on this node (chaos mode).")?;
         let build_info = IntGaugeVec::new(
             Opts::new("cohort_build_info", "Always 1; labels carry the version and the node name."),
             &["version", "node"],
@@ -70,11 +74,12 @@ impl Metrics {
         registry.register(Box::new(http_rejected.clone()))?;
         registry.register(Box::new(http_in_flight.clone()))?;
         registry.register(Box::new(health_check_ok.clone()))?;
+        registry.register(Box::new(fault_rules.clone()))?;
         registry.register(Box::new(build_info))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
 
-        Ok(Self { registry, http_requests, http_duration, http_rejected, http_in_flight, health_check_ok })
+        Ok(Self { registry, http_requests, http_duration, http_rejected, http_in_flight, health_check_ok, fault_rules })
     }
 
     /// The registry subsystems register their collectors into.

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinHandle;
 
-use cohort_cluster::NodeId;
+use cohort_cluster::{FaultInjector, NodeId};
 
 use crate::config::Config;
 use crate::health::{Health, HealthError};
@@ -132,6 +132,7 @@ pub struct Node {
     config: Arc<Config>,
     health: Health,
     metrics: Metrics,
+    faults: FaultInjector,
     subsystems: Vec<Subsystem>,
     // Held until issue #3's cluster layer serves them; dropping them frees the ports.
     _gossip_socket: std::net::UdpSocket,
@@ -177,12 +178,14 @@ impl Node {
         let health = Health::new(started);
         let metrics = Metrics::new(&id.name)?;
         let startup_gate = health.register_gate("startup")?;
+        let faults = if config.chaos.enabled { FaultInjector::enabled() } else { FaultInjector::disabled() };
         let mut node = Self {
             id,
             addrs,
             config: Arc::new(config),
             health,
             metrics,
+            faults,
             subsystems: Vec::new(),
             _gossip_socket: gossip_socket,
             _internode_listener: internode_listener,
@@ -235,6 +238,7 @@ impl Node {
             admin_token: self.config.admin_token.as_deref().map(Arc::from),
             in_flight: Arc::new(Semaphore::new(self.config.http.max_in_flight)),
             log_control,
+            faults: self.faults.clone(),
         };
         let app = http::router(state, self.config.http.max_body_bytes);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -274,6 +278,11 @@ impl Node {
     /// The metrics registry (subsystems add their collectors here).
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The fault injector every gossip datagram and internode frame passes (rules only with chaos).
+    pub fn faults(&self) -> &FaultInjector {
+        &self.faults
     }
 
     /// Stop every subsystem in the reverse of the start order, within `shutdown.timeout_ms`.

@@ -11,6 +11,10 @@ use common::{get, promtool_check, request};
 const TOKEN: &str = "test-admin-token-0123456789";
 
 fn config(name: &str, token: Option<&str>) -> Config {
+    config_with(name, token, false)
+}
+
+fn config_with(name: &str, token: Option<&str>, chaos: bool) -> Config {
     let mut c = Config {
         name: name.into(),
         data_dir: std::env::temp_dir().join(format!(
@@ -24,6 +28,7 @@ fn config(name: &str, token: Option<&str>) -> Config {
     c.http.addr = "127.0.0.1:0".parse().unwrap();
     c.gossip.addr = "127.0.0.1:0".parse().unwrap();
     c.internode.addr = "127.0.0.1:0".parse().unwrap();
+    c.chaos.enabled = chaos;
     c.validate().unwrap();
     c
 }
@@ -187,5 +192,57 @@ async fn a_taken_port_fails_the_start_with_a_named_listener() {
     c.gossip.addr = node.addrs().gossip;
     let err = Node::start(c).await.err().expect("start must fail on a taken port");
     assert!(err.to_string().contains("gossip"), "{err}");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_rules_are_installed_validated_and_cleared_with_chaos_enabled() {
+    let node = Node::start(config_with("faulty", Some(TOKEN), true)).await.unwrap();
+    let url = format!("http://{}", node.addrs().http);
+    let auth = format!("Bearer {TOKEN}");
+    let h = [("Authorization", auth.as_str())];
+    let j = get(&url, "/admin/faults").await.json();
+    assert_eq!(j["enabled"], true);
+    assert_eq!(j["rules"]["rules"].as_array().unwrap().len(), 0);
+
+    let body = r#"{"rules":[{"peer":"b","direction":"both","drop":1.0},{"peer":"c","direction":"out","delay_ms":200,"jitter_ms":100}]}"#;
+    let a = request("POST", &url, "/admin/faults", &h, Some(body)).await;
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.json()["rules"]["rules"].as_array().unwrap().len(), 2);
+    // The node's own injector now partitions it from b, in both directions, and only from b.
+    use cohort_cluster::faults::{Direction, Verdict};
+    assert_eq!(node.faults().decide("b", Direction::In), Verdict::Drop);
+    assert_eq!(node.faults().decide("b", Direction::Out), Verdict::Drop);
+    assert_eq!(node.faults().decide("d", Direction::Out), Verdict::Pass);
+    assert!(
+        matches!(node.faults().decide("c", Direction::Out), Verdict::Delay(d) if d.as_millis() >= 200 && d.as_millis() <= 300)
+    );
+    assert!(get(&url, "/metrics").await.body.contains("cohort_chaos_fault_rules 2"));
+
+    // Invalid rules are refused with the field named, and the rules in force stay.
+    let bad = request("POST", &url, "/admin/faults", &h, Some(r#"{"rules":[{"peer":"b","drop":1.5}]}"#)).await;
+    assert_eq!(bad.status, 400, "{bad:?}");
+    assert!(bad.json()["detail"].as_str().unwrap().contains("rules[0].drop"), "{}", bad.body);
+    let unknown = request("POST", &url, "/admin/faults", &h, Some(r#"{"rules":[{"peer":"b","dorp":1}]}"#)).await;
+    assert_eq!(unknown.status, 422, "{unknown:?}");
+    assert_eq!(get(&url, "/admin/faults").await.json()["rules"]["rules"].as_array().unwrap().len(), 2);
+
+    // Without the token: 401, nothing changes.
+    assert_eq!(request("DELETE", &url, "/admin/faults", &[], None).await.status, 401);
+    let cleared = request("DELETE", &url, "/admin/faults", &h, None).await;
+    assert_eq!(cleared.status, 200);
+    assert_eq!(cleared.json()["rules"]["rules"].as_array().unwrap().len(), 0);
+    assert_eq!(node.faults().decide("b", Direction::In), Verdict::Pass);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_endpoints_answer_404_without_chaos() {
+    let (node, url) = start("nochaos", Some(TOKEN)).await;
+    let auth = format!("Bearer {TOKEN}");
+    let a = request("POST", &url, "/admin/faults", &[("Authorization", &auth)], Some(r#"{"rules":[]}"#)).await;
+    assert_eq!(a.status, 404, "{a:?}");
+    assert!(a.json()["detail"].as_str().unwrap().contains("chaos"));
+    assert_eq!(get(&url, "/admin/faults").await.json()["enabled"], false);
     node.shutdown().await;
 }
