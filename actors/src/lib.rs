@@ -37,8 +37,10 @@
 //! assert_eq!(kinds, [EventKind::Join, EventKind::Leave, EventKind::Leave]);
 //! ```
 
+pub mod host;
 pub mod pg;
 pub mod pid;
 
+pub use host::{DeliveryError, ExitHook, ExitReason, ProcessHost};
 pub use pg::{Group, PgError, ScopeTable};
 pub use pid::{Pid, PidParseError};

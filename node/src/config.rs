@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 
 /// Shortest cluster secret accepted, in bytes. HMAC-SHA256 keys shorter than this are guessable
 /// offline from one captured handshake.
-pub const MIN_CLUSTER_SECRET_BYTES: usize = 16;
+pub const MIN_CLUSTER_SECRET_BYTES: usize = cohort_cluster::auth::MIN_SECRET_BYTES;
+/// Longest cluster secret accepted, in bytes (the HMAC key block of SHA-256).
+pub const MAX_CLUSTER_SECRET_BYTES: usize = cohort_cluster::auth::MAX_SECRET_BYTES;
 /// Largest config file read, so a wrong path (a log file, a device) fails fast instead of filling memory.
 pub const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
 /// Largest cluster secret file read.
@@ -54,6 +56,10 @@ pub struct Config {
     pub cluster_secret_file: Option<PathBuf>,
     /// Bearer token for mutating admin endpoints; without one they answer 403.
     pub admin_token: Option<String>,
+    /// Whether this node may be a raft voter (advertised in its gossip identity).
+    pub raft_eligible: bool,
+    /// Failure domain (rack, zone): raft voters are spread across domains. Empty = none.
+    pub failure_domain: String,
     /// HTTP surface.
     pub http: HttpConfig,
     /// Gossip (SWIM over UDP).
@@ -79,6 +85,8 @@ impl Default for Config {
             seeds: Vec::new(),
             cluster_secret_file: None,
             admin_token: None,
+            raft_eligible: true,
+            failure_domain: String::new(),
             http: HttpConfig::default(),
             gossip: ListenConfig { addr: parse_addr(DEFAULT_GOSSIP_ADDR) },
             internode: ListenConfig { addr: parse_addr(DEFAULT_INTERNODE_ADDR) },
@@ -358,6 +366,25 @@ impl Config {
                 return Err(ConfigError::invalid("admin_token", "must be printable ASCII without spaces"));
             }
         }
+        if self.failure_domain.len() > cohort_cluster::member::MAX_FAILURE_DOMAIN_LEN
+            || !self.failure_domain.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(ConfigError::invalid(
+                "failure_domain",
+                "at most 64 characters of letters, digits, `-` and `_`",
+            ));
+        }
+        // Gossip and internode addresses are advertised to peers as bound: a wildcard address
+        // would tell peers to dial 0.0.0.0.
+        if self.gossip.addr.ip().is_unspecified() {
+            return Err(ConfigError::invalid("gossip.addr", "bind a concrete address (peers dial it), not 0.0.0.0"));
+        }
+        if self.internode.addr.ip().is_unspecified() {
+            return Err(ConfigError::invalid(
+                "internode.addr",
+                "bind a concrete address (peers dial it), not 0.0.0.0",
+            ));
+        }
         if !(1..=65_536).contains(&self.http.max_in_flight) {
             return Err(ConfigError::invalid("http.max_in_flight", "must be between 1 and 65536"));
         }
@@ -410,9 +437,10 @@ pub fn read_cluster_secret(path: &Path) -> Result<Vec<u8>, String> {
     }
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let trimmed = bytes.trim_ascii();
-    if trimmed.len() < MIN_CLUSTER_SECRET_BYTES {
+    if !(MIN_CLUSTER_SECRET_BYTES..=MAX_CLUSTER_SECRET_BYTES).contains(&trimmed.len()) {
         return Err(format!(
-            "{} holds {} bytes; a cluster secret needs at least {MIN_CLUSTER_SECRET_BYTES}",
+            "{} holds {} bytes; a cluster secret needs {MIN_CLUSTER_SECRET_BYTES} to {MAX_CLUSTER_SECRET_BYTES} \
+             (e.g. `openssl rand -hex 32`)",
             path.display(),
             trimmed.len()
         ));

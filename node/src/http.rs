@@ -34,7 +34,9 @@ use crate::node::NodeAddrs;
 use crate::telemetry::LogControl;
 use cohort_cluster::faults::FaultRules;
 use cohort_cluster::net::FaultInstallError;
-use cohort_cluster::{FaultInjector, NodeId};
+use cohort_cluster::membership::Membership;
+use cohort_cluster::net::transport::{ClassSnapshot, Transport};
+use cohort_cluster::{FaultInjector, MemberAddrs, NodeId};
 
 /// What the HTTP handlers read. Cheap to clone.
 #[derive(Clone)]
@@ -48,6 +50,8 @@ pub(crate) struct HttpState {
     pub in_flight: Arc<Semaphore>,
     pub log_control: Option<LogControl>,
     pub faults: FaultInjector,
+    pub membership: Membership,
+    pub transport: Transport,
 }
 
 /// A JSON error answer: `{"error": reason, "detail": detail}`.
@@ -114,6 +118,8 @@ pub(crate) fn router(state: HttpState, max_body_bytes: usize) -> Router {
         .route("/metrics", get(metrics))
         .route("/admin/node", get(admin_node))
         .route("/admin/log-filter", get(get_log_filter).post(set_log_filter))
+        .route("/admin/cluster/members", get(cluster_members))
+        .route("/admin/transport", get(transport))
         .route("/admin/faults", get(get_faults).post(set_faults).delete(clear_faults))
         .route_layer(middleware::from_fn(remember_route))
         .fallback(not_found)
@@ -327,6 +333,67 @@ async fn set_log_filter(
     control.set(&body.filter).map_err(|e| ApiError::bad_request(format!("filter: {e}")))?;
     tracing::info!(filter = %body.filter, "log filter changed through the admin API");
     Ok(Json(LogFilterBody { filter: control.current() }))
+}
+
+#[derive(Serialize)]
+struct MemberBody {
+    node: String,
+    incarnation: u64,
+    state: &'static str,
+    addrs: MemberAddrs,
+    raft_eligible: bool,
+    failure_domain: String,
+    #[serde(rename = "self")]
+    is_self: bool,
+}
+
+#[derive(Serialize)]
+struct MembersBody {
+    members: Vec<MemberBody>,
+}
+
+/// `GET /admin/cluster/members`: this node's view, self included, sorted by name.
+async fn cluster_members(State(state): State<HttpState>) -> Json<MembersBody> {
+    let view = state.membership.members();
+    let mut members: Vec<MemberBody> = view
+        .iter()
+        .map(|row| MemberBody {
+            node: row.info.id.name.clone(),
+            incarnation: row.info.id.incarnation,
+            state: row.state.as_str(),
+            addrs: row.info.addrs,
+            raft_eligible: row.info.raft_eligible,
+            failure_domain: row.info.failure_domain.clone(),
+            is_self: row.is_self,
+        })
+        .collect();
+    members.sort_by(|a, b| (&a.node, a.incarnation).cmp(&(&b.node, b.incarnation)));
+    Json(MembersBody { members })
+}
+
+#[derive(Serialize)]
+struct PeerBody {
+    node: String,
+    incarnation: u64,
+    connected: bool,
+    classes: Vec<ClassSnapshot>,
+}
+
+#[derive(Serialize)]
+struct TransportBody {
+    peers: Vec<PeerBody>,
+}
+
+/// `GET /admin/transport`: per peer, per class queue depth, capacity, drops and bytes.
+async fn transport(State(state): State<HttpState>) -> Json<TransportBody> {
+    let peers = state
+        .transport
+        .snapshot()
+        .peers
+        .into_iter()
+        .map(|p| PeerBody { node: p.node.name, incarnation: p.node.incarnation, connected: p.connected, classes: p.classes })
+        .collect();
+    Json(TransportBody { peers })
 }
 
 #[derive(Serialize)]

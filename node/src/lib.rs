@@ -27,6 +27,7 @@
 //! ```
 
 pub mod cli;
+mod cluster_subsystems;
 pub mod config;
 pub mod health;
 mod http;
@@ -41,4 +42,5 @@ pub use cohort_cluster as cluster;
 pub use cohort_cluster::NodeId;
 pub use cohort_registry as registry;
 pub use config::Config;
+pub use cluster_subsystems::ClusterStartError;
 pub use node::{Node, NodeAddrs, ShutdownReport, StartError};

@@ -8,8 +8,10 @@
 //!
 //! Invariants: everything a node holds (health registry, metrics registry, listeners, subsystems)
 //! is owned by its `Node` value, never by a process-global, so several nodes can run in one process.
-//! Until the cluster layer lands, the gossip socket and the internode listener are bound and held
-//! (reserving the ports and reporting the real addresses) but not yet served.
+//!
+//! Start order: `watchdog`, `membership`, `transport`, `cluster` (the pump from membership events
+//! to transport peers), `http`. Stop order is the reverse: HTTP stops taking requests first, and
+//! membership leaves the cluster gracefully (peers see `left`) just before the watchdog stops.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,8 +20,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinHandle;
 
-use cohort_cluster::{FaultInjector, NodeId};
+use cohort_cluster::membership::Membership;
+use cohort_cluster::net::transport::Transport;
+use cohort_cluster::{FaultInjector, MemberAddrs, NodeId};
 
+use crate::cluster_subsystems::{self as cluster, ClusterStartError};
 use crate::config::Config;
 use crate::health::{Health, HealthError};
 use crate::http::{self, HttpState};
@@ -72,6 +77,9 @@ pub enum StartError {
     /// A health check could not be registered.
     #[error("health registry: {0}")]
     Health(#[from] HealthError),
+    /// Membership or the transport could not start.
+    #[error(transparent)]
+    Cluster(#[from] ClusterStartError),
 }
 
 /// A running subsystem: a task and the trigger that asks it to stop.
@@ -133,10 +141,9 @@ pub struct Node {
     health: Health,
     metrics: Metrics,
     faults: FaultInjector,
+    membership: Membership,
+    transport: Transport,
     subsystems: Vec<Subsystem>,
-    // Held until issue #3's cluster layer serves them; dropping them frees the ports.
-    _gossip_socket: std::net::UdpSocket,
-    _internode_listener: std::net::TcpListener,
 }
 
 impl Node {
@@ -178,7 +185,20 @@ impl Node {
         let health = Health::new(started);
         let metrics = Metrics::new(&id.name)?;
         let startup_gate = health.register_gate("startup")?;
+        let cluster_gate = health.register_gate("cluster")?;
         let faults = if config.chaos.enabled { FaultInjector::enabled() } else { FaultInjector::disabled() };
+        let member_addrs = MemberAddrs { gossip: addrs.gossip, internode: addrs.internode, http: addrs.http };
+        let handles = cluster::start(
+            &config,
+            &id,
+            member_addrs,
+            gossip_socket,
+            internode_listener,
+            &faults,
+            metrics.registry(),
+        )
+        .await?;
+        cluster::register_checks(&health, &handles.membership)?;
         let mut node = Self {
             id,
             addrs,
@@ -186,12 +206,13 @@ impl Node {
             health,
             metrics,
             faults,
+            membership: handles.membership,
+            transport: handles.transport,
             subsystems: Vec::new(),
-            _gossip_socket: gossip_socket,
-            _internode_listener: internode_listener,
         };
 
         node.start_watchdog()?;
+        node.start_cluster(cluster_gate);
         node.start_http(http_listener, log_control);
         startup_gate.set(true);
         tracing::info!(
@@ -228,6 +249,30 @@ impl Node {
         Ok(())
     }
 
+    /// Membership and the transport already run (started before the node announced anything);
+    /// here they become subsystems with a stop order, and the pump links them.
+    fn start_cluster(&mut self, gate: crate::health::ReadinessGate) {
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let membership = self.membership.clone();
+        let task = tokio::spawn(async move {
+            let _ = stop_rx.await;
+            membership.leave().await;
+        });
+        self.push_subsystem("membership", stop_tx, task);
+
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let transport = self.transport.clone();
+        let task = tokio::spawn(async move {
+            let _ = stop_rx.await;
+            transport.shutdown().await;
+        });
+        self.push_subsystem("transport", stop_tx, task);
+
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(cluster::pump(self.membership.clone(), self.transport.clone(), gate, stop_rx));
+        self.push_subsystem("cluster", stop_tx, task);
+    }
+
     fn start_http(&mut self, listener: tokio::net::TcpListener, log_control: Option<LogControl>) {
         let state = HttpState {
             id: self.id.clone(),
@@ -239,6 +284,8 @@ impl Node {
             in_flight: Arc::new(Semaphore::new(self.config.http.max_in_flight)),
             log_control,
             faults: self.faults.clone(),
+            membership: self.membership.clone(),
+            transport: self.transport.clone(),
         };
         let app = http::router(state, self.config.http.max_body_bytes);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -283,6 +330,16 @@ impl Node {
     /// The fault injector every gossip datagram and internode frame passes (rules only with chaos).
     pub fn faults(&self) -> &FaultInjector {
         &self.faults
+    }
+
+    /// The membership handle (cluster view, events).
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// The internode transport.
+    pub fn transport(&self) -> &Transport {
+        &self.transport
     }
 
     /// Stop every subsystem in the reverse of the start order, within `shutdown.timeout_ms`.

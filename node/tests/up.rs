@@ -45,6 +45,31 @@ async fn up_starts_three_healthy_nodes_and_sigterm_stops_them_all() {
         promtool_check(&metrics.body);
     }
     assert_eq!(names, ["node-1", "node-2", "node-3"]);
+    // They form one cluster: every node lists every member alive, and its transport is connected
+    // to the two others.
+    for url in &urls {
+        let url = url.clone();
+        wait_for(Duration::from_secs(10), "every member alive on every node", || {
+            let url = url.clone();
+            async move {
+                let j = get(&url, "/admin/cluster/members").await.json();
+                let members = j["members"].as_array()?.clone();
+                let alive = members.iter().filter(|m| m["state"] == "alive").count();
+                (members.len() == 3 && alive == 3).then_some(())
+            }
+        })
+        .await;
+        let url2 = url.clone();
+        wait_for(Duration::from_secs(10), "transport connected to both peers", || {
+            let url = url2.clone();
+            async move {
+                let j = get(&url, "/admin/transport").await.json();
+                let peers = j["peers"].as_array()?.clone();
+                (peers.len() == 2 && peers.iter().all(|p| p["connected"] == true)).then_some(())
+            }
+        })
+        .await;
+    }
     // Chaos is enabled and the token is in force: a mutating endpoint accepts the printed token.
     let auth = format!("Bearer {token}");
     let a = common::request(

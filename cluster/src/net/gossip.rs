@@ -1,1 +1,537 @@
-//! The gossip socket (UDP): to be written (issue 3).
+//! The gossip socket (UDP): envelope codec, authentication, fault injection, delayed datagrams.
+//!
+//! Role: the only code that touches the membership actor's UDP socket. Outbound, it wraps a body
+//! (a foca packet or a discovery message) in an envelope, seals it with the cluster's gossip key
+//! and passes it through the node's [`FaultInjector`]; inbound, it does the same in reverse and
+//! hands the actor only authenticated, well-formed envelopes that the fault plan let through.
+//!
+//! Wire format (SPEC 5.1), inside [`crate::auth::seal`] (`payload | HMAC tag`):
+//!
+//! ```text
+//! version u8 (= 1) | kind u8 | name_len u8 | sender node name (UTF-8, 1..=255 bytes) | body
+//! ```
+//!
+//! `kind` is `0` foca packet, `1` discover ("who are you?", empty body, sent to a seed's
+//! `host:port` whose node name we do not know yet), `2` discover reply (the seed's postcard-encoded
+//! gossip identity, so the joiner can address a foca announce to it). The sender name travels
+//! outside the foca packet so the receiver can apply `FaultInjector::decide(sender, In)` before
+//! foca decodes anything.
+//!
+//! Cluster separation: the tag is keyed with a per-cluster key, `HMAC(secret, gossip label |
+//! "cohort gossip cluster key v1\0" | cluster name)` (computed with [`crate::auth::seal`], see
+//! [`cluster_key`]), so two clusters sharing a secret but not a name never accept each other's
+//! datagrams, at zero bytes per packet. The derivation input starts with `'c'` while every
+//! envelope starts with the version byte `1`, so no tag ever sent on the wire equals a derived key.
+//!
+//! Invariants: lengths are checked before reading; nothing here panics on any datagram; every
+//! refused datagram is counted in `cohort_gossip_dropped_total{reason}` or
+//! `cohort_gossip_auth_failures_total{reason}`; datagrams held back by a `Delay` verdict are
+//! bounded by a configured count, overflow is dropped and counted (`delay_overflow`); sends never
+//! block the actor (`try_send_to`; a full socket buffer is a counted `send_failed` drop, which SWIM
+//! tolerates like any lost datagram).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use thiserror::Error;
+use tokio::net::UdpSocket;
+
+use crate::auth::{self, AuthError, ClusterSecret, SecretError, TAG_BYTES};
+use crate::faults::{Direction, Verdict};
+use crate::net::FaultInjector;
+
+/// The envelope version this build writes and accepts.
+pub(crate) const ENVELOPE_VERSION: u8 = 1;
+
+/// Bytes before the sender name: version, kind, name length.
+pub(crate) const ENVELOPE_HEADER_BYTES: usize = 3;
+
+/// The longest sender node name an envelope carries (one length byte).
+pub(crate) const MAX_SENDER_NAME_BYTES: usize = 255;
+
+/// The most bytes an envelope and its tag add to a body, whatever the sender's name.
+///
+/// Why it matters: foca's packet budget is the datagram budget minus this, the same on every
+/// node, so a packet one node produces is never too large for another to consume.
+pub(crate) const MAX_ENVELOPE_OVERHEAD: usize = ENVELOPE_HEADER_BYTES + MAX_SENDER_NAME_BYTES + TAG_BYTES;
+
+/// Domain label of the per-cluster gossip key derivation (see the module docs).
+const CLUSTER_KEY_LABEL: &[u8] = b"cohort gossip cluster key v1\0";
+
+/// Every `reason` label of `cohort_gossip_dropped_total`, exported at 0 from boot.
+pub(crate) const DROP_REASONS: [&str; 9] = [
+    "fault_injected",
+    "malformed",
+    "delay_overflow",
+    "too_large",
+    "send_failed",
+    "recv_failed",
+    "rejected",
+    "timer_overflow",
+    "members_overflow",
+];
+
+/// What an envelope carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EnvelopeKind {
+    /// A foca packet.
+    Foca,
+    /// "Who are you?" to a seed address; empty body.
+    Discover,
+    /// The answer to [`EnvelopeKind::Discover`]: the sender's encoded gossip identity.
+    DiscoverReply,
+}
+
+impl EnvelopeKind {
+    const fn to_byte(self) -> u8 {
+        match self {
+            Self::Foca => 0,
+            Self::Discover => 1,
+            Self::DiscoverReply => 2,
+        }
+    }
+
+    const fn from_byte(byte: u8) -> Option<Self> {
+        match byte {
+            0 => Some(Self::Foca),
+            1 => Some(Self::Discover),
+            2 => Some(Self::DiscoverReply),
+            _ => None,
+        }
+    }
+}
+
+/// A decoded envelope, borrowing from the datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Envelope<'a> {
+    /// What the body is.
+    pub(crate) kind: EnvelopeKind,
+    /// The sender's node name (non-empty, at most [`MAX_SENDER_NAME_BYTES`]).
+    pub(crate) sender: &'a str,
+    /// The rest of the payload.
+    pub(crate) body: &'a [u8],
+}
+
+/// Why an (authenticated) payload is not a valid envelope. All are counted as `malformed`.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub(crate) enum EnvelopeError {
+    /// Shorter than the fixed header or than its declared sender name.
+    #[error("envelope of {len} bytes is truncated")]
+    Truncated {
+        /// The payload length.
+        len: usize,
+    },
+    /// A version this build does not speak.
+    #[error("envelope version {0} is not supported")]
+    UnknownVersion(u8),
+    /// A kind byte this build does not know.
+    #[error("envelope kind {0} is unknown")]
+    UnknownKind(u8),
+    /// The sender name is empty, longer than [`MAX_SENDER_NAME_BYTES`] or not UTF-8.
+    #[error("envelope sender name is empty, too long or not UTF-8")]
+    BadSenderName,
+}
+
+/// Appends the envelope of `body` from `sender` to `out`.
+pub(crate) fn encode_envelope(
+    kind: EnvelopeKind,
+    sender: &str,
+    body: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), EnvelopeError> {
+    let name = sender.as_bytes();
+    let Ok(name_len) = u8::try_from(name.len()) else {
+        return Err(EnvelopeError::BadSenderName);
+    };
+    if name_len == 0 {
+        return Err(EnvelopeError::BadSenderName);
+    }
+    out.reserve(ENVELOPE_HEADER_BYTES + name.len() + body.len());
+    out.extend_from_slice(&[ENVELOPE_VERSION, kind.to_byte(), name_len]);
+    out.extend_from_slice(name);
+    out.extend_from_slice(body);
+    Ok(())
+}
+
+/// Decodes an envelope; never panics, whatever `payload` holds.
+pub(crate) fn decode_envelope(payload: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
+    let truncated = EnvelopeError::Truncated { len: payload.len() };
+    let [version, kind, name_len, rest @ ..] = payload else {
+        return Err(truncated);
+    };
+    if *version != ENVELOPE_VERSION {
+        return Err(EnvelopeError::UnknownVersion(*version));
+    }
+    let kind = EnvelopeKind::from_byte(*kind).ok_or(EnvelopeError::UnknownKind(*kind))?;
+    let name_len = usize::from(*name_len);
+    if name_len == 0 {
+        return Err(EnvelopeError::BadSenderName);
+    }
+    let Some((name, body)) = rest.split_at_checked(name_len) else {
+        return Err(truncated);
+    };
+    let sender = std::str::from_utf8(name).map_err(|_| EnvelopeError::BadSenderName)?;
+    Ok(Envelope { kind, sender, body })
+}
+
+/// The per-cluster gossip key: `secret` bound to `cluster_name` (see the module docs).
+pub(crate) fn cluster_key(secret: &ClusterSecret, cluster_name: &str) -> Result<ClusterSecret, SecretError> {
+    let mut input = Vec::with_capacity(CLUSTER_KEY_LABEL.len() + cluster_name.len());
+    input.extend_from_slice(CLUSTER_KEY_LABEL);
+    input.extend_from_slice(cluster_name.as_bytes());
+    let sealed = auth::seal(secret, &input);
+    ClusterSecret::from_bytes(&sealed[input.len()..])
+}
+
+/// The gossip metrics, registered at boot with every series at 0.
+#[derive(Clone)]
+pub(crate) struct GossipMetrics {
+    packets_in: IntCounter,
+    packets_out: IntCounter,
+    bytes_in: IntCounter,
+    bytes_out: IntCounter,
+    dropped: IntCounterVec,
+    auth_failures: IntCounterVec,
+}
+
+impl GossipMetrics {
+    /// Creates and registers `cohort_gossip_{packets,bytes,dropped,auth_failures}_total`.
+    pub(crate) fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let packets = IntCounterVec::new(
+            Opts::new("cohort_gossip_packets_total", "Gossip datagrams sent or received, by direction."),
+            &["direction"],
+        )?;
+        let bytes = IntCounterVec::new(
+            Opts::new("cohort_gossip_bytes_total", "Gossip datagram bytes sent or received, by direction."),
+            &["direction"],
+        )?;
+        let dropped = IntCounterVec::new(
+            Opts::new("cohort_gossip_dropped_total", "Gossip datagrams or membership items dropped, by reason."),
+            &["reason"],
+        )?;
+        let auth_failures = IntCounterVec::new(
+            Opts::new(
+                "cohort_gossip_auth_failures_total",
+                "Gossip datagrams refused because their cluster-secret tag did not verify, by reason.",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(packets.clone()))?;
+        registry.register(Box::new(bytes.clone()))?;
+        registry.register(Box::new(dropped.clone()))?;
+        registry.register(Box::new(auth_failures.clone()))?;
+        for reason in DROP_REASONS {
+            dropped.with_label_values(&[reason]);
+        }
+        for reason in AuthError::REASONS {
+            auth_failures.with_label_values(&[reason]);
+        }
+        Ok(Self {
+            packets_in: packets.with_label_values(&["in"]),
+            packets_out: packets.with_label_values(&["out"]),
+            bytes_in: bytes.with_label_values(&["in"]),
+            bytes_out: bytes.with_label_values(&["out"]),
+            dropped,
+            auth_failures,
+        })
+    }
+
+    /// Counts one drop; `reason` must be one of [`DROP_REASONS`].
+    pub(crate) fn dropped(&self, reason: &'static str) {
+        debug_assert!(DROP_REASONS.contains(&reason), "unregistered drop reason {reason}");
+        self.dropped.with_label_values(&[reason]).inc();
+    }
+}
+
+/// An accepted inbound envelope, owned.
+#[derive(Debug)]
+pub(crate) struct Inbound {
+    /// What the body is.
+    pub(crate) kind: EnvelopeKind,
+    /// The sender's node name.
+    pub(crate) sender: String,
+    /// The datagram's source address (where a discover reply goes).
+    pub(crate) from: SocketAddr,
+    /// The body.
+    pub(crate) body: Vec<u8>,
+}
+
+/// A datagram held back by a `Delay` verdict.
+enum Delayed {
+    /// A sealed datagram to send.
+    Out { to: SocketAddr, datagram: Vec<u8> },
+    /// An accepted envelope to hand to the actor.
+    In(Inbound),
+}
+
+struct DelayedEntry {
+    due: Instant,
+    seq: u64,
+    item: Delayed,
+}
+
+impl PartialEq for DelayedEntry {
+    fn eq(&self, other: &Self) -> bool {
+        (self.due, self.seq) == (other.due, other.seq)
+    }
+}
+impl Eq for DelayedEntry {}
+impl PartialOrd for DelayedEntry {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for DelayedEntry {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.due, self.seq).cmp(&(other.due, other.seq))
+    }
+}
+
+/// The membership actor's UDP socket with authentication and fault injection.
+pub(crate) struct GossipSocket {
+    socket: UdpSocket,
+    key: ClusterSecret,
+    local_name: String,
+    faults: FaultInjector,
+    metrics: GossipMetrics,
+    max_datagram_bytes: usize,
+    max_delayed: usize,
+    recv_buf: Vec<u8>,
+    envelope_buf: Vec<u8>,
+    delayed: BinaryHeap<Reverse<DelayedEntry>>,
+    delayed_seq: u64,
+}
+
+impl GossipSocket {
+    /// Wraps an already bound socket. `key` is the [`cluster_key`]; `local_name` is at most
+    /// [`MAX_SENDER_NAME_BYTES`] (checked by the caller).
+    pub(crate) fn new(
+        socket: UdpSocket,
+        key: ClusterSecret,
+        local_name: String,
+        faults: FaultInjector,
+        metrics: GossipMetrics,
+        max_datagram_bytes: usize,
+        max_delayed: usize,
+    ) -> Self {
+        Self {
+            socket,
+            key,
+            local_name,
+            faults,
+            metrics,
+            max_datagram_bytes,
+            max_delayed,
+            // One extra byte tells an oversized datagram from one of exactly the budget.
+            recv_buf: vec![0; max_datagram_bytes + 1],
+            envelope_buf: Vec::with_capacity(max_datagram_bytes),
+            delayed: BinaryHeap::new(),
+            delayed_seq: 0,
+        }
+    }
+
+    /// The metrics this socket counts into.
+    pub(crate) fn metrics(&self) -> &GossipMetrics {
+        &self.metrics
+    }
+
+    /// The socket's local address.
+    pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Sends `body` to the member named `to_name` at `to`, through the fault plan. Never blocks.
+    pub(crate) fn send(&mut self, to_name: &str, to: SocketAddr, kind: EnvelopeKind, body: &[u8]) {
+        self.envelope_buf.clear();
+        if encode_envelope(kind, &self.local_name, body, &mut self.envelope_buf).is_err() {
+            // Our own name was validated at start; this would be a bug, not input.
+            self.metrics.dropped("malformed");
+            return;
+        }
+        let datagram = auth::seal(&self.key, &self.envelope_buf);
+        if datagram.len() > self.max_datagram_bytes {
+            self.metrics.dropped("too_large");
+            return;
+        }
+        match self.faults.decide(to_name, Direction::Out) {
+            Verdict::Pass => self.transmit(to, &datagram),
+            Verdict::Drop => self.metrics.dropped("fault_injected"),
+            Verdict::Delay(delay) => self.hold(delay, Delayed::Out { to, datagram }),
+        }
+    }
+
+    fn transmit(&self, to: SocketAddr, datagram: &[u8]) {
+        match self.socket.try_send_to(datagram, to) {
+            Ok(_) => {
+                self.metrics.packets_out.inc();
+                self.metrics.bytes_out.inc_by(datagram.len() as u64);
+            }
+            Err(error) => {
+                tracing::debug!(%to, %error, "gossip send failed");
+                self.metrics.dropped("send_failed");
+            }
+        }
+    }
+
+    fn hold(&mut self, delay: Duration, item: Delayed) {
+        if self.delayed.len() >= self.max_delayed {
+            self.metrics.dropped("delay_overflow");
+            return;
+        }
+        self.delayed_seq = self.delayed_seq.wrapping_add(1);
+        let due = Instant::now() + delay;
+        self.delayed.push(Reverse(DelayedEntry { due, seq: self.delayed_seq, item }));
+    }
+
+    /// When the earliest delayed datagram is due.
+    pub(crate) fn next_due(&self) -> Option<Instant> {
+        self.delayed.peek().map(|Reverse(entry)| entry.due)
+    }
+
+    /// Sends the delayed outbound datagrams due by `now` and appends the due inbound ones to
+    /// `inbound`, in due order.
+    pub(crate) fn release_due(&mut self, now: Instant, inbound: &mut Vec<Inbound>) {
+        while self.delayed.peek().is_some_and(|Reverse(entry)| entry.due <= now) {
+            let Some(Reverse(entry)) = self.delayed.pop() else { break };
+            match entry.item {
+                Delayed::Out { to, datagram } => self.transmit(to, &datagram),
+                Delayed::In(accepted) => inbound.push(accepted),
+            }
+        }
+    }
+
+    /// Receives the next datagram that passes authentication, decoding and the fault plan.
+    ///
+    /// Cancel-safe: the only await is `recv_from`; everything after it runs to completion.
+    pub(crate) async fn recv(&mut self) -> io::Result<Inbound> {
+        loop {
+            let (len, from) = self.socket.recv_from(&mut self.recv_buf).await?;
+            self.metrics.packets_in.inc();
+            self.metrics.bytes_in.inc_by(len as u64);
+            if len > self.max_datagram_bytes {
+                self.metrics.dropped("too_large");
+                continue;
+            }
+            let Some(accepted) = self.accept(len, from) else { continue };
+            match self.faults.decide(&accepted.sender, Direction::In) {
+                Verdict::Pass => return Ok(accepted),
+                Verdict::Drop => self.metrics.dropped("fault_injected"),
+                Verdict::Delay(delay) => self.hold(delay, Delayed::In(accepted)),
+            }
+        }
+    }
+
+    /// Authenticates and decodes `recv_buf[..len]`, counting what it refuses.
+    fn accept(&self, len: usize, from: SocketAddr) -> Option<Inbound> {
+        let datagram = self.recv_buf.get(..len)?;
+        let payload = match auth::open(&self.key, datagram) {
+            Ok(payload) => payload,
+            Err(error) => {
+                tracing::debug!(%from, reason = error.as_str(), "gossip datagram failed authentication");
+                self.metrics.auth_failures.with_label_values(&[error.as_str()]).inc();
+                return None;
+            }
+        };
+        match decode_envelope(payload) {
+            Ok(envelope) => Some(Inbound {
+                kind: envelope.kind,
+                sender: envelope.sender.to_owned(),
+                from,
+                body: envelope.body.to_vec(),
+            }),
+            Err(error) => {
+                tracing::debug!(%from, %error, "malformed gossip envelope");
+                self.metrics.dropped("malformed");
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn secret(byte: u8) -> ClusterSecret {
+        ClusterSecret::from_bytes(&[byte; 32]).unwrap()
+    }
+
+    #[test]
+    fn envelope_round_trips() {
+        for kind in [EnvelopeKind::Foca, EnvelopeKind::Discover, EnvelopeKind::DiscoverReply] {
+            let mut out = Vec::new();
+            encode_envelope(kind, "alpha", b"body", &mut out).unwrap();
+            assert_eq!(out[..3], [ENVELOPE_VERSION, kind.to_byte(), 5]);
+            assert_eq!(decode_envelope(&out).unwrap(), Envelope { kind, sender: "alpha", body: b"body" });
+        }
+    }
+
+    #[test]
+    fn envelope_refuses_bad_sender_names_when_encoding() {
+        let mut out = Vec::new();
+        assert_eq!(encode_envelope(EnvelopeKind::Foca, "", b"", &mut out), Err(EnvelopeError::BadSenderName));
+        let long = "x".repeat(MAX_SENDER_NAME_BYTES + 1);
+        assert_eq!(encode_envelope(EnvelopeKind::Foca, &long, b"", &mut out), Err(EnvelopeError::BadSenderName));
+        assert!(out.is_empty());
+        let longest = "x".repeat(MAX_SENDER_NAME_BYTES);
+        encode_envelope(EnvelopeKind::Foca, &longest, b"", &mut out).unwrap();
+        assert_eq!(out.len(), MAX_ENVELOPE_OVERHEAD - TAG_BYTES);
+    }
+
+    #[test]
+    fn envelope_decode_names_each_refusal() {
+        assert_eq!(decode_envelope(&[1, 0]), Err(EnvelopeError::Truncated { len: 2 }));
+        assert_eq!(decode_envelope(&[2, 0, 1, b'a']), Err(EnvelopeError::UnknownVersion(2)));
+        assert_eq!(decode_envelope(&[1, 9, 1, b'a']), Err(EnvelopeError::UnknownKind(9)));
+        assert_eq!(decode_envelope(&[1, 0, 0]), Err(EnvelopeError::BadSenderName));
+        assert_eq!(decode_envelope(&[1, 0, 3, b'a']), Err(EnvelopeError::Truncated { len: 4 }));
+        assert_eq!(decode_envelope(&[1, 0, 1, 0xff]), Err(EnvelopeError::BadSenderName));
+        assert_eq!(
+            decode_envelope(&[1, 1, 1, b'a']),
+            Ok(Envelope { kind: EnvelopeKind::Discover, sender: "a", body: b"" })
+        );
+    }
+
+    #[test]
+    fn cluster_keys_differ_by_cluster_name_and_secret() {
+        let a = cluster_key(&secret(1), "prod").unwrap();
+        let b = cluster_key(&secret(1), "staging").unwrap();
+        let c = cluster_key(&secret(2), "prod").unwrap();
+        let sealed = auth::seal(&a, b"\x01payload");
+        assert!(auth::open(&a, &sealed).is_ok());
+        assert_eq!(auth::open(&b, &sealed), Err(AuthError::BadTag));
+        assert_eq!(auth::open(&c, &sealed), Err(AuthError::BadTag));
+        assert_eq!(cluster_key(&secret(1), "prod").unwrap().to_hex(), a.to_hex());
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics_on_random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = decode_envelope(&bytes);
+        }
+
+        #[test]
+        fn decode_of_any_truncation_never_panics_and_round_trips_whole(
+            name in "[a-z0-9-]{1,40}",
+            body in proptest::collection::vec(any::<u8>(), 0..300),
+            cut in 0usize..400,
+        ) {
+            let mut out = Vec::new();
+            encode_envelope(EnvelopeKind::Foca, &name, &body, &mut out).unwrap();
+            let decoded = decode_envelope(&out).unwrap();
+            prop_assert_eq!(decoded.sender, name.as_str());
+            prop_assert_eq!(decoded.body, body.as_slice());
+            let cut = cut.min(out.len());
+            let _ = decode_envelope(&out[..cut]);
+            // A sealed datagram cut anywhere fails authentication instead of decoding.
+            let key = secret(7);
+            let sealed = auth::seal(&key, &out);
+            prop_assert!(auth::open(&key, &sealed[..cut.min(sealed.len().saturating_sub(1))]).is_err());
+        }
+    }
+}

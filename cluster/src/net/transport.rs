@@ -1,1 +1,0 @@
-//! The internode transport (TCP): to be written (issue 3).

@@ -1,0 +1,248 @@
+//! The receiving side: the accept loop, the responder handshake, and the frame reader of each
+//! authenticated connection, which hands frames to the per-class channels without ever waiting.
+//!
+//! Each peer has two connections to us, its priority and bulk links; the hello's frame kind says
+//! which. Both are read the same way and every frame goes to its class's channel whichever link
+//! it came on: the link only keys the replacement of an older connection (one per node name and
+//! link) and the logs.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
+
+use super::handshake::{self, HandshakeFailure};
+use super::link::shutdown_signalled;
+use super::metrics::{ConnGauge, ConnState, DropCause};
+use super::route::Link;
+use super::{ACCEPT_ERROR_PAUSE, Inbound, InboundError, Inner, lock};
+use crate::NodeId;
+use crate::faults::{Direction, Verdict};
+use crate::frame::{Frame, FrameDecoder};
+use crate::queue::Class;
+
+/// Accepts connections until shutdown; each one is served by its own task.
+pub(super) async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
+    let mut shutdown = inner.shutdown.subscribe();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown_signalled(&mut shutdown) => return,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                if inner.may_warn() {
+                    tracing::warn!(%error, "internode accept failed");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => continue,
+                    () = shutdown_signalled(&mut shutdown) => return,
+                }
+            }
+        };
+        let Ok(permit) = Arc::clone(&inner.handshake_slots).try_acquire_owned() else {
+            // Closing at once (rather than waiting for a slot) keeps a flood of silent
+            // connections from queueing honest peers behind their timeouts.
+            inner.metrics.handshake_failed(&HandshakeFailure::Busy);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let task_inner = Arc::clone(&inner);
+        inner.spawn(async move {
+            let _ = task_inner.serve(stream, permit).await;
+        });
+    }
+}
+
+/// Sets `SO_RCVBUF` on the listener; connections it accepts inherit it (and the window scale it
+/// implies), which also turns off receive-buffer autotuning for them.
+#[cfg(unix)]
+pub(super) fn set_recv_buffer(listener: &std::net::TcpListener, bytes: u32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `setsockopt` on a socket fd the listener owns for this whole call, with a pointer to
+    // a live `c_int` and its exact length; the kernel only reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+/// Not supported off Unix: the kernel's default (autotuning) stays.
+#[cfg(not(unix))]
+pub(super) fn set_recv_buffer(_listener: &std::net::TcpListener, _bytes: u32) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// Frames and bytes received per class during one read, recorded once per read.
+#[derive(Default)]
+struct Tally {
+    frames: [u64; 5],
+    bytes: [u64; 5],
+}
+
+impl Inner {
+    /// Handshake then frames; see [`Transport::serve_inbound`](super::Transport::serve_inbound).
+    pub(super) async fn serve<S>(
+        &self,
+        mut stream: S,
+        handshake_permit: OwnedSemaphorePermit,
+    ) -> Result<NodeId, InboundError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let mut buf = BytesMut::new();
+        let hello = self.own_hello();
+        let handshake = handshake::respond(&mut stream, &mut buf, &self.secret, hello);
+        let result = match tokio::time::timeout(self.config.handshake_timeout, handshake).await {
+            Ok(result) => result,
+            Err(_) => Err(HandshakeFailure::Timeout),
+        };
+        drop(handshake_permit);
+        let (peer, link) = match result {
+            Ok((established, link)) => (established.peer, link),
+            Err(failure) => {
+                self.metrics.handshake_failed(&failure);
+                if self.may_warn() {
+                    tracing::warn!(reason = failure.as_str(), error = %failure, "internode inbound handshake refused");
+                }
+                return Err(failure.into());
+            }
+        };
+        let Ok(_connection_permit) = Arc::clone(&self.connection_slots).try_acquire_owned() else {
+            self.metrics.handshake_failed(&HandshakeFailure::Busy);
+            return Err(HandshakeFailure::Busy.into());
+        };
+        let _gauge = ConnGauge::new(&self.metrics, ConnState::Accepted);
+        let key = (peer.name.clone(), link);
+        let (conn_id, close) = self.register_inbound(&key);
+        tracing::debug!(peer = %peer, %link, "internode inbound link authenticated");
+        let result = self.read_frames(&mut stream, buf, &peer, link, &close).await;
+        self.inbound_conns.remove_if(&key, |_, (id, _)| *id == conn_id);
+        result.map(|()| peer)
+    }
+
+    /// Records the connection as the current `link` from the node, closing the previous one of
+    /// that link (the peer dials a new connection of a link only when it lost the old one).
+    fn register_inbound(&self, key: &(String, Link)) -> (u64, Arc<Notify>) {
+        let id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        let close = Arc::new(Notify::new());
+        if let Some((_, old)) = self.inbound_conns.insert(key.clone(), (id, Arc::clone(&close))) {
+            old.notify_one();
+        }
+        (id, close)
+    }
+
+    /// Reads and delivers frames until EOF, an error, replacement or shutdown.
+    async fn read_frames<S: AsyncRead + Unpin>(
+        &self,
+        stream: &mut S,
+        mut buf: BytesMut,
+        from: &NodeId,
+        link: Link,
+        close: &Notify,
+    ) -> Result<(), InboundError> {
+        let decoder = FrameDecoder::new(self.config.max_frame_bytes);
+        let senders: [Option<mpsc::Sender<Inbound>>; 5] =
+            std::array::from_fn(|i| lock(&self.inbound[i].sender).clone());
+        let mut shutdown = self.shutdown.subscribe();
+        let chunk = self.config.read_buffer_bytes;
+        loop {
+            let mut tally = Tally::default();
+            let decoded = loop {
+                match decoder.decode(&mut buf) {
+                    Ok(Some(frame)) => {
+                        let i = frame.class.code() as usize;
+                        tally.frames[i] += 1;
+                        tally.bytes[i] += frame.encoded_len() as u64;
+                        self.deliver(from, frame, &senders[i]).await;
+                        // A chunk holds up to ~1000 small frames and the socket always has more
+                        // under load: without yielding now and then, the reader would starve
+                        // the subscribers on its worker and fill their channels with drops.
+                        tokio::task::consume_budget().await;
+                    }
+                    Ok(None) => break Ok(()),
+                    Err(error) => break Err(error),
+                }
+            };
+            self.record(from, &tally);
+            if let Err(error) = decoded {
+                self.metrics.frame_error(&error);
+                if self.may_warn() {
+                    tracing::warn!(peer = %from, %error, "internode frame refused; closing the connection");
+                }
+                return Err(InboundError::Frame { peer: from.clone(), error });
+            }
+            if buf.capacity() - buf.len() < chunk / 2 {
+                buf.reserve(chunk);
+            }
+            if link == Link::Bulk {
+                // One read per poll: the per-frame budget above bounds frames, not bytes; with
+                // large frames one poll could copy megabytes while the priority link's reader on
+                // this worker waits (the I/O driver only runs between polls).
+                tokio::task::yield_now().await;
+            }
+            let read = tokio::select! {
+                biased;
+                () = shutdown_signalled(&mut shutdown) => return Ok(()),
+                () = close.notified() => return Ok(()),
+                read = stream.read_buf(&mut buf) => read,
+            };
+            match read {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(error) => return Err(InboundError::Io { peer: from.clone(), error }),
+            }
+        }
+    }
+
+    /// Counts what one read delivered, globally and against the peer.
+    fn record(&self, from: &NodeId, tally: &Tally) {
+        let peer = self.peers.get(&from.name);
+        for i in 0..5 {
+            if tally.frames[i] > 0 {
+                self.metrics.frames_in[i].inc_by(tally.frames[i]);
+                self.metrics.bytes_in[i].inc_by(tally.bytes[i]);
+                if let Some(peer) = &peer {
+                    peer.stats.bytes_in[i].fetch_add(tally.bytes[i], Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Passes one frame through the fault filter and into its class's channel, never waiting
+    /// for the consumer (a delay fault waits, as a slow link would).
+    async fn deliver(&self, from: &NodeId, frame: Frame, sender: &Option<mpsc::Sender<Inbound>>) {
+        let class = frame.class;
+        match self.faults.decide(&from.name, Direction::In) {
+            Verdict::Pass => {}
+            Verdict::Drop => return self.count_inbound_drop(from, class, DropCause::FaultInjected),
+            Verdict::Delay(delay) => tokio::time::sleep(delay).await,
+        }
+        let subscribed = self.inbound[class.code() as usize].subscribed.load(Ordering::Acquire);
+        let Some(sender) = sender.as_ref().filter(|_| subscribed) else {
+            return self.count_inbound_drop(from, class, DropCause::NoSubscriber);
+        };
+        let inbound = Inbound { from: from.clone(), kind: frame.kind, payload: frame.payload };
+        match sender.try_send(inbound) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => self.count_inbound_drop(from, class, DropCause::InboundFull),
+            Err(mpsc::error::TrySendError::Closed(_)) => self.count_inbound_drop(from, class, DropCause::NoSubscriber),
+        }
+    }
+
+    fn count_inbound_drop(&self, from: &NodeId, class: Class, cause: DropCause) {
+        let peer = self.peers.get(&from.name);
+        self.count_drop(peer.as_deref().map(|p| &**p), class, cause, 1);
+    }
+}

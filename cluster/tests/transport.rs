@@ -1,0 +1,747 @@
+//! Wiring tests of the internode transport (SPEC 5.2): real sockets on 127.0.0.1, port 0, bounded
+//! polls with deadlines. Timing never decides an assertion; deadlines only bound how long a test
+//! waits for a behaviour.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use cohort_cluster::auth::{ClusterSecret, Hello, InitiatorHandshake, ResponderHandshake, random_nonce};
+use cohort_cluster::faults::{Direction, FaultRule, FaultRules};
+use cohort_cluster::frame::{Frame, FrameDecoder, MAX_FRAME_BYTES, encode_into};
+use cohort_cluster::net::transport::{
+    Inbound, KIND_HELLO, KIND_HELLO_ACK, KIND_HELLO_BULK, KIND_PROOF, SendError, SendOutcome, Transport,
+    TransportConfig,
+};
+use cohort_cluster::queue::Class;
+use cohort_cluster::{FaultInjector, MemberAddrs, MemberInfo, NodeId};
+use prometheus::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc::Receiver;
+
+/// How long a test waits for a behaviour before failing.
+const DEADLINE: Duration = Duration::from_secs(10);
+const CLUSTER: &str = "test-cluster";
+
+fn secret() -> ClusterSecret {
+    ClusterSecret::from_bytes(&[7; 32]).unwrap()
+}
+
+fn fast_config() -> TransportConfig {
+    TransportConfig {
+        connect_timeout: Duration::from_secs(1),
+        handshake_timeout: Duration::from_millis(500),
+        reconnect_backoff_min: Duration::from_millis(10),
+        reconnect_backoff_max: Duration::from_millis(100),
+        reconnect_attempts_per_second: std::num::NonZeroU32::new(1000).unwrap(),
+        shutdown_grace: Duration::from_millis(200),
+        ..TransportConfig::default()
+    }
+}
+
+struct Node {
+    transport: Transport,
+    registry: Registry,
+    faults: FaultInjector,
+}
+
+impl Node {
+    fn member(&self) -> MemberInfo {
+        member_at(self.transport.local().clone(), self.transport.local_addr())
+    }
+
+    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric(&self.registry, name, labels)
+    }
+
+    fn dropped(&self, class: &str, reason: &str) -> f64 {
+        self.metric("cohort_internode_dropped_total", &[("class", class), ("reason", reason)])
+    }
+
+    fn handshake_failures(&self, reason: &str) -> f64 {
+        self.metric("cohort_internode_handshake_failures_total", &[("reason", reason)])
+    }
+
+    fn total_handshake_failures(&self) -> f64 {
+        family_sum(&self.registry, "cohort_internode_handshake_failures_total")
+    }
+}
+
+fn member_at(id: NodeId, internode: SocketAddr) -> MemberInfo {
+    let unused: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    MemberInfo {
+        id,
+        addrs: MemberAddrs { gossip: unused, internode, http: unused },
+        raft_eligible: false,
+        failure_domain: String::new(),
+    }
+}
+
+async fn start_node(name: &str, cluster: &str, secret: ClusterSecret, config: TransportConfig) -> Node {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    start_on(NodeId::new(name, 1), cluster, secret, listener, config).await
+}
+
+async fn start_on(
+    id: NodeId,
+    cluster: &str,
+    secret: ClusterSecret,
+    listener: std::net::TcpListener,
+    config: TransportConfig,
+) -> Node {
+    let registry = Registry::new();
+    let faults = FaultInjector::enabled();
+    let transport = Transport::start(id, cluster, secret, listener, faults.clone(), config, &registry).await.unwrap();
+    Node { transport, registry, faults }
+}
+
+fn metric(registry: &Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let families = registry.gather();
+    let Some(family) = families.iter().find(|f| f.name() == name) else { return 0.0 };
+    for m in family.get_metric() {
+        let matches = labels.iter().all(|(k, v)| m.get_label().iter().any(|l| l.name() == *k && l.value() == *v));
+        if matches {
+            return m.get_counter().get_value() + m.get_gauge().get_value();
+        }
+    }
+    0.0
+}
+
+fn family_sum(registry: &Registry, name: &str) -> f64 {
+    let families = registry.gather();
+    families
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric())
+        .map(|m| m.get_counter().get_value() + m.get_gauge().get_value())
+        .sum()
+}
+
+/// Polls `condition` until it holds or the deadline passes.
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn recv(rx: &mut Receiver<Inbound>) -> Inbound {
+    tokio::time::timeout(DEADLINE, rx.recv()).await.expect("timed out waiting for a frame").expect("channel closed")
+}
+
+/// Two connected nodes a and b, each knowing the other.
+async fn pair() -> (Node, Node) {
+    let a = start_node("a", CLUSTER, secret(), fast_config()).await;
+    let b = start_node("b", CLUSTER, secret(), fast_config()).await;
+    a.transport.peer_up(&b.member());
+    b.transport.peer_up(&a.member());
+    (a, b)
+}
+
+fn connected(node: &Node, peer: &str) -> bool {
+    node.transport.snapshot().peers.iter().any(|p| p.node.name == peer && p.connected)
+}
+
+/// A port nobody listens on.
+fn dead_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// Dials `addr` and runs the initiator handshake by hand, as a peer named `name`.
+async fn handshake_by_hand(addr: SocketAddr, name: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let hello = Hello::new(CLUSTER, NodeId::new(name, 1), random_nonce(&mut rand::rng()));
+    let (initiator, hello) = InitiatorHandshake::start(hello).unwrap();
+    write_control(&mut stream, KIND_HELLO, &hello).await;
+    let decoder = FrameDecoder::new(1024);
+    let mut buf = BytesMut::new();
+    let ack = loop {
+        if let Some(frame) = decoder.decode(&mut buf).unwrap() {
+            assert_eq!((frame.class, frame.kind), (Class::Control, KIND_HELLO_ACK));
+            break frame.payload;
+        }
+        assert!(stream.read_buf(&mut buf).await.unwrap() > 0, "closed during the handshake");
+    };
+    let (established, proof) = initiator.on_ack(&secret(), &ack).unwrap();
+    assert_eq!(established.peer.name, "b");
+    write_control(&mut stream, KIND_PROOF, &proof).await;
+    stream
+}
+
+/// Reads the next frame off `stream` (what was already read stays in `buf`).
+async fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> Frame {
+    let decoder = FrameDecoder::new(MAX_FRAME_BYTES);
+    loop {
+        if let Some(frame) = decoder.decode(buf).unwrap() {
+            return frame;
+        }
+        let read = tokio::time::timeout(DEADLINE, stream.read_buf(buf)).await.expect("timed out waiting for a frame");
+        assert!(read.unwrap() > 0, "connection closed");
+    }
+}
+
+/// Accepts one connection on `listener` and answers its handshake by hand as node "b". Returns
+/// the frame kind of the initiator's hello (it names the link), the stream, and whatever
+/// followed the proof.
+async fn accept_by_hand(listener: &tokio::net::TcpListener) -> (u8, TcpStream, BytesMut) {
+    let (mut stream, _) = tokio::time::timeout(DEADLINE, listener.accept()).await.expect("no dial").unwrap();
+    let mut buf = BytesMut::new();
+    let hello = read_frame(&mut stream, &mut buf).await;
+    assert_eq!(hello.class, Class::Control);
+    let own = Hello::new(CLUSTER, NodeId::new("b", 1), random_nonce(&mut rand::rng()));
+    let (responder, ack) = ResponderHandshake::new(own).unwrap().on_hello(&secret(), &hello.payload).unwrap();
+    write_control(&mut stream, KIND_HELLO_ACK, &ack).await;
+    let proof = read_frame(&mut stream, &mut buf).await;
+    assert_eq!((proof.class, proof.kind), (Class::Control, KIND_PROOF));
+    assert_eq!(responder.on_proof(&secret(), &proof.payload).unwrap().peer.name, "a");
+    (hello.kind, stream, buf)
+}
+
+async fn write_control(stream: &mut TcpStream, kind: u8, message: &[u8]) {
+    let mut wire = BytesMut::new();
+    encode_into(&mut wire, Class::Control, kind, message, 1024).unwrap();
+    stream.write_all(&wire).await.unwrap();
+}
+
+async fn write_frame(stream: &mut TcpStream, class: Class, kind: u8, payload: &[u8]) {
+    let mut wire = BytesMut::new();
+    encode_into(&mut wire, class, kind, payload, MAX_FRAME_BYTES).unwrap();
+    stream.write_all(&wire).await.unwrap();
+}
+
+/// Waits until the other side closes `stream` (EOF or reset).
+async fn closed_by_peer(stream: &mut TcpStream) {
+    let mut sink = [0u8; 1024];
+    let closed = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "connection was not closed");
+}
+
+fn seq(n: u32) -> Bytes {
+    Bytes::copy_from_slice(&n.to_be_bytes())
+}
+
+fn seq_of(inbound: &Inbound) -> u32 {
+    u32::from_be_bytes(inbound.payload[..4].try_into().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_of_every_class_flow_both_ways_in_order_tagged_with_sender() {
+    let (a, b) = pair().await;
+    let mut at_a: Vec<_> = Class::ALL.iter().map(|c| a.transport.subscribe(*c).unwrap()).collect();
+    let mut at_b: Vec<_> = Class::ALL.iter().map(|c| b.transport.subscribe(*c).unwrap()).collect();
+    assert!(a.transport.subscribe(Class::User).is_none(), "one consumer per class");
+
+    const N: u32 = 200;
+    for i in 0..N {
+        for (k, class) in Class::ALL.into_iter().enumerate() {
+            assert_eq!(a.transport.send("b", class, k as u8, seq(i)), Ok(SendOutcome::Queued));
+            assert_eq!(b.transport.send("a", class, k as u8, seq(i)), Ok(SendOutcome::Queued));
+        }
+    }
+    for (k, class) in Class::ALL.into_iter().enumerate() {
+        for i in 0..N {
+            let got = recv(&mut at_b[k]).await;
+            assert_eq!((got.from.clone(), got.kind, seq_of(&got)), (NodeId::new("a", 1), k as u8, i), "{class}");
+            let got = recv(&mut at_a[k]).await;
+            assert_eq!((got.from.clone(), got.kind, seq_of(&got)), (NodeId::new("b", 1), k as u8, i), "{class}");
+        }
+    }
+    let frame_bytes = (N as u64) * (4 + 2 + 4);
+    let snapshot = a.transport.snapshot();
+    let row = &snapshot.peers[0].classes[Class::User.code() as usize];
+    assert_eq!((row.bytes_out, row.bytes_in, row.depth, row.dropped), (frame_bytes, frame_bytes, 0, 0));
+    assert_eq!(a.metric("cohort_internode_frames_total", &[("class", "raft"), ("direction", "out")]), N as f64);
+    assert_eq!(b.metric("cohort_internode_frames_total", &[("class", "raft"), ("direction", "in")]), N as f64);
+    // Two links each way: priority (control + raft) and bulk (pg + registry + user).
+    assert_eq!(a.metric("cohort_internode_connections", &[("state", "connected")]), 2.0);
+    assert_eq!(a.metric("cohort_internode_connections", &[("state", "accepted")]), 2.0);
+    a.transport.shutdown().await;
+    b.transport.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_serializes_with_the_admin_field_names_and_send_errors_are_typed() {
+    let a = start_node("a", CLUSTER, secret(), fast_config()).await;
+    a.transport.peer_up(&member_at(NodeId::new("b", 1), dead_addr()));
+    a.transport.peer_up(&a.member()); // itself: ignored
+    assert_eq!(a.transport.send("b", Class::Pg, 1, Bytes::from_static(b"x")), Ok(SendOutcome::Queued));
+    let json = serde_json::to_value(a.transport.snapshot()).unwrap();
+    let peer = &json["peers"][0];
+    assert_eq!(json["peers"].as_array().unwrap().len(), 1);
+    assert_eq!(peer["node"]["name"], "b");
+    assert_eq!(peer["connected"], false);
+    let pg = &peer["classes"][2];
+    assert_eq!(pg["class"], "pg");
+    for field in ["depth", "capacity", "dropped", "bytes_out", "bytes_in"] {
+        assert!(pg[field].is_u64(), "{field}");
+    }
+    assert_eq!((pg["depth"].as_u64(), pg["capacity"].as_u64()), (Some(1), Some(2048)));
+
+    assert_eq!(a.transport.send("nobody", Class::User, 0, Bytes::new()), Err(SendError::UnknownPeer));
+    let huge = Bytes::from(vec![0u8; MAX_FRAME_BYTES]);
+    assert_eq!(
+        a.transport.send("b", Class::User, 0, huge),
+        Err(SendError::TooLarge { len: MAX_FRAME_BYTES + 2, max: MAX_FRAME_BYTES })
+    );
+    assert_eq!(a.dropped("user", "too_large"), 1.0);
+    a.transport.shutdown().await;
+    assert_eq!(a.transport.send("b", Class::User, 0, Bytes::new()), Err(SendError::ShuttingDown));
+    assert_eq!(a.dropped("pg", "shutdown"), 1.0, "frames still queued at shutdown are counted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_secret_is_refused_on_both_sides_as_bad_proof() {
+    let a = start_node("a", CLUSTER, secret(), fast_config()).await;
+    let b = start_node("b", CLUSTER, ClusterSecret::from_bytes(&[8; 32]).unwrap(), fast_config()).await;
+    let mut at_b = b.transport.subscribe(Class::User).unwrap();
+    a.transport.peer_up(&b.member());
+    b.transport.peer_up(&a.member());
+    a.transport.send("b", Class::User, 0, seq(1)).unwrap();
+    eventually("both sides count bad_proof", || {
+        a.handshake_failures("bad_proof") >= 1.0 && b.handshake_failures("bad_proof") >= 1.0
+    })
+    .await;
+    assert!(!connected(&a, "b") && !connected(&b, "a"));
+    assert!(at_b.try_recv().is_err(), "nothing crosses a refused handshake");
+    assert_eq!(b.metric("cohort_internode_frames_total", &[("class", "user"), ("direction", "in")]), 0.0);
+    eventually("the link keeps retrying", || a.metric("cohort_internode_reconnects_total", &[]) >= 1.0).await;
+    a.transport.shutdown().await;
+    b.transport.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_cluster_name_is_refused_as_cluster_mismatch() {
+    let a = start_node("a", "cluster-one", secret(), fast_config()).await;
+    let b = start_node("b", "cluster-two", secret(), fast_config()).await;
+    a.transport.peer_up(&b.member());
+    b.transport.peer_up(&a.member());
+    eventually("both sides count cluster_mismatch", || {
+        a.handshake_failures("cluster_mismatch") >= 1.0 && b.handshake_failures("cluster_mismatch") >= 1.0
+    })
+    .await;
+    assert!(!connected(&a, "b") && !connected(&b, "a"));
+    a.transport.shutdown().await;
+    b.transport.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_the_listener_is_refused_counted_and_good_peers_still_work() {
+    let (a, b) = pair().await;
+    let mut at_b = b.transport.subscribe(Class::User).unwrap();
+    let addr = b.transport.local_addr();
+
+    // Random bytes.
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let noise: Vec<u8> = (0..4096).map(|_| rand::random::<u8>()).collect();
+    let _ = stream.write_all(&noise).await;
+    closed_by_peer(&mut stream).await;
+
+    // A length prefix of 2 GiB: refused before anything is allocated for it.
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(&[0x7f, 0xff, 0xff, 0xff, 0, KIND_HELLO]).await.unwrap();
+    closed_by_peer(&mut stream).await;
+    eventually("oversized counted", || b.handshake_failures("oversized") >= 1.0).await;
+
+    // Half a hello, then the connection closes.
+    let hello = Hello::new(CLUSTER, NodeId::new("x", 1), random_nonce(&mut rand::rng())).encode().unwrap();
+    let mut wire = BytesMut::new();
+    encode_into(&mut wire, Class::Control, KIND_HELLO, &hello, 1024).unwrap();
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(&wire[..wire.len() / 2]).await.unwrap();
+    drop(stream);
+    eventually("truncated handshake counted", || b.handshake_failures("closed") >= 1.0).await;
+
+    // Half a hello, then silence: the handshake timeout closes it.
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(&wire[..wire.len() / 2]).await.unwrap();
+    closed_by_peer(&mut stream).await;
+    assert!(b.handshake_failures("timeout") >= 1.0);
+    assert!(b.total_handshake_failures() >= 4.0);
+
+    // The good peer is unaffected.
+    a.transport.send("b", Class::User, 9, seq(42)).unwrap();
+    let got = recv(&mut at_b).await;
+    assert_eq!((got.from.name.as_str(), got.kind, seq_of(&got)), ("a", 9, 42));
+    a.transport.shutdown().await;
+    b.transport.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frame_after_handshake_closes_the_connection_and_the_peer_reconnects() {
+    let b = start_node("b", CLUSTER, secret(), fast_config()).await;
+    let mut at_b = b.transport.subscribe(Class::Raft).unwrap();
+    let addr = b.transport.local_addr();
+
+    let mut stream = handshake_by_hand(addr, "mallory").await;
+    write_frame(&mut stream, Class::Raft, 1, b"first").await;
+    let got = recv(&mut at_b).await;
+    assert_eq!((got.from.name.as_str(), &got.payload[..]), ("mallory", &b"first"[..]));
+    eventually("accepted", || b.metric("cohort_internode_connections", &[("state", "accepted")]) == 1.0).await;
+
+    // Oversized frame: 16 MiB + 1.
+    stream.write_all(&((MAX_FRAME_BYTES as u32) + 1).to_be_bytes()).await.unwrap();
+    closed_by_peer(&mut stream).await;
+    eventually("too_large counted", || {
+        b.metric("cohort_internode_frame_errors_total", &[("reason", "too_large")]) == 1.0
+    })
+    .await;
+
+    // The peer reconnects; an unknown class code closes that connection too.
+    let mut stream = handshake_by_hand(addr, "mallory").await;
+    write_frame(&mut stream, Class::Raft, 1, b"second").await;
+    assert_eq!(&recv(&mut at_b).await.payload[..], b"second");
+    stream.write_all(&[0, 0, 0, 2, 9, 0]).await.unwrap();
+    closed_by_peer(&mut stream).await;
+    eventually("unknown_class counted", || {
+        b.metric("cohort_internode_frame_errors_total", &[("reason", "unknown_class")]) == 1.0
+    })
+    .await;
+
+    let mut stream = handshake_by_hand(addr, "mallory").await;
+    write_frame(&mut stream, Class::Raft, 1, b"third").await;
+    assert_eq!(&recv(&mut at_b).await.payload[..], b"third");
+    b.transport.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_queue_to_an_unreachable_peer_saturates_while_raft_and_control_drop_oldest() {
+    let a = start_node("a", CLUSTER, secret(), fast_config()).await;
+    a.transport.peer_up(&member_at(NodeId::new("b", 1), dead_addr()));
+    let payload = Bytes::from_static(b"m");
+
+    for _ in 0..8192 {
+        assert_eq!(a.transport.send("b", Class::User, 0, payload.clone()), Ok(SendOutcome::Queued));
+    }
+    assert_eq!(
+        a.transport.send("b", Class::User, 0, payload.clone()),
+        Err(SendError::QueueSaturated { class: Class::User })
+    );
+    assert_eq!(a.dropped("user", "queue_full_refused"), 1.0);
+
+    for (class, capacity) in [(Class::Raft, 4096), (Class::Control, 256)] {
+        for _ in 0..capacity {
+            assert_eq!(a.transport.send("b", class, 0, payload.clone()), Ok(SendOutcome::Queued));
+        }
+        assert_eq!(a.transport.send("b", class, 0, payload.clone()), Ok(SendOutcome::QueuedDroppedOldest));
+        assert_eq!(a.dropped(class.as_str(), "queue_full_drop_oldest"), 1.0);
+    }
+    for _ in 0..2048 {
+        a.transport.send("b", Class::Pg, 0, payload.clone()).unwrap();
+    }
+    assert_eq!(a.transport.send("b", Class::Pg, 0, payload.clone()), Ok(SendOutcome::DroppedNewest { resync: true }));
+    assert!(a.transport.take_resync("b"));
+    assert!(!a.transport.take_resync("b"));
+
+    let snapshot = a.transport.snapshot();
+    let user = &snapshot.peers[0].classes[Class::User.code() as usize];
+    assert_eq!((user.depth, user.capacity, user.dropped), (8192, 8192, 1));
+    assert!(!snapshot.peers[0].connected);
+    assert_eq!(a.metric("cohort_internode_queue_depth", &[("class", "user")]), 8192.0);
+    assert_eq!(a.metric("cohort_internode_queue_capacity", &[("class", "raft")]), 4096.0);
+    eventually("the link keeps redialling", || a.metric("cohort_internode_reconnects_total", &[]) >= 2.0).await;
+    assert_eq!(a.metric("cohort_internode_connections", &[("state", "connecting")]), 2.0, "both links redial");
+    a.transport.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_frames_are_delivered_during_a_user_flood() {
+    let (a, b) = pair().await;
+    let mut raft_at_b = b.transport.subscribe(Class::Raft).unwrap();
+    let mut user_at_b = b.transport.subscribe(Class::User).unwrap();
+    let user_received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = user_received.clone();
+    let consumer = tokio::spawn(async move {
+        while user_at_b.recv().await.is_some() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood_stop = stop.clone();
+    let flood_transport = a.transport.clone();
+    let flood = tokio::spawn(async move {
+        let payload = Bytes::from(vec![0u8; 1024]);
+        let (mut sent, mut saturated) = (0u64, 0u64);
+        while !flood_stop.load(std::sync::atomic::Ordering::Relaxed) {
+            match flood_transport.send("b", Class::User, 0, payload.clone()) {
+                Ok(_) => sent += 1,
+                Err(SendError::QueueSaturated { .. }) => {
+                    saturated += 1;
+                    tokio::task::yield_now().await;
+                }
+                Err(other) => panic!("{other}"),
+            }
+            if sent % 64 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        (sent, saturated)
+    });
+    eventually("the flood is flowing", || user_received.load(std::sync::atomic::Ordering::Relaxed) > 1000).await;
+
+    for i in 0..200 {
+        a.transport.send("b", Class::Raft, 1, seq(i)).unwrap();
+    }
+    for i in 0..200 {
+        let got = recv(&mut raft_at_b).await;
+        assert_eq!(seq_of(&got), i, "raft frames arrive in order");
+    }
+    assert!(!flood.is_finished(), "raft got through while the flood was still running");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, _saturated) = flood.await.unwrap();
+    assert!(sent > 1000);
+    assert_eq!(a.dropped("raft", "queue_full_drop_oldest"), 0.0);
+    a.transport.shutdown().await;
+    b.transport.shutdown().await;
+    consumer.await.unwrap();
+}
+
+/// "b" is played by hand: it accepts both of a's links and never reads the bulk one, so the bulk
+/// link stalls with its kernel buffers full and `user` frames queued behind them. Raft and
+/// control frames must still arrive, on the priority link, and nothing else may use that link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_and_control_use_the_priority_link_and_arrive_while_the_bulk_link_is_stalled() {
+    let a = start_node("a", CLUSTER, secret(), fast_config()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    a.transport.peer_up(&member_at(NodeId::new("b", 1), listener.local_addr().unwrap()));
+    let (mut priority, mut bulk) = (None, None);
+    while priority.is_none() || bulk.is_none() {
+        let (kind, stream, buf) = accept_by_hand(&listener).await;
+        match kind {
+            KIND_HELLO => priority = Some((stream, buf)),
+            KIND_HELLO_BULK => bulk = Some((stream, buf)),
+            other => panic!("hello of unknown kind {other}"),
+        }
+    }
+    let ((mut priority, mut priority_buf), (mut bulk, mut bulk_buf)) = (priority.unwrap(), bulk.unwrap());
+    eventually("both links connected", || connected(&a, "b")).await;
+
+    a.transport.send("b", Class::Pg, 1, seq(0)).unwrap();
+    a.transport.send("b", Class::Registry, 2, seq(0)).unwrap();
+    // Nobody reads the bulk link: its writer blocks once the socket buffers are full, then the
+    // user queue fills up and refuses.
+    let payload = Bytes::from(vec![0u8; 1024]);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match a.transport.send("b", Class::User, 3, payload.clone()) {
+            Ok(_) => {}
+            Err(SendError::QueueSaturated { .. }) => break,
+            Err(other) => panic!("{other}"),
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the user queue never saturated");
+        tokio::task::yield_now().await;
+    }
+
+    const N: u32 = 100;
+    for i in 0..N {
+        a.transport.send("b", Class::Raft, 4, seq(i)).unwrap();
+        a.transport.send("b", Class::Control, 5, seq(i)).unwrap();
+    }
+    let (mut next_raft, mut next_control) = (0, 0);
+    while next_raft < N || next_control < N {
+        let frame = read_frame(&mut priority, &mut priority_buf).await;
+        let n = u32::from_be_bytes(frame.payload[..4].try_into().unwrap());
+        match (frame.class, frame.kind) {
+            (Class::Raft, 4) => {
+                assert_eq!(n, next_raft, "raft in order");
+                next_raft += 1;
+            }
+            (Class::Control, 5) => {
+                assert_eq!(n, next_control, "control in order");
+                next_control += 1;
+            }
+            other => panic!("{other:?} on the priority link"),
+        }
+    }
+    // 8 MiB of user frames were queued, far more than the bulk link's socket buffers hold
+    // (128 KiB each side: nobody reads, so the receive window never grows): the bulk link cannot
+    // have drained, so raft and control did not travel behind it.
+    let user = &a.transport.snapshot().peers[0].classes[Class::User.code() as usize];
+    assert!(user.depth > 0, "the bulk link drained although nobody read it");
+
+    // The bulk link carries the weighted classes, in their drain order.
+    let mut classes = Vec::new();
+    for _ in 0..3 {
+        classes.push(read_frame(&mut bulk, &mut bulk_buf).await.class);
+    }
+    assert_eq!(classes, [Class::Pg, Class::Registry, Class::User]);
+    a.transport.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_reconnects_after_the_peer_restarts_on_the_same_port() {
+    let (a, b) = pair().await;
+    let addr = b.transport.local_addr();
+    let mut at_b = b.transport.subscribe(Class::User).unwrap();
+    a.transport.send("b", Class::User, 0, seq(0)).unwrap();
+    assert_eq!(seq_of(&recv(&mut at_b).await), 0);
+    b.transport.shutdown().await;
+    eventually("a notices the lost connection", || !connected(&a, "b")).await;
+
+    // The same name restarts on the same port, as a new incarnation.
+    let listener = std::net::TcpListener::bind(addr).unwrap();
+    let b2 = start_on(NodeId::new("b", 2), CLUSTER, secret(), listener, fast_config()).await;
+    let mut at_b2 = b2.transport.subscribe(Class::User).unwrap();
+    eventually("a reconnects", || connected(&a, "b")).await;
+    // A frame written into the dying connection may be lost (at most once), so probe until one
+    // lands rather than assuming the first does.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let got = loop {
+        a.transport.send("b", Class::User, 0, seq(1)).unwrap();
+        if let Ok(Some(got)) = tokio::time::timeout(Duration::from_millis(50), at_b2.recv()).await {
+            break got;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no frame after the restart");
+    };
+    assert_eq!((got.from.clone(), seq_of(&got)), (NodeId::new("a", 1), 1));
+    assert!(a.metric("cohort_internode_reconnects_total", &[]) >= 1.0);
+
+    // Membership then reports the new incarnation: it replaces the old peer entry.
+    a.transport.peer_up(&b2.member());
+    eventually("new incarnation connected", || {
+        a.transport.snapshot().peers.iter().any(|p| p.node == NodeId::new("b", 2) && p.connected)
+    })
+    .await;
+    a.transport.send("b", Class::User, 0, seq(2)).unwrap();
+    loop {
+        if seq_of(&recv(&mut at_b2).await) == 2 {
+            break;
+        }
+    }
+    a.transport.shutdown().await;
+    b2.transport.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_down_drops_queued_frames_and_counts_them() {
+    let a = start_node("a", CLUSTER, secret(), fast_config()).await;
+    let b = member_at(NodeId::new("b", 1), dead_addr());
+    a.transport.peer_up(&b);
+    for i in 0..10 {
+        a.transport.send("b", Class::User, 0, seq(i)).unwrap();
+        a.transport.send("b", Class::Raft, 0, seq(i)).unwrap();
+    }
+    // A down event for an older incarnation does not remove the current one.
+    a.transport.peer_down(&member_at(NodeId::new("b", 0), b.addrs.internode));
+    assert_eq!(a.transport.snapshot().peers.len(), 1);
+
+    a.transport.peer_down(&b);
+    assert_eq!(a.dropped("user", "peer_down"), 10.0);
+    assert_eq!(a.dropped("raft", "peer_down"), 10.0);
+    assert!(a.transport.snapshot().peers.is_empty());
+    assert_eq!(a.transport.send("b", Class::User, 0, seq(0)), Err(SendError::UnknownPeer));
+    assert_eq!(a.metric("cohort_internode_queue_depth", &[("class", "user")]), 0.0);
+    assert_eq!(a.metric("cohort_internode_queue_capacity", &[("class", "user")]), 0.0);
+    eventually("the link task is gone", || a.metric("cohort_internode_connections", &[("state", "connecting")]) == 0.0)
+        .await;
+    a.transport.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_injected_drop_stops_delivery_and_clearing_restores_it() {
+    let (a, b) = pair().await;
+    let mut at_b = b.transport.subscribe(Class::User).unwrap();
+    a.transport.send("b", Class::User, 0, seq(0)).unwrap();
+    assert_eq!(seq_of(&recv(&mut at_b).await), 0);
+
+    let mut rule = FaultRule::new("b", Direction::Out);
+    rule.drop = 1.0;
+    a.faults.install(FaultRules { rules: vec![rule] }).unwrap();
+    for i in 1..=20 {
+        a.transport.send("b", Class::User, 0, seq(i)).unwrap();
+    }
+    eventually("20 drops counted", || a.dropped("user", "fault_injected") == 20.0).await;
+
+    a.faults.clear().unwrap();
+    a.transport.send("b", Class::User, 0, seq(99)).unwrap();
+    assert_eq!(seq_of(&recv(&mut at_b).await), 99, "none of the dropped frames arrived; delivery resumed");
+
+    // The inbound direction, filtered at the receiver.
+    let mut rule = FaultRule::new("a", Direction::In);
+    rule.drop = 1.0;
+    b.faults.install(FaultRules { rules: vec![rule] }).unwrap();
+    a.transport.send("b", Class::User, 0, seq(100)).unwrap();
+    eventually("inbound drop counted", || b.dropped("user", "fault_injected") == 1.0).await;
+    b.faults.clear().unwrap();
+    a.transport.send("b", Class::User, 0, seq(101)).unwrap();
+    assert_eq!(seq_of(&recv(&mut at_b).await), 101);
+    a.transport.shutdown().await;
+    b.transport.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_frames_without_a_subscriber_or_room_are_dropped_and_counted() {
+    let a = start_node("a", CLUSTER, secret(), fast_config()).await;
+    let mut config = fast_config();
+    config.inbound_capacity.pg = 1;
+    let b = start_node("b", CLUSTER, secret(), config).await;
+    a.transport.peer_up(&b.member());
+    let _pg = b.transport.subscribe(Class::Pg).unwrap(); // never read
+    for _ in 0..3 {
+        a.transport.send("b", Class::Registry, 0, seq(0)).unwrap();
+        a.transport.send("b", Class::Pg, 0, seq(0)).unwrap();
+    }
+    eventually("no_subscriber and inbound_full counted", || {
+        b.dropped("registry", "no_subscriber") == 3.0 && b.dropped("pg", "inbound_full") == 2.0
+    })
+    .await;
+    a.transport.shutdown().await;
+    b.transport.shutdown().await;
+}
+
+/// Random byte streams, raw or after a valid handshake, fed to the responder over an in-memory
+/// duplex: every one ends in a counted refusal or a clean close, never a panic.
+#[test]
+fn random_byte_streams_never_panic_the_handshake_or_frame_reader() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let b = runtime.block_on(start_node("b", CLUSTER, secret(), fast_config()));
+    let strategy = (any::<bool>(), proptest::collection::vec(any::<u8>(), 0..4096));
+    let mut runner = TestRunner::new(Config { cases: 256, failure_persistence: None, ..Config::default() });
+    runner
+        .run(&strategy, |(authenticate, bytes)| {
+            runtime.block_on(async {
+                let (mut ours, theirs) = tokio::io::duplex(64 * 1024);
+                let transport = b.transport.clone();
+                let served = tokio::spawn(async move { transport.serve_inbound(theirs).await });
+                if authenticate {
+                    let hello = Hello::new(CLUSTER, NodeId::new("fuzz", 1), random_nonce(&mut rand::rng()));
+                    let (initiator, hello) = InitiatorHandshake::start(hello).unwrap();
+                    let mut wire = BytesMut::new();
+                    encode_into(&mut wire, Class::Control, KIND_HELLO, &hello, 1024).unwrap();
+                    ours.write_all(&wire).await.unwrap();
+                    let mut buf = BytesMut::new();
+                    let ack = loop {
+                        if let Some(frame) = FrameDecoder::new(1024).decode(&mut buf).unwrap() {
+                            break frame.payload;
+                        }
+                        ours.read_buf(&mut buf).await.unwrap();
+                    };
+                    let (_, proof) = initiator.on_ack(&secret(), &ack).unwrap();
+                    wire.clear();
+                    encode_into(&mut wire, Class::Control, KIND_PROOF, &proof, 1024).unwrap();
+                    ours.write_all(&wire).await.unwrap();
+                }
+                let _ = ours.write_all(&bytes).await;
+                drop(ours);
+                let result = tokio::time::timeout(DEADLINE, served).await.expect("served connection ended");
+                prop_assert!(result.is_ok(), "the reader panicked");
+                Ok(())
+            })
+        })
+        .unwrap();
+    assert!(b.total_handshake_failures() >= 1.0);
+    runtime.block_on(b.transport.shutdown());
+}

@@ -1,0 +1,182 @@
+//! The node's cluster subsystems: SWIM membership, the internode transport, and the pump that
+//! keeps the transport's peer set equal to membership's view.
+//!
+//! Membership decides who is in the cluster; the transport only connects to members that
+//! membership reports `Up` and drops those reported `Down` or `Left`. The pump applies events in
+//! the order membership emitted them; if it falls behind (the event channel is bounded and lag is
+//! counted) it resynchronises from membership's published snapshot instead of guessing.
+//!
+//! It also owns the cluster's health: the `gossip` activity check (the membership actor's loop
+//! keeps turning) and the `cluster` readiness gate (the node has joined: at least one other member
+//! alive, or no seeds configured).
+
+use std::time::{Duration, Instant};
+
+use cohort_cluster::auth::ClusterSecret;
+use cohort_cluster::membership::{EventRecvError, Membership, MembershipConfig};
+use cohort_cluster::net::transport::{Transport, TransportConfig};
+use cohort_cluster::{FaultInjector, MemberAddrs, MemberInfo, MemberState, MembershipEvent, NodeId};
+use tokio::sync::oneshot;
+
+use crate::config::Config;
+use crate::health::{CheckResult, Health, HealthError, ReadinessGate};
+use crate::node::BOOT_GRACE;
+
+/// Silence of the membership actor's loop after which the `gossip` check fails. The loop turns at
+/// least every gossip period (200 ms); 5 s of silence means it is stuck or starved.
+pub const GOSSIP_MAX_SILENCE: Duration = Duration::from_secs(5);
+/// How often the pump refreshes the `cluster` readiness gate between events.
+pub const READINESS_REFRESH: Duration = Duration::from_millis(250);
+
+/// Why the cluster subsystems could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterStartError {
+    /// The cluster secret is unusable.
+    #[error("cluster_secret_file: {0}")]
+    Secret(String),
+    /// Membership refused its configuration or socket.
+    #[error("membership: {0}")]
+    Membership(#[from] cohort_cluster::membership::MembershipError),
+    /// The transport refused its configuration or listener.
+    #[error("internode transport: {0}")]
+    Transport(#[from] cohort_cluster::net::transport::TransportError),
+    /// A health check could not be registered.
+    #[error("health registry: {0}")]
+    Health(#[from] HealthError),
+}
+
+/// The cluster secret: the file's trimmed contents, or a fresh random secret when none is
+/// configured (the node can then only form a cluster alone; the start log says so).
+pub fn load_secret(config: &Config) -> Result<ClusterSecret, ClusterStartError> {
+    match &config.cluster_secret_file {
+        Some(path) => {
+            let bytes = crate::config::read_cluster_secret(path).map_err(ClusterStartError::Secret)?;
+            ClusterSecret::from_bytes(&bytes).map_err(|e| ClusterStartError::Secret(e.to_string()))
+        }
+        None => {
+            tracing::warn!(
+                "no cluster_secret_file: using a random secret; no other node can join this one \
+                 (give every node the same secret file to form a cluster)"
+            );
+            Ok(ClusterSecret::generate())
+        }
+    }
+}
+
+/// The running cluster subsystems.
+pub(crate) struct ClusterHandles {
+    pub membership: Membership,
+    pub transport: Transport,
+}
+
+/// Start membership and the transport on the node's bound sockets.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn start(
+    config: &Config,
+    id: &NodeId,
+    addrs: MemberAddrs,
+    gossip_socket: std::net::UdpSocket,
+    internode_listener: std::net::TcpListener,
+    faults: &FaultInjector,
+    registry: &prometheus::Registry,
+) -> Result<ClusterHandles, ClusterStartError> {
+    let secret = load_secret(config)?;
+    let local = MemberInfo {
+        id: id.clone(),
+        addrs,
+        raft_eligible: config.raft_eligible,
+        failure_domain: config.failure_domain.clone(),
+    };
+    let membership_config = MembershipConfig { seeds: config.seeds.clone(), ..MembershipConfig::default() };
+    let membership = Membership::start(
+        local,
+        &config.cluster_name,
+        secret.clone(),
+        gossip_socket,
+        faults.clone(),
+        membership_config,
+        registry,
+    )
+    .await?;
+    let transport = match Transport::start(
+        id.clone(),
+        &config.cluster_name,
+        secret,
+        internode_listener,
+        faults.clone(),
+        TransportConfig::default(),
+        registry,
+    )
+    .await
+    {
+        Ok(t) => t,
+        Err(e) => {
+            membership.leave().await;
+            return Err(e.into());
+        }
+    };
+    Ok(ClusterHandles { membership, transport })
+}
+
+/// Register the `gossip` liveness check.
+pub(crate) fn register_checks(health: &Health, membership: &Membership) -> Result<(), HealthError> {
+    let m = membership.clone();
+    health.register("gossip", BOOT_GRACE, move |now: Instant| {
+        let silent = now.saturating_duration_since(m.last_activity());
+        if silent <= GOSSIP_MAX_SILENCE {
+            CheckResult {
+                ok: true,
+                detail: format!(
+                    "membership loop active {} ms ago; local health factor {:.2}",
+                    silent.as_millis(),
+                    m.local_health_factor()
+                ),
+            }
+        } else {
+            CheckResult { ok: false, detail: format!("membership loop silent for {} ms", silent.as_millis()) }
+        }
+    })
+}
+
+/// The pump: membership events -> transport peers, and the `cluster` readiness gate.
+/// Runs until `stop` fires or membership closes.
+pub(crate) async fn pump(
+    membership: Membership,
+    transport: Transport,
+    gate: ReadinessGate,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let local = membership.local().id.clone();
+    let mut events = membership.subscribe();
+    // Events before the subscription are in the snapshot.
+    resync(&membership, &transport, &local);
+    let mut refresh = tokio::time::interval(READINESS_REFRESH);
+    loop {
+        gate.set(membership.is_joined());
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = refresh.tick() => {}
+            event = events.recv() => match event {
+                Ok(MembershipEvent::Up(m)) if m.id != local => transport.peer_up(&m),
+                Ok(MembershipEvent::Down(m) | MembershipEvent::Left(m)) if m.id != local => transport.peer_down(&m),
+                Ok(_) => {}
+                Err(EventRecvError::Lagged { skipped }) => {
+                    tracing::warn!(skipped, "membership events lagged; resynchronising the transport's peers");
+                    resync(&membership, &transport, &local);
+                }
+                Err(EventRecvError::Closed) => break,
+            },
+        }
+    }
+    gate.set(false);
+}
+
+/// Make the transport's peers follow membership's published view (after a lag, and at start).
+fn resync(membership: &Membership, transport: &Transport, local: &NodeId) {
+    for row in membership.members().iter().filter(|r| !r.is_self && r.info.id != *local) {
+        match row.state {
+            MemberState::Alive | MemberState::Suspect => transport.peer_up(&row.info),
+            MemberState::Down | MemberState::Left => transport.peer_down(&row.info),
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! Nodes forming a cluster, seen the way an operator sees it: through `/admin/cluster/members`,
+//! `/admin/transport`, `/readyz`, `/metrics` and `POST /admin/faults`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use cohort::{Config, Node};
+use common::{Proc, as_strs, get, node_args, request, wait_for};
+
+const TOKEN: &str = "cluster-test-token-0123456789";
+
+fn secret_file(contents: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cohort-cluster-{}-{}", std::process::id(), common::rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("secret");
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+fn config(name: &str, secret: &PathBuf, seeds: &[&Node]) -> Config {
+    let mut c = Config {
+        name: name.into(),
+        data_dir: std::env::temp_dir().join(format!("cohort-cluster-{}-{name}-{}", std::process::id(), common::rand_suffix())),
+        admin_token: Some(TOKEN.into()),
+        cluster_secret_file: Some(secret.clone()),
+        seeds: seeds.iter().map(|n| n.addrs().gossip.to_string()).collect(),
+        ..Config::default()
+    };
+    c.http.addr = "127.0.0.1:0".parse().unwrap();
+    c.gossip.addr = "127.0.0.1:0".parse().unwrap();
+    c.internode.addr = "127.0.0.1:0".parse().unwrap();
+    c.chaos.enabled = true;
+    c.validate().unwrap();
+    c
+}
+
+fn url(n: &Node) -> String {
+    format!("http://{}", n.addrs().http)
+}
+
+/// `name -> state` as `/admin/cluster/members` of `n` reports it.
+async fn states(n: &Node) -> Vec<(String, String)> {
+    let j = get(&url(n), "/admin/cluster/members").await.json();
+    j["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["node"].as_str().unwrap().to_string(), m["state"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+async fn wait_states(n: &Node, want: &[(&str, &str)], within: Duration) {
+    let mut want: Vec<(String, String)> = want.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    want.sort();
+    let what = format!("{} to see {want:?}", n.id().name);
+    wait_for(within, &what, || {
+        let want = want.clone();
+        async move {
+            let mut got = states(n).await;
+            got.sort();
+            (got == want).then_some(())
+        }
+    })
+    .await;
+}
+
+async fn three(secret: &PathBuf) -> (Node, Node, Node) {
+    let a = Node::start(config("a", secret, &[])).await.unwrap();
+    let b = Node::start(config("b", secret, &[&a])).await.unwrap();
+    let c = Node::start(config("c", secret, &[&a])).await.unwrap();
+    (a, b, c)
+}
+
+const ALL_ALIVE: [(&str, &str); 3] = [("a", "alive"), ("b", "alive"), ("c", "alive")];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_form_a_cluster_with_connected_transports_and_are_ready() {
+    let secret = secret_file("0123456789abcdef0123456789abcdef");
+    let (a, b, c) = three(&secret).await;
+    for n in [&a, &b, &c] {
+        wait_states(n, &ALL_ALIVE, Duration::from_secs(10)).await;
+        let u = url(n);
+        wait_for(Duration::from_secs(10), "transport connected to both peers", || {
+            let u = u.clone();
+            async move {
+                let j = get(&u, "/admin/transport").await.json();
+                let peers = j["peers"].as_array()?.clone();
+                let ok = peers.len() == 2
+                    && peers.iter().all(|p| p["connected"] == true && p["classes"].as_array().map(Vec::len) == Some(5));
+                ok.then_some(())
+            }
+        })
+        .await;
+        let ready = get(&u, "/readyz").await;
+        assert_eq!(ready.status, 200, "{ready:?}");
+        assert!(ready.body.contains("\"cluster\""));
+        let live = get(&u, "/livez").await.json();
+        assert!(live["checks"].as_array().unwrap().iter().any(|c| c["name"] == "gossip" && c["ok"] == true), "{live}");
+        let m = get(&u, "/metrics").await.body;
+        common::promtool_check(&m);
+        assert!(m.contains("cohort_cluster_members{state=\"alive\"} 3"), "{m}");
+    }
+    for n in [c, b, a] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_installed_through_the_admin_api_splits_the_views_and_heal_reunites_them() {
+    let secret = secret_file("0123456789abcdef0123456789abcdef");
+    let (a, b, c) = three(&secret).await;
+    for n in [&a, &b, &c] {
+        wait_states(n, &ALL_ALIVE, Duration::from_secs(10)).await;
+    }
+    let auth = format!("Bearer {TOKEN}");
+    let h = [("Authorization", auth.as_str())];
+    // {a, b} | {c}: every node drops all traffic with the other side.
+    let cut_c = r#"{"rules":[{"peer":"c","direction":"both","drop":1.0}]}"#;
+    let cut_ab = r#"{"rules":[{"peer":"a","drop":1.0},{"peer":"b","drop":1.0}]}"#;
+    for (n, body) in [(&a, cut_c), (&b, cut_c), (&c, cut_ab)] {
+        assert_eq!(request("POST", &url(n), "/admin/faults", &h, Some(body)).await.status, 200);
+    }
+    let split = Duration::from_secs(15);
+    wait_states(&a, &[("a", "alive"), ("b", "alive"), ("c", "down")], split).await;
+    wait_states(&b, &[("a", "alive"), ("b", "alive"), ("c", "down")], split).await;
+    wait_states(&c, &[("a", "down"), ("b", "down"), ("c", "alive")], split).await;
+    // The injected drops are counted.
+    let m = get(&url(&a), "/metrics").await.body;
+    assert!(m.lines().any(|l| l.starts_with("cohort_gossip_dropped_total{reason=\"fault_injected\"}") && !l.ends_with(" 0")), "{m}");
+
+    for n in [&a, &b, &c] {
+        assert_eq!(request("DELETE", &url(n), "/admin/faults", &h, None).await.status, 200);
+    }
+    for n in [&a, &b, &c] {
+        wait_states(n, &ALL_ALIVE, Duration::from_secs(20)).await;
+    }
+    for n in [c, b, a] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_the_wrong_secret_is_refused_and_counted() {
+    let secret = secret_file("0123456789abcdef0123456789abcdef");
+    let other = secret_file("ffffffffffffffffffffffffffffffff");
+    let a = Node::start(config("a", &secret, &[])).await.unwrap();
+    let intruder = Node::start(config("x", &other, &[&a])).await.unwrap();
+    let u = url(&a);
+    wait_for(Duration::from_secs(10), "gossip auth failures counted on a", || {
+        let u = u.clone();
+        async move {
+            let m = get(&u, "/metrics").await.body;
+            let failures = common::metric_sum(&m, "cohort_gossip_auth_failures_total");
+            (failures > 0.0).then_some(failures)
+        }
+    })
+    .await;
+    assert_eq!(states(&a).await, vec![("a".to_string(), "alive".to_string())]);
+    // The intruder never joins: not ready, and alone in its own view.
+    assert_eq!(get(&url(&intruder), "/readyz").await.status, 503);
+    assert_eq!(states(&intruder).await, vec![("x".to_string(), "alive".to_string())]);
+    intruder.shutdown().await;
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_shuts_down_is_seen_as_left() {
+    let secret = secret_file("0123456789abcdef0123456789abcdef");
+    let (a, b, c) = three(&secret).await;
+    for n in [&a, &b, &c] {
+        wait_states(n, &ALL_ALIVE, Duration::from_secs(10)).await;
+    }
+    c.shutdown().await;
+    let want = [("a", "alive"), ("b", "alive"), ("c", "left")];
+    wait_states(&a, &want, Duration::from_secs(10)).await;
+    wait_states(&b, &want, Duration::from_secs(10)).await;
+    // The transport dropped the peer that left.
+    let j = get(&url(&a), "/admin/transport").await.json();
+    assert!(j["peers"].as_array().unwrap().iter().all(|p| p["node"] != "c"), "{j}");
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_killed_node_process_is_marked_down_everywhere_within_5s() {
+    let secret = secret_file("0123456789abcdef0123456789abcdef");
+    let secret_arg = secret.display().to_string();
+    let spawn = |name: &str, seeds: Option<String>| {
+        let mut args = node_args(name);
+        args.extend(["--cluster-secret-file".into(), secret_arg.clone(), "--log-filter".into(), "warn".into()]);
+        if let Some(s) = seeds {
+            args.extend(["--seeds".into(), s]);
+        }
+        Proc::spawn(&as_strs(&args))
+    };
+    let a = spawn("a", None);
+    let a_line = a.wait_stdout("cohort node listening", Duration::from_secs(20)).await;
+    let seed = common::field(&a_line, "gossip").unwrap();
+    let b = spawn("b", Some(seed.clone()));
+    let c = spawn("c", Some(seed));
+    let urls = [a.node_url().await, b.node_url().await, c.node_url().await];
+    for u in &urls {
+        let u = u.clone();
+        wait_for(Duration::from_secs(10), "three alive", || {
+            let u = u.clone();
+            async move {
+                let j = get(&u, "/admin/cluster/members").await.json();
+                (j["members"].as_array()?.iter().filter(|m| m["state"] == "alive").count() == 3).then_some(())
+            }
+        })
+        .await;
+    }
+    c.signal(libc::SIGKILL);
+    let killed = Instant::now();
+    for u in &urls[..2] {
+        let u = u.clone();
+        wait_for(Duration::from_secs(5), "c down within 5 s", || {
+            let u = u.clone();
+            async move {
+                let j = get(&u, "/admin/cluster/members").await.json();
+                j["members"].as_array()?.iter().any(|m| m["node"] == "c" && m["state"] == "down").then_some(())
+            }
+        })
+        .await;
+    }
+    eprintln!("killed node marked down on both survivors after {:?}", killed.elapsed());
+    assert!(killed.elapsed() < Duration::from_secs(5));
+}
