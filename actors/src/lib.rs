@@ -40,7 +40,9 @@
 pub mod host;
 pub mod pg;
 pub mod pid;
+pub mod process;
 
 pub use host::{DeliveryError, ExitHook, ExitReason, ProcessHost};
 pub use pg::{Group, PgError, ScopeTable};
 pub use pid::{Pid, PidParseError};
+pub use process::{Down, ExitSignal, MonitorRef, ProcessConfig, ProcessRef, Processes};

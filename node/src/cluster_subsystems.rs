@@ -1,5 +1,6 @@
 //! The node's cluster subsystems: SWIM membership, the internode transport, and the pump that
-//! keeps the transport's peer set equal to membership's view.
+//! makes everything that follows membership (transport peers, remote process monitors, pg scopes)
+//! follow membership's view.
 //!
 //! Membership decides who is in the cluster; the transport only connects to members that
 //! membership reports `Up` and drops those reported `Down` or `Left`. The pump applies events in
@@ -12,6 +13,8 @@
 
 use std::time::{Duration, Instant};
 
+use cohort_actors::Processes;
+use cohort_actors::pg::PgService;
 use cohort_cluster::auth::ClusterSecret;
 use cohort_cluster::membership::{EventRecvError, Membership, MembershipConfig};
 use cohort_cluster::net::transport::{Transport, TransportConfig};
@@ -138,18 +141,40 @@ pub(crate) fn register_checks(health: &Health, membership: &Membership) -> Resul
     })
 }
 
-/// The pump: membership events -> transport peers, and the `cluster` readiness gate.
+/// Everything that follows membership: the transport's peers, remote monitors (`noconnection`)
+/// and pg scopes (discover + sync on up, removal on down).
+#[derive(Clone)]
+pub(crate) struct Followers {
+    pub transport: Transport,
+    pub processes: Processes,
+    pub pg: PgService,
+}
+
+impl Followers {
+    fn up(&self, member: &MemberInfo) {
+        self.transport.peer_up(member);
+        self.pg.member_up(member);
+    }
+
+    fn down(&self, member: &MemberInfo) {
+        self.pg.member_down(&member.id);
+        self.processes.node_down(&member.id);
+        self.transport.peer_down(member);
+    }
+}
+
+/// The pump: membership events -> followers, and the `cluster` readiness gate.
 /// Runs until `stop` fires or membership closes.
 pub(crate) async fn pump(
     membership: Membership,
-    transport: Transport,
+    followers: Followers,
     gate: ReadinessGate,
     mut stop: oneshot::Receiver<()>,
 ) {
     let local = membership.local().id.clone();
     let mut events = membership.subscribe();
     // Events before the subscription are in the snapshot.
-    resync(&membership, &transport, &local);
+    resync(&membership, &followers, &local);
     let mut refresh = tokio::time::interval(READINESS_REFRESH);
     loop {
         gate.set(membership.is_joined());
@@ -157,12 +182,12 @@ pub(crate) async fn pump(
             _ = &mut stop => break,
             _ = refresh.tick() => {}
             event = events.recv() => match event {
-                Ok(MembershipEvent::Up(m)) if m.id != local => transport.peer_up(&m),
-                Ok(MembershipEvent::Down(m) | MembershipEvent::Left(m)) if m.id != local => transport.peer_down(&m),
+                Ok(MembershipEvent::Up(m)) if m.id != local => followers.up(&m),
+                Ok(MembershipEvent::Down(m) | MembershipEvent::Left(m)) if m.id != local => followers.down(&m),
                 Ok(_) => {}
                 Err(EventRecvError::Lagged { skipped }) => {
-                    tracing::warn!(skipped, "membership events lagged; resynchronising the transport's peers");
-                    resync(&membership, &transport, &local);
+                    tracing::warn!(skipped, "membership events lagged; resynchronising from the view");
+                    resync(&membership, &followers, &local);
                 }
                 Err(EventRecvError::Closed) => break,
             },
@@ -171,12 +196,13 @@ pub(crate) async fn pump(
     gate.set(false);
 }
 
-/// Make the transport's peers follow membership's published view (after a lag, and at start).
-fn resync(membership: &Membership, transport: &Transport, local: &NodeId) {
+/// Make the followers follow membership's published view (after a lag, and at start). Both
+/// `up` and `down` are idempotent for a member already in that state.
+fn resync(membership: &Membership, followers: &Followers, local: &NodeId) {
     for row in membership.members().iter().filter(|r| !r.is_self && r.info.id != *local) {
         match row.state {
-            MemberState::Alive | MemberState::Suspect => transport.peer_up(&row.info),
-            MemberState::Down | MemberState::Left => transport.peer_down(&row.info),
+            MemberState::Alive | MemberState::Suspect => followers.up(&row.info),
+            MemberState::Down | MemberState::Left => followers.down(&row.info),
         }
     }
 }

@@ -74,6 +74,25 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// Shutdown behaviour.
     pub shutdown: ShutdownConfig,
+    /// Hosted processes.
+    pub processes: ProcessesConfig,
+}
+
+/// Hosted processes (SPEC 6.1).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessesConfig {
+    /// Messages one process's mailbox holds; a send beyond it is refused with `QueueSaturated`.
+    pub mailbox_capacity: usize,
+    /// Live processes one node hosts; a spawn beyond it is refused.
+    pub max_processes: usize,
+}
+
+impl Default for ProcessesConfig {
+    fn default() -> Self {
+        let d = cohort_actors::ProcessConfig::default();
+        Self { mailbox_capacity: d.mailbox_capacity, max_processes: d.max_processes }
+    }
 }
 
 impl Default for Config {
@@ -94,6 +113,7 @@ impl Default for Config {
             chaos: ChaosConfig::default(),
             telemetry: TelemetryConfig::default(),
             shutdown: ShutdownConfig::default(),
+            processes: ProcessesConfig::default(),
         }
     }
 }
@@ -380,10 +400,13 @@ impl Config {
             return Err(ConfigError::invalid("gossip.addr", "bind a concrete address (peers dial it), not 0.0.0.0"));
         }
         if self.internode.addr.ip().is_unspecified() {
-            return Err(ConfigError::invalid(
-                "internode.addr",
-                "bind a concrete address (peers dial it), not 0.0.0.0",
-            ));
+            return Err(ConfigError::invalid("internode.addr", "bind a concrete address (peers dial it), not 0.0.0.0"));
+        }
+        if !(1..=16 * 1024 * 1024).contains(&self.processes.mailbox_capacity) {
+            return Err(ConfigError::invalid("processes.mailbox_capacity", "must be between 1 and 16777216"));
+        }
+        if !(1..=16 * 1024 * 1024).contains(&self.processes.max_processes) {
+            return Err(ConfigError::invalid("processes.max_processes", "must be between 1 and 16777216"));
         }
         if !(1..=65_536).contains(&self.http.max_in_flight) {
             return Err(ConfigError::invalid("http.max_in_flight", "must be between 1 and 65536"));

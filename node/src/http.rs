@@ -16,12 +16,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::rejection::JsonRejection;
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -29,12 +29,13 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::health::{Health, HealthReport};
+use crate::http_pg;
 use crate::metrics::Metrics;
 use crate::node::NodeAddrs;
 use crate::telemetry::LogControl;
 use cohort_cluster::faults::FaultRules;
-use cohort_cluster::net::FaultInstallError;
 use cohort_cluster::membership::Membership;
+use cohort_cluster::net::FaultInstallError;
 use cohort_cluster::net::transport::{ClassSnapshot, Transport};
 use cohort_cluster::{FaultInjector, MemberAddrs, NodeId};
 
@@ -52,6 +53,8 @@ pub(crate) struct HttpState {
     pub faults: FaultInjector,
     pub membership: Membership,
     pub transport: Transport,
+    pub pg: cohort_actors::pg::PgService,
+    pub probes: Option<crate::probe::Probes>,
 }
 
 /// A JSON error answer: `{"error": reason, "detail": detail}`.
@@ -89,7 +92,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A JSON body extractor whose rejections are [`ApiError`]s (axum's own answer plain text).
+/// A JSON body extractor whose rejections are [`ApiError`]s. It parses the body as JSON whatever
+/// the `Content-Type` (an operator's `curl -d '{...}'` sends a form type), within the body limit:
+/// 413 above it, 400 for malformed JSON, 422 for JSON of the wrong shape.
 pub struct JsonBody<T>(pub T);
 
 impl<S, T> FromRequest<S> for JsonBody<T>
@@ -100,13 +105,20 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(Self(v)),
-            Err(JsonRejection::BytesRejection(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge", e.body_text()))
+        let bytes = match Bytes::from_request(req, state).await {
+            Ok(b) => b,
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge", e.body_text()));
             }
-            Err(e) => Err(ApiError::new(e.status(), "BadRequest", e.body_text())),
-        }
+            Err(e) => return Err(ApiError::new(e.status(), "BadRequest", e.body_text())),
+        };
+        serde_json::from_slice(&bytes).map(Self).map_err(|e| {
+            let status = match e.classify() {
+                serde_json::error::Category::Data => StatusCode::UNPROCESSABLE_ENTITY,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            ApiError::new(status, "BadRequest", format!("request body: {e}"))
+        })
     }
 }
 
@@ -121,6 +133,14 @@ pub(crate) fn router(state: HttpState, max_body_bytes: usize) -> Router {
         .route("/admin/cluster/members", get(cluster_members))
         .route("/admin/transport", get(transport))
         .route("/admin/faults", get(get_faults).post(set_faults).delete(clear_faults))
+        .route("/admin/pg/{scope}/groups", get(http_pg::groups))
+        .route("/admin/pg/{scope}/groups/{group}", get(http_pg::group))
+        .route("/admin/probe/spawn", post(http_pg::probe_spawn))
+        .route("/admin/probe/join", post(http_pg::probe_join))
+        .route("/admin/probe/leave", post(http_pg::probe_leave))
+        .route("/admin/probe/exit", post(http_pg::probe_exit))
+        .route("/admin/probe/broadcast", post(http_pg::probe_broadcast))
+        .route("/admin/probe/stats", get(http_pg::probe_stats))
         .route_layer(middleware::from_fn(remember_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -391,7 +411,12 @@ async fn transport(State(state): State<HttpState>) -> Json<TransportBody> {
         .snapshot()
         .peers
         .into_iter()
-        .map(|p| PeerBody { node: p.node.name, incarnation: p.node.incarnation, connected: p.connected, classes: p.classes })
+        .map(|p| PeerBody {
+            node: p.node.name,
+            incarnation: p.node.incarnation,
+            connected: p.connected,
+            classes: p.classes,
+        })
         .collect();
     Json(TransportBody { peers })
 }

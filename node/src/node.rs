@@ -9,9 +9,11 @@
 //! Invariants: everything a node holds (health registry, metrics registry, listeners, subsystems)
 //! is owned by its `Node` value, never by a process-global, so several nodes can run in one process.
 //!
-//! Start order: `watchdog`, `membership`, `transport`, `cluster` (the pump from membership events
-//! to transport peers), `http`. Stop order is the reverse: HTTP stops taking requests first, and
-//! membership leaves the cluster gracefully (peers see `left`) just before the watchdog stops.
+//! Start order: `watchdog`, `membership`, `transport`, `processes`, `pg`, `cluster` (the pump from
+//! membership events to transport peers, remote monitors and pg scopes), `http`. Stop order is the
+//! reverse: HTTP stops taking requests first; hosted processes stop while pg and the transport can
+//! still tell peers; membership leaves the cluster gracefully (peers see `left`) just before the
+//! watchdog stops.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,15 +22,18 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinHandle;
 
+use cohort_actors::pg::{PgConfig, PgService};
+use cohort_actors::{Pid, ProcessConfig, ProcessRef, Processes};
 use cohort_cluster::membership::Membership;
 use cohort_cluster::net::transport::Transport;
 use cohort_cluster::{FaultInjector, MemberAddrs, NodeId};
 
-use crate::cluster_subsystems::{self as cluster, ClusterStartError};
+use crate::cluster_subsystems::{self as cluster, ClusterStartError, Followers};
 use crate::config::Config;
 use crate::health::{Health, HealthError};
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
+use crate::probe::Probes;
 use crate::telemetry::LogControl;
 
 /// How often the runtime watchdog beats its activity check.
@@ -80,6 +85,12 @@ pub enum StartError {
     /// Membership or the transport could not start.
     #[error(transparent)]
     Cluster(#[from] ClusterStartError),
+    /// The process table could not start.
+    #[error("processes: {0}")]
+    Processes(String),
+    /// The pg service could not start.
+    #[error("pg: {0}")]
+    Pg(String),
 }
 
 /// A running subsystem: a task and the trigger that asks it to stop.
@@ -143,6 +154,9 @@ pub struct Node {
     faults: FaultInjector,
     membership: Membership,
     transport: Transport,
+    processes: Processes,
+    pg: PgService,
+    probes: Option<Probes>,
     subsystems: Vec<Subsystem>,
 }
 
@@ -188,17 +202,27 @@ impl Node {
         let cluster_gate = health.register_gate("cluster")?;
         let faults = if config.chaos.enabled { FaultInjector::enabled() } else { FaultInjector::disabled() };
         let member_addrs = MemberAddrs { gossip: addrs.gossip, internode: addrs.internode, http: addrs.http };
-        let handles = cluster::start(
-            &config,
-            &id,
-            member_addrs,
-            gossip_socket,
-            internode_listener,
-            &faults,
+        let handles =
+            cluster::start(&config, &id, member_addrs, gossip_socket, internode_listener, &faults, metrics.registry())
+                .await?;
+        cluster::register_checks(&health, &handles.membership)?;
+        let process_config = ProcessConfig {
+            mailbox_capacity: config.processes.mailbox_capacity,
+            max_processes: config.processes.max_processes,
+            ..ProcessConfig::default()
+        };
+        let processes =
+            Processes::start(id.clone(), Some(handles.transport.clone()), process_config, metrics.registry())
+                .await
+                .map_err(|e| StartError::Processes(e.to_string()))?;
+        let pg = PgService::start(
+            Arc::new(processes.clone()),
+            Some(handles.transport.clone()),
+            PgConfig::default(),
             metrics.registry(),
         )
-        .await?;
-        cluster::register_checks(&health, &handles.membership)?;
+        .map_err(|e| StartError::Pg(e.to_string()))?;
+        let probes = config.chaos.enabled.then(|| Probes::new(processes.clone()));
         let mut node = Self {
             id,
             addrs,
@@ -208,6 +232,9 @@ impl Node {
             faults,
             membership: handles.membership,
             transport: handles.transport,
+            processes,
+            pg,
+            probes,
             subsystems: Vec::new(),
         };
 
@@ -269,7 +296,25 @@ impl Node {
         self.push_subsystem("transport", stop_tx, task);
 
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(cluster::pump(self.membership.clone(), self.transport.clone(), gate, stop_rx));
+        let processes = self.processes.clone();
+        let task = tokio::spawn(async move {
+            let _ = stop_rx.await;
+            processes.shutdown().await;
+        });
+        self.push_subsystem("processes", stop_tx, task);
+
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let pg = self.pg.clone();
+        let task = tokio::spawn(async move {
+            let _ = stop_rx.await;
+            pg.shutdown().await;
+        });
+        self.push_subsystem("pg", stop_tx, task);
+
+        let followers =
+            Followers { transport: self.transport.clone(), processes: self.processes.clone(), pg: self.pg.clone() };
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(cluster::pump(self.membership.clone(), followers, gate, stop_rx));
         self.push_subsystem("cluster", stop_tx, task);
     }
 
@@ -286,6 +331,8 @@ impl Node {
             faults: self.faults.clone(),
             membership: self.membership.clone(),
             transport: self.transport.clone(),
+            pg: self.pg.clone(),
+            probes: self.probes.clone(),
         };
         let app = http::router(state, self.config.http.max_body_bytes);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -340,6 +387,30 @@ impl Node {
     /// The internode transport.
     pub fn transport(&self) -> &Transport {
         &self.transport
+    }
+
+    /// The node's process table: spawn, send, monitor (SPEC 6.1).
+    pub fn processes(&self) -> &Processes {
+        &self.processes
+    }
+
+    /// The node's process groups (SPEC 6.2): `node.pg().scope("default")?.join(...)`.
+    pub fn pg(&self) -> &PgService {
+        &self.pg
+    }
+
+    /// Host a ractor actor as a cluster-visible process: its `Pid` and a typed local handle.
+    /// Its messages must deserialize, so other nodes can send to it by pid.
+    pub async fn spawn<A>(
+        &self,
+        actor: A,
+        args: A::Arguments,
+    ) -> Result<(Pid, ProcessRef<A::Msg>), cohort_actors::process::SpawnError>
+    where
+        A: ractor::Actor,
+        A::Msg: serde::de::DeserializeOwned,
+    {
+        self.processes.spawn(actor, args).await
     }
 
     /// Stop every subsystem in the reverse of the start order, within `shutdown.timeout_ms`.

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cohort::{Config, Node};
@@ -19,12 +19,16 @@ fn secret_file(contents: &str) -> PathBuf {
     path
 }
 
-fn config(name: &str, secret: &PathBuf, seeds: &[&Node]) -> Config {
+fn config(name: &str, secret: &Path, seeds: &[&Node]) -> Config {
     let mut c = Config {
         name: name.into(),
-        data_dir: std::env::temp_dir().join(format!("cohort-cluster-{}-{name}-{}", std::process::id(), common::rand_suffix())),
+        data_dir: std::env::temp_dir().join(format!(
+            "cohort-cluster-{}-{name}-{}",
+            std::process::id(),
+            common::rand_suffix()
+        )),
         admin_token: Some(TOKEN.into()),
-        cluster_secret_file: Some(secret.clone()),
+        cluster_secret_file: Some(secret.to_path_buf()),
         seeds: seeds.iter().map(|n| n.addrs().gossip.to_string()).collect(),
         ..Config::default()
     };
@@ -66,7 +70,7 @@ async fn wait_states(n: &Node, want: &[(&str, &str)], within: Duration) {
     .await;
 }
 
-async fn three(secret: &PathBuf) -> (Node, Node, Node) {
+async fn three(secret: &Path) -> (Node, Node, Node) {
     let a = Node::start(config("a", secret, &[])).await.unwrap();
     let b = Node::start(config("b", secret, &[&a])).await.unwrap();
     let c = Node::start(config("c", secret, &[&a])).await.unwrap();
@@ -128,7 +132,11 @@ async fn a_partition_installed_through_the_admin_api_splits_the_views_and_heal_r
     wait_states(&c, &[("a", "down"), ("b", "down"), ("c", "alive")], split).await;
     // The injected drops are counted.
     let m = get(&url(&a), "/metrics").await.body;
-    assert!(m.lines().any(|l| l.starts_with("cohort_gossip_dropped_total{reason=\"fault_injected\"}") && !l.ends_with(" 0")), "{m}");
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("cohort_gossip_dropped_total{reason=\"fault_injected\"}") && !l.ends_with(" 0")),
+        "{m}"
+    );
 
     for n in [&a, &b, &c] {
         assert_eq!(request("DELETE", &url(n), "/admin/faults", &h, None).await.status, 200);

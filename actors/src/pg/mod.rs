@@ -12,7 +12,14 @@
 //!   monitors and tell peers.
 //! - [`wire`]: the versioned peer messages (discover, sync, join, leave) and their size bounds.
 //!
-//! The scope actor (monitors, broadcast, timers, sockets) builds on these and is not here yet.
+//!
+//! And the I/O around them:
+//!
+//! - [`scope`]: the [`Scope`] handle (join, leave, reads, monitors, broadcast) and the scope actor,
+//!   one tokio task per scope per node that drains the event outbox to monitors and peers, answers
+//!   discovers, applies syncs and peer batches, and runs anti-entropy.
+//! - [`service`]: [`PgService`], one per node: creates scopes on first use, routes inbound pg frames
+//!   by scope, applies membership changes and process exits to every scope, owns the metrics.
 //!
 //! Differences from OTP 25 `pg.erl`, on purpose:
 //! - a `leave` batch is all-or-nothing: if any pid lacks a join occurrence the whole batch is refused
@@ -20,12 +27,22 @@
 //!   was), so the caller learns exactly which pid was wrong and events are exact;
 //! - on sync Erlang rewrites a changed group without notifying monitors; here a changed group emits
 //!   the leave and join events of its multiset difference, so monitors never drift;
-//! - peers may only announce their own pids, and every input is bounded ([`ScopeLimits`]).
+//! - peers may only announce their own pids, and every input is bounded ([`ScopeLimits`]);
+//! - a broadcast reaches each distinct member once, however many times it joined (Erlang's
+//!   `[Pid ! Msg || Pid <- get_members(G)]` sends once per join occurrence);
+//! - a node that comes up is sent our full state unasked (and asked for its own with a discover),
+//!   so a one-sided down/up heals without Erlang's discover-back; frames from a node membership
+//!   does not consider up are ignored, and periodic anti-entropy repairs frames lost on the wire.
 
+mod metrics;
+pub mod scope;
+pub mod service;
 pub mod snapshot;
 pub mod state;
 pub mod wire;
 
+pub use scope::{BroadcastRefusal, BroadcastReport, MAX_REFUSALS_REPORTED, Monitor, MonitorTarget, PgEvent, Scope};
+pub use service::{DEFAULT_SCOPE, MAX_SCOPES, PgConfig, PgService, PgStartError};
 pub use snapshot::{Members, ScopeTable, SyncReport};
 pub use state::{Event, EventKind, Group, GroupSnapshot, NodeState, Origin, multiset_diff};
 
@@ -157,6 +174,44 @@ pub enum PgError {
         /// The incarnation this scope knows.
         current: u64,
     },
+    /// A pid given to `join` (or as a monitor owner) is local but not (or no longer) a live
+    /// process of this node's process table. Maps to the admission reason `NotHosted`.
+    #[error("NotHosted: pid {pid} is not a live process of this node")]
+    NotHosted {
+        /// The first such pid.
+        pid: Pid,
+    },
+    /// A scope name is empty or longer than [`wire::MAX_SCOPE_NAME_BYTES`].
+    #[error("scope name of {len} bytes, 1 to {max} allowed")]
+    BadScopeName {
+        /// Its length.
+        len: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// Creating the scope would exceed the node's scope bound ([`service::MAX_SCOPES`]).
+    #[error("the node already runs its maximum of {max} pg scopes")]
+    TooManyScopes {
+        /// The bound.
+        max: usize,
+    },
+    /// The scope has as many monitors as [`PgConfig::max_monitors_per_scope`] allows.
+    #[error("the scope already has its maximum of {max} monitors")]
+    TooManyMonitors {
+        /// The bound.
+        max: usize,
+    },
+    /// A broadcast payload is larger than [`wire::MAX_BROADCAST_BYTES`].
+    #[error("broadcast payload of {len} bytes, at most {max} allowed")]
+    PayloadTooLarge {
+        /// Its length.
+        len: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// The scope actor has stopped (the service is shutting down). Maps to `Admission::Canceled`.
+    #[error("the pg scope is stopped")]
+    ScopeStopped,
     /// A peer announced a pid it does not host; the whole message is refused.
     #[error("pg peer {peer} announced pid {pid} that it does not host")]
     NotPeerPid {
@@ -182,6 +237,12 @@ impl PgError {
             PgError::UnknownPeer { .. } => "UnknownPeer",
             PgError::StalePeer { .. } => "StalePeer",
             PgError::NotPeerPid { .. } => "NotPeerPid",
+            PgError::NotHosted { .. } => "NotHosted",
+            PgError::BadScopeName { .. } => "BadScopeName",
+            PgError::TooManyScopes { .. } => "TooManyScopes",
+            PgError::TooManyMonitors { .. } => "TooManyMonitors",
+            PgError::PayloadTooLarge { .. } => "PayloadTooLarge",
+            PgError::ScopeStopped => "ScopeStopped",
         }
     }
 }

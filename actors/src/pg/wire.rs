@@ -2,7 +2,9 @@
 //!
 //! The exchange follows OTP's `pg`: a scope that starts, or sees a node come up, sends `Discover`;
 //! the receiver answers with `Sync`, its full local state, and from then on sends that peer every
-//! local `Join` and `Leave` batch in order. The receiver applies a sync as the difference against
+//! local change in order, batched as one [`PgMessage::Batch`] per drain of its scope actor (the
+//! single `Join`/`Leave` messages are still accepted). [`PgMessage::Broadcast`] carries one group
+//! message to a node, which delivers it to its own local members. The receiver applies a sync as the difference against
 //! what it held for the sender ([`super::ScopeTable::sync_peer`]).
 //!
 //! Every frame carries [`PG_WIRE_VERSION`]. Payloads are MessagePack (rmp-serde) inside a transport
@@ -13,8 +15,9 @@
 //!
 //! Size of a pid on the wire: at most ~85 bytes (64-byte node name, two u64, array headers).
 
+use bytes::Bytes;
 use cohort_cluster::NodeId;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::state::{Event, EventKind, Group, NodeState, Origin};
 use super::{MAX_GROUPS_PER_SCOPE, MAX_PIDS_PER_BATCH};
@@ -37,6 +40,22 @@ pub const MAX_GROUPS_PER_SYNC_CHUNK: usize = 16_384;
 /// Most memberships a reassembled sync may hold: the whole state is buffered until its last chunk,
 /// so this bounds that buffer (~2M × ~80 bytes in memory ≈ 160 MB in the worst case).
 pub const MAX_SYNC_PIDS: usize = 2_000_000;
+
+/// The transport `kind` byte of every pg frame on `Class::Pg`: the body is one MessagePack
+/// [`PgFrame`]. Any other kind is refused and counted (`reason="unknown_kind"`).
+pub const PG_FRAME_KIND: u8 = 1;
+
+/// Most operations in one [`PgMessage::Batch`]: the scope actor drains at most this many events
+/// per step, so one drain is one frame per peer in the common case.
+pub const MAX_OPS_PER_BATCH_FRAME: usize = 4_096;
+
+/// Most pids, summed over its operations, in one [`PgMessage::Batch`]: the same ~1.4 MB budget as a
+/// sync chunk ([`MAX_PIDS_PER_SYNC_CHUNK`]); a drain holding more is split into several frames.
+pub const MAX_PIDS_PER_BATCH_FRAME: usize = MAX_PIDS_PER_SYNC_CHUNK;
+
+/// Largest broadcast payload, in bytes: half the transport's 16 MiB frame limit, leaving room for
+/// the envelope (scope, group, sender) with a wide margin.
+pub const MAX_BROADCAST_BYTES: usize = 8 * 1024 * 1024;
 
 /// One pg message from a peer scope, with its envelope.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +91,110 @@ pub enum PgMessage {
         /// The pids that left.
         pids: Vec<Pid>,
     },
+    /// Several local joins and leaves of the sender, in the order they happened (one drain of its
+    /// scope actor): at most [`MAX_OPS_PER_BATCH_FRAME`] operations and
+    /// [`MAX_PIDS_PER_BATCH_FRAME`] pids.
+    Batch(Vec<PgOp>),
+    /// Deliver `payload` to every local member of `group` (once per distinct pid). Sent once per
+    /// node that has members; the receiver fans out locally.
+    Broadcast {
+        /// The group.
+        group: Group,
+        /// The message, already encoded for the members' message type (at most
+        /// [`MAX_BROADCAST_BYTES`]).
+        payload: WireBytes,
+    },
+}
+
+impl PgMessage {
+    /// A bounded label for metrics: `discover`, `sync`, `join`, `leave`, `batch`, `broadcast`.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            PgMessage::Discover => "discover",
+            PgMessage::Sync(_) => "sync",
+            PgMessage::Join { .. } => "join",
+            PgMessage::Leave { .. } => "leave",
+            PgMessage::Batch(_) => "batch",
+            PgMessage::Broadcast { .. } => "broadcast",
+        }
+    }
+
+    /// Every value of [`PgMessage::name`], for exporting counters at 0.
+    pub const NAMES: [&'static str; 6] = ["discover", "sync", "join", "leave", "batch", "broadcast"];
+}
+
+/// One join or leave inside a [`PgMessage::Batch`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PgOp {
+    /// Join or leave.
+    pub kind: EventKind,
+    /// The group.
+    pub group: Group,
+    /// The sender's pids (repeated per occurrence; 1 to [`MAX_PIDS_PER_BATCH`]).
+    pub pids: Vec<Pid>,
+}
+
+impl PgOp {
+    /// The operation that tells peers about a local event; `None` for remote events (peers know).
+    pub fn from_local_event(event: &Event) -> Option<Self> {
+        (event.origin == Origin::Local).then(|| PgOp {
+            kind: event.kind,
+            group: event.group.clone(),
+            pids: event.pids.clone(),
+        })
+    }
+}
+
+/// Opaque bytes encoded as one MessagePack `bin` (not an array of integers), cheap to clone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WireBytes(pub Bytes);
+
+impl Serialize for WireBytes {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for WireBytes {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = WireBytes;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<WireBytes, E> {
+                Ok(WireBytes(Bytes::copy_from_slice(bytes)))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, bytes: Vec<u8>) -> Result<WireBytes, E> {
+                Ok(WireBytes(Bytes::from(bytes)))
+            }
+        }
+        deserializer.deserialize_bytes(Visitor)
+    }
+}
+
+/// Splits local operations into [`PgMessage::Batch`] bodies within [`MAX_OPS_PER_BATCH_FRAME`]
+/// and [`MAX_PIDS_PER_BATCH_FRAME`], keeping their order. Each op already holds at most
+/// [`MAX_PIDS_PER_BATCH`] pids (the scope table's batch bound).
+pub fn batch_frames(ops: Vec<PgOp>) -> Vec<Vec<PgOp>> {
+    let mut frames = Vec::new();
+    let mut current = Vec::new();
+    let mut pids = 0;
+    for op in ops {
+        if !current.is_empty()
+            && (current.len() == MAX_OPS_PER_BATCH_FRAME || pids + op.pids.len() > MAX_PIDS_PER_BATCH_FRAME)
+        {
+            frames.push(std::mem::take(&mut current));
+            pids = 0;
+        }
+        pids += op.pids.len();
+        current.push(op);
+    }
+    if !current.is_empty() {
+        frames.push(current);
+    }
+    frames
 }
 
 /// A numbered part of a full state. Chunks of one sync share `sync_id`, are numbered from 0 and sent
@@ -135,6 +258,22 @@ pub enum WireError {
         /// The index received.
         found: u32,
     },
+    /// A batch frame is empty or holds too many operations or pids.
+    #[error("batch frame of {ops} operations and {pids} pids exceeds its bounds")]
+    BatchFrameTooLarge {
+        /// Operations in the frame.
+        ops: usize,
+        /// Pids in the frame.
+        pids: usize,
+    },
+    /// A broadcast payload is larger than [`MAX_BROADCAST_BYTES`].
+    #[error("broadcast payload of {len} bytes, at most {max} allowed")]
+    PayloadTooLarge {
+        /// Its length.
+        len: usize,
+        /// The bound.
+        max: usize,
+    },
     /// A reassembled sync would exceed [`MAX_GROUPS_PER_SCOPE`] groups or [`MAX_SYNC_PIDS`] pids.
     #[error("sync state exceeds {max_groups} groups or {max_pids} pids")]
     SyncTooLarge {
@@ -176,6 +315,25 @@ impl PgFrame {
                     return Err(WireError::ChunkTooLarge { groups: chunk.groups.len(), pids });
                 }
                 chunk.groups.iter().try_for_each(|(_, pids)| check_node_names(pids))
+            }
+            PgMessage::Batch(ops) => {
+                let pids: usize = ops.iter().map(|op| op.pids.len()).sum();
+                if ops.is_empty() || ops.len() > MAX_OPS_PER_BATCH_FRAME || pids > MAX_PIDS_PER_BATCH_FRAME {
+                    return Err(WireError::BatchFrameTooLarge { ops: ops.len(), pids });
+                }
+                for op in ops {
+                    if op.pids.is_empty() || op.pids.len() > MAX_PIDS_PER_BATCH {
+                        return Err(WireError::BadBatch { len: op.pids.len(), max: MAX_PIDS_PER_BATCH });
+                    }
+                    check_node_names(&op.pids)?;
+                }
+                Ok(())
+            }
+            PgMessage::Broadcast { payload, .. } => {
+                if payload.0.len() > MAX_BROADCAST_BYTES {
+                    return Err(WireError::PayloadTooLarge { len: payload.0.len(), max: MAX_BROADCAST_BYTES });
+                }
+                Ok(())
             }
         }
     }
@@ -353,6 +511,43 @@ mod tests {
             }
         }
         assert_eq!(merged, state);
+    }
+
+    #[test]
+    fn batch_and_broadcast_round_trip_and_payload_is_one_bin() {
+        let pid = Pid::new(node(), 9);
+        let op = |kind| PgOp { kind, group: group("g"), pids: vec![pid.clone()] };
+        let batch = PgFrame::new("default", node(), PgMessage::Batch(vec![op(EventKind::Join), op(EventKind::Leave)]));
+        let payload = WireBytes(Bytes::from(vec![0xff; 1000]));
+        let broadcast =
+            PgFrame::new("default", node(), PgMessage::Broadcast { group: group("g"), payload: payload.clone() });
+        for frame in [batch, broadcast.clone()] {
+            let decoded: PgFrame = rmp_serde::from_slice(&rmp_serde::to_vec(&frame).unwrap()).unwrap();
+            assert_eq!(decoded.validate(), Ok(()));
+            assert_eq!(decoded, frame);
+        }
+        // A bin: 1000 bytes of 0xff cost ~1000 bytes, not ~2000 as an array of integers would.
+        assert!(rmp_serde::to_vec(&broadcast).unwrap().len() < 1100);
+        let empty = PgFrame::new("default", node(), PgMessage::Batch(vec![]));
+        assert!(matches!(empty.validate(), Err(WireError::BatchFrameTooLarge { ops: 0, .. })));
+        let hollow = PgFrame::new(
+            "default",
+            node(),
+            PgMessage::Batch(vec![PgOp { kind: EventKind::Join, group: group("g"), pids: vec![] }]),
+        );
+        assert!(matches!(hollow.validate(), Err(WireError::BadBatch { len: 0, .. })));
+    }
+
+    #[test]
+    fn batch_frames_split_on_the_pid_budget_and_keep_order() {
+        let pids: Vec<Pid> = (0..MAX_PIDS_PER_BATCH as u64).map(|l| Pid::new(node(), l)).collect();
+        let ops: Vec<PgOp> =
+            (0..5).map(|_| PgOp { kind: EventKind::Join, group: group("g"), pids: pids.clone() }).collect();
+        let frames = batch_frames(ops.clone());
+        assert_eq!(frames.len(), 2);
+        assert!(frames.iter().all(|f| f.iter().map(|op| op.pids.len()).sum::<usize>() <= MAX_PIDS_PER_BATCH_FRAME));
+        assert_eq!(frames.concat(), ops);
+        assert!(batch_frames(Vec::new()).is_empty());
     }
 
     #[test]

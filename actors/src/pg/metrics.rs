@@ -1,0 +1,202 @@
+//! The pg metrics of one node (SPEC 10), shared by the service, its router and every scope actor.
+//!
+//! Labels are bounded: no scope, group or pid label (scopes are summed); `op`, `result`, `kind`,
+//! `message`, `direction`, `reason` take values from fixed sets. Every counter that guards safety
+//! (rejections, overflows, refused deliveries) is created at 0 when the service starts. Counters
+//! on the join/leave hot path are resolved once, so counting costs one atomic add.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+use super::wire::PgMessage;
+
+/// Operations counted in `cohort_pg_operations_total{op}`.
+pub(crate) const OPS: [&str; 6] = ["join", "leave", "monitor", "monitor_scope", "broadcast", "broadcast_local"];
+
+/// Reasons of `cohort_pg_frames_rejected_total{reason}`.
+pub(crate) mod reject {
+    /// The payload is not a MessagePack `PgFrame`.
+    pub const DECODE: &str = "decode";
+    /// The frame speaks another wire version.
+    pub const VERSION: &str = "version";
+    /// A bound or a name in the frame is invalid.
+    pub const INVALID: &str = "invalid";
+    /// The frame's `from` is not the authenticated sender.
+    pub const SENDER_MISMATCH: &str = "sender_mismatch";
+    /// The transport kind byte is not a pg frame.
+    pub const UNKNOWN_KIND: &str = "unknown_kind";
+    /// No scope of that name runs on this node.
+    pub const UNKNOWN_SCOPE: &str = "unknown_scope";
+    /// The sender is not an up member (down, left, or an older incarnation).
+    pub const PEER_NOT_UP: &str = "peer_not_up";
+    /// The scope table refused the content (unknown peer, foreign pid, bound).
+    pub const REFUSED: &str = "refused";
+    /// A sync chunk arrived out of order or the reassembled state was too large.
+    pub const SYNC_CHUNK: &str = "sync_chunk";
+    /// The scope actor's inbound queue was full; a full sync is pulled from the sender instead.
+    pub const SCOPE_BUSY: &str = "scope_busy";
+
+    /// Every reason, for exporting them at 0.
+    pub const ALL: [&str; 10] = [
+        DECODE,
+        VERSION,
+        INVALID,
+        SENDER_MISMATCH,
+        UNKNOWN_KIND,
+        UNKNOWN_SCOPE,
+        PEER_NOT_UP,
+        REFUSED,
+        SYNC_CHUNK,
+        SCOPE_BUSY,
+    ];
+}
+
+/// Reasons of `cohort_pg_syncs_total{reason}`.
+pub(crate) mod sync_reason {
+    /// A peer came up or discovered us.
+    pub const CONNECT: &str = "connect";
+    /// The periodic full-state push to one peer.
+    pub const ANTI_ENTROPY: &str = "anti_entropy";
+    /// A pg frame to the peer was dropped (queue overflow or failed send).
+    pub const RESYNC: &str = "resync";
+    /// Every reason.
+    pub const ALL: [&str; 3] = [CONNECT, ANTI_ENTROPY, RESYNC];
+}
+
+/// Results of `cohort_pg_broadcast_deliveries_total{result}`.
+pub(crate) mod delivery {
+    /// Delivered to a local mailbox (on the sending or a receiving node).
+    pub const DELIVERED: &str = "delivered";
+    /// The member is no longer hosted.
+    pub const NOT_HOSTED: &str = "not_hosted";
+    /// The member's mailbox is full.
+    pub const MAILBOX_FULL: &str = "mailbox_full";
+    /// The payload does not decode into the member's message type.
+    pub const UNDECODABLE: &str = "undecodable";
+    /// A frame to a remote node was queued.
+    pub const REMOTE_SENT: &str = "remote_sent";
+    /// A frame to a remote node was dropped or refused by the transport.
+    pub const REMOTE_REFUSED: &str = "remote_refused";
+    /// Every result.
+    pub const ALL: [&str; 6] = [DELIVERED, NOT_HOSTED, MAILBOX_FULL, UNDECODABLE, REMOTE_SENT, REMOTE_REFUSED];
+}
+
+/// Every pg metric of a node.
+pub(crate) struct PgMetrics {
+    pub groups: IntGauge,
+    pub memberships: IntGauge,
+    pub operations: IntCounterVec,
+    pub join_ok: IntCounter,
+    pub leave_ok: IntCounter,
+    pub events_join: IntCounter,
+    pub events_leave: IntCounter,
+    pub frames: IntCounterVec,
+    pub rejected: IntCounterVec,
+    pub syncs: IntCounterVec,
+    pub monitors: IntGauge,
+    pub monitor_overflow: IntCounter,
+    pub deliveries: IntCounterVec,
+}
+
+impl PgMetrics {
+    /// Creates and registers every metric, each labelled series at 0.
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let groups = IntGauge::new("cohort_pg_groups", "Non-empty process groups, summed over the node's scopes")?;
+        let memberships = IntGauge::new(
+            "cohort_pg_memberships",
+            "Group memberships (join occurrences, local and remote), summed over the node's scopes",
+        )?;
+        let operations = IntCounterVec::new(
+            Opts::new("cohort_pg_operations_total", "pg API calls by operation and result (ok or a PgError reason)"),
+            &["op", "result"],
+        )?;
+        let events = IntCounterVec::new(
+            Opts::new("cohort_pg_events_total", "Membership change events produced, by kind"),
+            &["kind"],
+        )?;
+        let frames = IntCounterVec::new(
+            Opts::new("cohort_pg_frames_total", "pg frames sent (out) or accepted (in), by message"),
+            &["message", "direction"],
+        )?;
+        let rejected = IntCounterVec::new(
+            Opts::new("cohort_pg_frames_rejected_total", "Inbound pg frames dropped, by reason"),
+            &["reason"],
+        )?;
+        let syncs = IntCounterVec::new(
+            Opts::new("cohort_pg_syncs_total", "Full-state syncs sent to a peer, by reason"),
+            &["reason"],
+        )?;
+        let monitors = IntGauge::new("cohort_pg_monitors", "Live group and scope monitors")?;
+        let monitor_overflow = IntCounter::new(
+            "cohort_pg_monitor_overflow_total",
+            "Monitors dropped because their event channel was full",
+        )?;
+        let deliveries = IntCounterVec::new(
+            Opts::new("cohort_pg_broadcast_deliveries_total", "Broadcast deliveries and remote frames, by result"),
+            &["result"],
+        )?;
+        registry.register(Box::new(groups.clone()))?;
+        registry.register(Box::new(memberships.clone()))?;
+        registry.register(Box::new(operations.clone()))?;
+        registry.register(Box::new(events.clone()))?;
+        registry.register(Box::new(frames.clone()))?;
+        registry.register(Box::new(rejected.clone()))?;
+        registry.register(Box::new(syncs.clone()))?;
+        registry.register(Box::new(monitors.clone()))?;
+        registry.register(Box::new(monitor_overflow.clone()))?;
+        registry.register(Box::new(deliveries.clone()))?;
+        for op in OPS {
+            operations.with_label_values(&[op, "ok"]);
+        }
+        for message in PgMessage::NAMES {
+            for direction in ["in", "out"] {
+                frames.with_label_values(&[message, direction]);
+            }
+        }
+        for reason in reject::ALL {
+            rejected.with_label_values(&[reason]);
+        }
+        for reason in sync_reason::ALL {
+            syncs.with_label_values(&[reason]);
+        }
+        for result in delivery::ALL {
+            deliveries.with_label_values(&[result]);
+        }
+        Ok(Self {
+            join_ok: operations.with_label_values(&["join", "ok"]),
+            leave_ok: operations.with_label_values(&["leave", "ok"]),
+            events_join: events.with_label_values(&["join"]),
+            events_leave: events.with_label_values(&["leave"]),
+            groups,
+            memberships,
+            operations,
+            frames,
+            rejected,
+            syncs,
+            monitors,
+            monitor_overflow,
+            deliveries,
+        })
+    }
+
+    /// Counts one API call's result.
+    pub fn operation(&self, op: &'static str, result: Result<(), &'static str>) {
+        self.operations.with_label_values(&[op, result.err().unwrap_or("ok")]).inc();
+    }
+
+    /// Counts a rejected inbound frame.
+    pub fn reject(&self, reason: &'static str) {
+        self.rejected.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts a frame in a direction (`"in"` or `"out"`).
+    pub fn frame(&self, message: &'static str, direction: &'static str) {
+        self.frames.with_label_values(&[message, direction]).inc();
+    }
+
+    /// Counts a broadcast delivery result.
+    pub fn delivery(&self, result: &'static str, n: u64) {
+        if n > 0 {
+            self.deliveries.with_label_values(&[result]).inc_by(n);
+        }
+    }
+}

@@ -1,0 +1,1195 @@
+//! One pg scope on one node: the [`Scope`] handle and the scope actor (SPEC 6.2).
+//!
+//! # Roles
+//! - [`Scope`] (cheap to clone) is what callers use. `join`/`leave` write the [`ScopeTable`]
+//!   directly in the caller's thread (read-your-writes, no actor round trip) and wake the actor;
+//!   reads are lock-free snapshot loads; `broadcast` reads the members and sends directly.
+//! - The **scope actor** is one tokio task per scope per node (a plain task, not a ractor actor:
+//!   it needs a `select!` over five sources and no supervision protocol of its own; the service
+//!   owns and stops it). It owns all of the scope's I/O and peer state: it drains the table's event
+//!   outbox, dispatches events to monitors, sends local changes to peers (one `Batch` frame per peer
+//!   per drain), answers `Discover` with its full state, applies peers' syncs and batches, runs
+//!   anti-entropy and resyncs peers whose pg queue overflowed.
+//!
+//! # Wake-ups
+//! Writers call `Notify::notify_one` after each write (a stored permit if the actor is busy, so no
+//! wake-up is lost). The actor loops: take pending membership work, flush the outbox, then wait for
+//! the first of: shutdown, a monitor command, an inbound frame (routed by the service), the notify,
+//! the anti-entropy tick, the resync deadline.
+//!
+//! # Consistency with snapshots (the seq/version design of [`ScopeTable`])
+//! A monitor or a peer that is given a snapshot must then see exactly the events the snapshot does
+//! not reflect. The actor registers monitors and takes peer-sync snapshots itself, between drains,
+//! and attaches a `SnapshotCut` (per-group versions plus a floor for other groups): events the cut
+//! reflects are skipped. A cut is needed only until the outbox has been drained empty once (every
+//! event allocated before the snapshot has then been seen) and is dropped then. Events already
+//! drained but not yet published when the snapshot was read (a writer between its outbox push and
+//! its publish) are found in a small replay ring of recently drained events and delivered after
+//! the snapshot. Group-monitor snapshots are re-read when a concurrent write could have made them
+//! ambiguous (see `ScopeActor::group_cut`). Known residual race, documented for the table owner:
+//! `ScopeTable::monitor_scope_snapshot` omits a group whose slot is being created (empty, version
+//! 0) while its first event is already allocated below the floor; a scope monitor registered in
+//! that instant misses that first join. Peers are repaired by anti-entropy; monitors are not.
+//!
+//! # Invariants
+//! - Only the actor reads the outbox, sends pg frames of this scope, or changes peer state; frames
+//!   from a node are applied only while it is an up member (checked under the service's member
+//!   lock, which `member_down` holds while removing the node's members, so a late frame can never
+//!   re-add a node that went down).
+//! - To a peer, a full sync always precedes the batches that follow it (one ordered pg queue).
+//! - Every channel and buffer is bounded: commands, routed frames, monitor channels (a full one
+//!   drops that monitor, counted), the replay ring, events per drain, drains per wake-up.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cohort_cluster::NodeId;
+use cohort_cluster::net::transport::{SendError, SendOutcome, Transport};
+use cohort_cluster::queue::Class;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::PgError;
+use super::metrics::{PgMetrics, delivery, reject, sync_reason};
+use super::service::PgConfig;
+use super::snapshot::{Members, ScopeTable};
+use super::state::{Event, EventKind, Group, GroupSnapshot};
+use super::wire::{
+    MAX_BROADCAST_BYTES, MAX_OPS_PER_BATCH_FRAME, PG_FRAME_KIND, PgFrame, PgMessage, PgOp, SyncAssembler, WireBytes,
+    WireError, batch_frames, sync_chunks,
+};
+use crate::host::{DeliveryError, ProcessHost};
+use crate::pid::Pid;
+
+/// Drained events kept after dispatch, to replay those a new snapshot turns out not to reflect
+/// (a writer preempted between its outbox push and its publish). The window only has to cover
+/// such an in-flight write, a few microseconds of events; 1024 covers far more.
+const REPLAY_RING_EVENTS: usize = 1_024;
+
+/// Drains (of up to [`MAX_OPS_PER_BATCH_FRAME`] events each) per wake-up before the actor serves
+/// its other inputs again, so a write flood cannot starve inbound frames and commands.
+const MAX_DRAINS_PER_FLUSH: usize = 16;
+
+/// Attempts at a snapshot that no concurrent write makes ambiguous before accepting the last one.
+const MAX_SNAPSHOT_ATTEMPTS: usize = 16;
+
+/// Refusals listed one by one in a [`BroadcastReport`]; the rest are only counted.
+pub const MAX_REFUSALS_REPORTED: usize = 64;
+
+/// Monitor commands waiting for the actor.
+const COMMAND_CAPACITY: usize = 256;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing panics under these locks; the data stays consistent, so poisoning is ignored.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A membership change as a monitor receives it: Erlang's `{join|leave, group, pids}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PgEvent {
+    /// Join or leave.
+    pub kind: EventKind,
+    /// The group that changed.
+    pub group: Group,
+    /// The pids that joined or left, repeated per join occurrence; never empty.
+    pub pids: Vec<Pid>,
+}
+
+/// What a [`Monitor`] watches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MonitorTarget {
+    /// One group.
+    Group(Group),
+    /// Every group of the scope.
+    Scope,
+}
+
+impl MonitorTarget {
+    fn matches(&self, group: &Group) -> bool {
+        match self {
+            MonitorTarget::Group(g) => g == group,
+            MonitorTarget::Scope => true,
+        }
+    }
+}
+
+/// A subscription to a group or a whole scope, with the snapshot it starts from.
+///
+/// Applying [`Monitor::recv`]'s events in order to [`Monitor::snapshot`] gives the current
+/// membership: no event is missing or repeated between the two. Dropping the monitor (or
+/// [`Scope::demonitor`]) unsubscribes synchronously. The event channel closes (`recv` returns
+/// `None`) when the monitor was dropped by the scope: its channel overflowed (re-monitor to get a
+/// fresh snapshot), its owner process exited, or the service shut down.
+pub struct Monitor {
+    id: u64,
+    target: MonitorTarget,
+    snapshot: Vec<(Group, Arc<GroupSnapshot>)>,
+    events: mpsc::Receiver<PgEvent>,
+    shared: Arc<ScopeShared>,
+}
+
+impl std::fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Monitor").field("id", &self.id).field("target", &self.target).finish_non_exhaustive()
+    }
+}
+
+impl Monitor {
+    /// What this monitor watches.
+    pub fn target(&self) -> &MonitorTarget {
+        &self.target
+    }
+
+    /// The non-empty watched groups when the subscription started, with their members.
+    pub fn snapshot(&self) -> &[(Group, Arc<GroupSnapshot>)] {
+        &self.snapshot
+    }
+
+    /// The members of `group` in the starting snapshot (empty if it had none).
+    pub fn snapshot_members(&self, group: &str) -> &[Pid] {
+        self.snapshot.iter().find(|(g, _)| g.as_str() == group).map(|(_, s)| s.members()).unwrap_or(&[])
+    }
+
+    /// The next event; `None` once the scope dropped this monitor. Cancel-safe.
+    pub async fn recv(&mut self) -> Option<PgEvent> {
+        self.events.recv().await
+    }
+
+    /// The next event if one is waiting.
+    pub fn try_recv(&mut self) -> Result<PgEvent, mpsc::error::TryRecvError> {
+        self.events.try_recv()
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        self.shared.unsubscribe(self.id);
+    }
+}
+
+/// A broadcast target that did not get the message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BroadcastRefusal {
+    /// A local member refused the delivery (not hosted any more, mailbox full, undecodable).
+    Local {
+        /// The member.
+        pid: Pid,
+        /// Why.
+        error: DeliveryError,
+    },
+    /// The frame to a node with members was not queued (`QueueSaturated` when the pg queue to it
+    /// is full, `UnknownPeer` when the transport does not know it, ...).
+    Remote {
+        /// The node.
+        node: NodeId,
+        /// Why.
+        error: SendError,
+    },
+}
+
+/// What a broadcast did on this node. Deliveries on receiving nodes are counted there
+/// (`cohort_pg_broadcast_deliveries_total`), not reported back.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BroadcastReport {
+    /// Local members the message was delivered to (each distinct pid once).
+    pub local_delivered: usize,
+    /// Remote nodes a frame was queued for (one per node with members).
+    pub remote_nodes: usize,
+    /// Refusals, the first [`MAX_REFUSALS_REPORTED`] of them.
+    pub refused: Vec<BroadcastRefusal>,
+    /// Every refusal, listed or not.
+    pub refused_total: usize,
+}
+
+impl BroadcastReport {
+    fn refuse(&mut self, refusal: BroadcastRefusal) {
+        self.refused_total += 1;
+        if self.refused.len() < MAX_REFUSALS_REPORTED {
+            self.refused.push(refusal);
+        }
+    }
+}
+
+/// The events a snapshot already reflects: per-group versions, and a floor for other groups.
+struct SnapshotCut {
+    floor: u64,
+    versions: HashMap<Group, u64>,
+}
+
+impl SnapshotCut {
+    fn reflects(&self, event: &Event) -> bool {
+        event.seq <= self.versions.get(&event.group).copied().unwrap_or(self.floor)
+    }
+}
+
+struct Subscriber {
+    target: MonitorTarget,
+    sender: mpsc::Sender<PgEvent>,
+    owner: Option<Pid>,
+    cut: Option<SnapshotCut>,
+}
+
+/// The monitors of a scope, indexed by group and by owner.
+#[derive(Default)]
+struct Subscribers {
+    next_id: u64,
+    by_id: HashMap<u64, Subscriber>,
+    by_group: HashMap<Group, Vec<u64>>,
+    scope_wide: Vec<u64>,
+    by_owner: HashMap<Pid, Vec<u64>>,
+}
+
+impl Subscribers {
+    fn insert(&mut self, subscriber: Subscriber) -> u64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        match &subscriber.target {
+            MonitorTarget::Group(group) => self.by_group.entry(group.clone()).or_default().push(id),
+            MonitorTarget::Scope => self.scope_wide.push(id),
+        }
+        if let Some(owner) = &subscriber.owner {
+            self.by_owner.entry(owner.clone()).or_default().push(id);
+        }
+        self.by_id.insert(id, subscriber);
+        id
+    }
+
+    fn remove(&mut self, id: u64) -> bool {
+        let Some(subscriber) = self.by_id.remove(&id) else { return false };
+        match &subscriber.target {
+            MonitorTarget::Group(group) => {
+                if let Some(ids) = self.by_group.get_mut(group) {
+                    ids.retain(|i| *i != id);
+                    if ids.is_empty() {
+                        self.by_group.remove(group);
+                    }
+                }
+            }
+            MonitorTarget::Scope => self.scope_wide.retain(|i| *i != id),
+        }
+        if let Some(owner) = &subscriber.owner
+            && let Some(ids) = self.by_owner.get_mut(owner)
+        {
+            ids.retain(|i| *i != id);
+            if ids.is_empty() {
+                self.by_owner.remove(owner);
+            }
+        }
+        true
+    }
+
+    /// Sends `event` to every matching subscriber whose cut does not reflect it; returns the ids
+    /// to drop (channel full or closed) and how many of them overflowed.
+    fn dispatch(&self, event: &Event, drop: &mut Vec<(u64, bool)>) {
+        let group_ids = self.by_group.get(&event.group).map(Vec::as_slice).unwrap_or(&[]);
+        for id in group_ids.iter().chain(&self.scope_wide) {
+            let Some(subscriber) = self.by_id.get(id) else { continue };
+            if subscriber.cut.as_ref().is_some_and(|cut| cut.reflects(event)) {
+                continue;
+            }
+            let pg_event = PgEvent { kind: event.kind, group: event.group.clone(), pids: event.pids.clone() };
+            match subscriber.sender.try_send(pg_event) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => drop.push((*id, true)),
+                Err(mpsc::error::TrySendError::Closed(_)) => drop.push((*id, false)),
+            }
+        }
+    }
+}
+
+/// Membership work handed to the actor by the service (sets: idempotent, bounded by the peers).
+#[derive(Default)]
+struct PendingWork {
+    /// Nodes that came up (or up again): send them a discover and our full state.
+    connect: HashSet<String>,
+    /// Nodes that went down: forget their peer state (their members are already removed).
+    down: HashSet<String>,
+    /// Nodes to pull a full sync from (send them a discover): we dropped one of their frames.
+    pull: HashSet<String>,
+}
+
+enum Command {
+    Monitor { target: MonitorTarget, owner: Option<Pid>, reply: oneshot::Sender<Result<Monitor, PgError>> },
+}
+
+/// State of one scope shared by its handles, the service and its actor.
+pub(crate) struct ScopeShared {
+    name: Arc<str>,
+    node: NodeId,
+    pub(crate) table: ScopeTable,
+    host: Arc<dyn ProcessHost>,
+    transport: Option<Transport>,
+    metrics: Arc<PgMetrics>,
+    config: PgConfig,
+    /// The service's up members by name (see the module invariants).
+    members: Arc<RwLock<HashMap<String, NodeId>>>,
+    notify: Notify,
+    pending: Mutex<PendingWork>,
+    subscribers: Mutex<Subscribers>,
+    commands: mpsc::Sender<Command>,
+    inbound: mpsc::Sender<(NodeId, PgFrame)>,
+}
+
+impl ScopeShared {
+    fn unsubscribe(&self, id: u64) {
+        if lock(&self.subscribers).remove(id) {
+            self.metrics.monitors.dec();
+        }
+    }
+
+    /// A local process exited: leave every group, drop the monitors it owned.
+    pub(crate) fn process_exit(&self, pid: &Pid) {
+        if !pid.is_local_to(&self.node) {
+            return;
+        }
+        if self.table.process_exit(pid).unwrap_or(0) > 0 {
+            self.notify.notify_one();
+        }
+        let mut subscribers = lock(&self.subscribers);
+        if let Some(ids) = subscribers.by_owner.get(pid).cloned() {
+            for id in ids {
+                if subscribers.remove(id) {
+                    self.metrics.monitors.dec();
+                }
+            }
+        }
+    }
+
+    pub(crate) fn connect(&self, name: &str) {
+        lock(&self.pending).connect.insert(name.to_owned());
+        self.notify.notify_one();
+    }
+
+    pub(crate) fn down(&self, name: &str) {
+        lock(&self.pending).down.insert(name.to_owned());
+        self.notify.notify_one();
+    }
+
+    /// Hands a validated frame to the actor; if its queue is full the frame is dropped, counted,
+    /// and a full sync is pulled from the sender instead.
+    pub(crate) fn route(&self, from: NodeId, frame: PgFrame) {
+        match self.inbound.try_send((from, frame)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full((from, _))) => {
+                self.metrics.reject(reject::SCOPE_BUSY);
+                lock(&self.pending).pull.insert(from.name);
+                self.notify.notify_one();
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Delivers `payload` once to each distinct local member of `group`.
+    pub(crate) fn fan_out_local(&self, group: &str, payload: &Bytes, report: &mut BroadcastReport) {
+        let members = self.table.get_local_members(group);
+        let mut seen: HashSet<&Pid> = HashSet::new();
+        let (mut not_hosted, mut full, mut undecodable) = (0, 0, 0);
+        for pid in members.iter() {
+            if members.len() > 1 && !seen.insert(pid) {
+                continue;
+            }
+            match self.host.deliver_local(pid, payload.clone()) {
+                Ok(()) => report.local_delivered += 1,
+                Err(error) => {
+                    match error {
+                        DeliveryError::NotHosted(_) => not_hosted += 1,
+                        DeliveryError::MailboxFull(_) => full += 1,
+                        DeliveryError::Undecodable(_) => undecodable += 1,
+                    }
+                    report.refuse(BroadcastRefusal::Local { pid: pid.clone(), error });
+                }
+            }
+        }
+        self.metrics.delivery(delivery::DELIVERED, report.local_delivered as u64);
+        self.metrics.delivery(delivery::NOT_HOSTED, not_hosted);
+        self.metrics.delivery(delivery::MAILBOX_FULL, full);
+        self.metrics.delivery(delivery::UNDECODABLE, undecodable);
+    }
+
+    fn is_up(&self, node: &NodeId, members: &HashMap<String, NodeId>) -> bool {
+        members.get(&node.name) == Some(node)
+    }
+}
+
+/// A handle on one pg scope of this node. Cheap to clone (an `Arc` inside), `Send + Sync`.
+///
+/// Writes apply at once in the caller's thread (the caller reads its own write); the scope actor
+/// then tells monitors and peers, in order. Obtain it from [`super::PgService::scope`].
+#[derive(Clone)]
+pub struct Scope {
+    pub(crate) shared: Arc<ScopeShared>,
+}
+
+impl std::fmt::Debug for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scope").field("name", &self.shared.name).field("node", &self.shared.node).finish()
+    }
+}
+
+impl Scope {
+    /// The scope's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Joins local, hosted `pids` to `group`, once per occurrence in the slice (a pid may join
+    /// several times and must leave as many times). Refused with [`PgError::NotLocal`] for a pid
+    /// of another node and [`PgError::NotHosted`] for a pid that is not a live local process;
+    /// otherwise by a bound. Visible to this node's readers when it returns; peers and monitors
+    /// hear of it shortly after, in order.
+    pub fn join(&self, group: &Group, pids: &[Pid]) -> Result<(), PgError> {
+        let result = self.join_hosted(group, pids);
+        match &result {
+            Ok(()) => self.shared.metrics.join_ok.inc(),
+            Err(error) => self.shared.metrics.operation("join", Err(error.reason())),
+        }
+        result
+    }
+
+    fn join_hosted(&self, group: &Group, pids: &[Pid]) -> Result<(), PgError> {
+        let shared = &*self.shared;
+        for pid in pids {
+            if !pid.is_local_to(&shared.node) {
+                return Err(PgError::NotLocal { pid: pid.clone() });
+            }
+            if !shared.host.is_hosted(pid) {
+                return Err(PgError::NotHosted { pid: pid.clone() });
+            }
+        }
+        shared.table.join(group, pids)?;
+        shared.notify.notify_one();
+        // An exit racing with this join may have run its hook before the join landed: the process
+        // table drops a pid before running the exit hooks, so re-checking here catches every such
+        // race (either we see it gone, or its hook runs after our join and removes it).
+        if let Some(gone) = pids.iter().find(|pid| !shared.host.is_hosted(pid)) {
+            shared.process_exit(gone);
+            return Err(PgError::NotHosted { pid: gone.clone() });
+        }
+        Ok(())
+    }
+
+    /// Removes one join occurrence of each of the local `pids` from `group`. All or nothing: if a
+    /// pid has no occurrence left, nothing changes and [`PgError::NotJoined`] names it.
+    pub fn leave(&self, group: &Group, pids: &[Pid]) -> Result<(), PgError> {
+        let result = self.shared.table.leave(group, pids).map(|_| ());
+        match &result {
+            Ok(()) => {
+                self.shared.notify.notify_one();
+                self.shared.metrics.leave_ok.inc();
+            }
+            Err(error) => self.shared.metrics.operation("leave", Err(error.reason())),
+        }
+        result
+    }
+
+    /// Every member of `group` in the cluster as this node knows it, local first, one entry per
+    /// join occurrence. Lock-free, O(1).
+    pub fn get_members(&self, group: &str) -> Members {
+        self.shared.table.get_members(group)
+    }
+
+    /// The members of `group` hosted by this node. Lock-free, O(1).
+    pub fn get_local_members(&self, group: &str) -> Members {
+        self.shared.table.get_local_members(group)
+    }
+
+    /// Every non-empty group of the scope.
+    pub fn which_groups(&self) -> Vec<Group> {
+        self.shared.table.which_groups()
+    }
+
+    /// Every group with a local member.
+    pub fn which_local_groups(&self) -> Vec<Group> {
+        self.shared.table.which_local_groups()
+    }
+
+    /// Subscribes to `group`: the returned [`Monitor`] holds the group's members now and then
+    /// receives every later change, with no gap and no duplicate. If `owner` (a local, hosted pid)
+    /// exits, the monitor is dropped. One actor round trip (it includes this caller's own earlier
+    /// writes). Cancel-safe: a monitor registered for a dropped call is unsubscribed at once.
+    pub async fn monitor(&self, group: &Group, owner: Option<Pid>) -> Result<Monitor, PgError> {
+        self.subscribe("monitor", MonitorTarget::Group(group.clone()), owner).await
+    }
+
+    /// Subscribes to every group of the scope, like [`Scope::monitor`].
+    pub async fn monitor_scope(&self, owner: Option<Pid>) -> Result<Monitor, PgError> {
+        self.subscribe("monitor_scope", MonitorTarget::Scope, owner).await
+    }
+
+    async fn subscribe(&self, op: &'static str, target: MonitorTarget, owner: Option<Pid>) -> Result<Monitor, PgError> {
+        let (reply, answer) = oneshot::channel();
+        let result = match self.shared.commands.send(Command::Monitor { target, owner, reply }).await {
+            Ok(()) => answer.await.unwrap_or(Err(PgError::ScopeStopped)),
+            Err(_) => Err(PgError::ScopeStopped),
+        };
+        self.shared.metrics.operation(op, result.as_ref().map(|_| ()).map_err(PgError::reason));
+        result
+    }
+
+    /// Unsubscribes `monitor` synchronously: no event reaches it after this returns (it is
+    /// consumed). The same as dropping it.
+    pub fn demonitor(&self, monitor: Monitor) {
+        drop(monitor);
+    }
+
+    /// Sends `payload` (encoded for the members' message type) to every member of `group` in the
+    /// cluster: each distinct local member once, and one frame per remote node with members, whose
+    /// pg service delivers it once to each of its distinct local members.
+    ///
+    /// Unlike Erlang (`[Pid ! Msg || Pid <- pg:get_members(G)]`, where a pid joined twice receives
+    /// twice), a member receives a broadcast once however many times it joined: a broadcast is a
+    /// message to the group's processes, and join counting is about membership lifetime.
+    pub fn broadcast(&self, group: &str, payload: Bytes) -> Result<BroadcastReport, PgError> {
+        let result = self.broadcast_inner(group, payload, true);
+        self.shared.metrics.operation("broadcast", result.as_ref().map(|_| ()).map_err(PgError::reason));
+        result
+    }
+
+    /// Sends `payload` to each distinct local member of `group` only.
+    pub fn broadcast_local(&self, group: &str, payload: Bytes) -> Result<BroadcastReport, PgError> {
+        let result = self.broadcast_inner(group, payload, false);
+        self.shared.metrics.operation("broadcast_local", result.as_ref().map(|_| ()).map_err(PgError::reason));
+        result
+    }
+
+    fn broadcast_inner(&self, group: &str, payload: Bytes, remote: bool) -> Result<BroadcastReport, PgError> {
+        let group = Group::new(group)?;
+        if payload.len() > MAX_BROADCAST_BYTES {
+            return Err(PgError::PayloadTooLarge { len: payload.len(), max: MAX_BROADCAST_BYTES });
+        }
+        let shared = &*self.shared;
+        let mut report = BroadcastReport::default();
+        shared.fan_out_local(group.as_str(), &payload, &mut report);
+        if !remote {
+            return Ok(report);
+        }
+        let members = shared.table.get_members(group.as_str());
+        let mut nodes: Vec<&NodeId> = Vec::new();
+        for pid in members.snapshot().remote_members() {
+            if !nodes.contains(&&pid.node) {
+                nodes.push(&pid.node);
+            }
+        }
+        if nodes.is_empty() {
+            return Ok(report);
+        }
+        let frame = PgFrame::new(
+            &*shared.name,
+            shared.node.clone(),
+            PgMessage::Broadcast { group, payload: WireBytes(payload) },
+        );
+        let bytes = encode(&frame);
+        let (mut sent, mut refused) = (0, 0);
+        for node in nodes {
+            let outcome = match (&shared.transport, &bytes) {
+                (Some(transport), Some(bytes)) => transport.send(&node.name, Class::Pg, PG_FRAME_KIND, bytes.clone()),
+                _ => Err(SendError::UnknownPeer),
+            };
+            match outcome {
+                Ok(SendOutcome::Queued | SendOutcome::QueuedDroppedOldest) => {
+                    sent += 1;
+                    shared.metrics.frame("broadcast", "out");
+                }
+                Ok(SendOutcome::DroppedNewest { .. }) => {
+                    // A dropped broadcast changes no membership, so no resync is needed; clear the
+                    // transport's mark (each scope resyncs on its own drops, see the actor).
+                    if let Some(transport) = &shared.transport {
+                        transport.take_resync(&node.name);
+                    }
+                    refused += 1;
+                    report.refuse(BroadcastRefusal::Remote {
+                        node: node.clone(),
+                        error: SendError::QueueSaturated { class: Class::Pg },
+                    });
+                }
+                Err(error) => {
+                    refused += 1;
+                    report.refuse(BroadcastRefusal::Remote { node: node.clone(), error });
+                }
+            }
+        }
+        report.remote_nodes = sent;
+        shared.metrics.delivery(delivery::REMOTE_SENT, sent as u64);
+        shared.metrics.delivery(delivery::REMOTE_REFUSED, refused);
+        Ok(report)
+    }
+}
+
+fn encode(frame: &PgFrame) -> Option<Bytes> {
+    match rmp_serde::to_vec(frame) {
+        Ok(bytes) => Some(Bytes::from(bytes)),
+        Err(error) => {
+            // Cannot happen for these types; never panic on it.
+            tracing::error!(%error, "pg frame encoding failed");
+            None
+        }
+    }
+}
+
+/// Creates a scope: its shared state and its actor, not yet started.
+pub(crate) fn new_scope(
+    name: &str,
+    host: Arc<dyn ProcessHost>,
+    transport: Option<Transport>,
+    metrics: Arc<PgMetrics>,
+    config: PgConfig,
+    members: Arc<RwLock<HashMap<String, NodeId>>>,
+    shutdown: watch::Receiver<bool>,
+) -> (Scope, impl Future<Output = ()> + Send + 'static) {
+    let node = host.node().clone();
+    let (commands, command_rx) = mpsc::channel(COMMAND_CAPACITY);
+    let (inbound, inbound_rx) = mpsc::channel(config.scope_inbound_capacity.max(1));
+    let shared = Arc::new(ScopeShared {
+        name: Arc::from(name),
+        table: ScopeTable::with_limits(node.clone(), config.limits),
+        node,
+        host,
+        transport,
+        metrics,
+        config,
+        members,
+        notify: Notify::new(),
+        pending: Mutex::new(PendingWork::default()),
+        subscribers: Mutex::new(Subscribers::default()),
+        commands,
+        inbound,
+    });
+    let actor = ScopeActor {
+        shared: Arc::clone(&shared),
+        commands: command_rx,
+        inbound: inbound_rx,
+        shutdown,
+        peers: HashMap::new(),
+        assemblers: HashMap::new(),
+        ring: VecDeque::with_capacity(REPLAY_RING_EVENTS),
+        next_sync_id: 0,
+        cursor: random_u64() as usize,
+        resync: HashSet::new(),
+        pull: HashSet::new(),
+        resync_at: None,
+        groups_reported: 0,
+    };
+    (Scope { shared }, actor.run())
+}
+
+/// A random u64 from std's per-process random hash keys (no `rand` dependency needed for picking
+/// an anti-entropy starting point).
+fn random_u64() -> u64 {
+    std::collections::hash_map::RandomState::new().build_hasher().finish()
+}
+
+/// A peer this scope sends its changes to (it was sent our full state first).
+struct PeerState {
+    /// Present until the outbox was drained empty after the last sync to this peer.
+    cut: Option<SnapshotCut>,
+}
+
+/// The scope actor: see the module docs.
+struct ScopeActor {
+    shared: Arc<ScopeShared>,
+    commands: mpsc::Receiver<Command>,
+    inbound: mpsc::Receiver<(NodeId, PgFrame)>,
+    shutdown: watch::Receiver<bool>,
+    /// Peers we send batches to, by node name.
+    peers: HashMap<String, PeerState>,
+    /// Sync reassembly per sender.
+    assemblers: HashMap<String, (NodeId, SyncAssembler)>,
+    ring: VecDeque<Event>,
+    next_sync_id: u64,
+    /// Anti-entropy round-robin position (random start).
+    cursor: usize,
+    /// Peers to send a full sync to at `resync_at`.
+    resync: HashSet<String>,
+    /// Peers to ask for a full sync (send a discover) at `resync_at`.
+    pull: HashSet<String>,
+    resync_at: Option<Instant>,
+    groups_reported: i64,
+}
+
+impl ScopeActor {
+    async fn run(mut self) {
+        let period = self.shared.config.anti_entropy_interval.max(Duration::from_millis(1));
+        let mut anti_entropy = tokio::time::interval_at(Instant::now() + period, period);
+        anti_entropy.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            self.take_pending_work();
+            self.flush();
+            let resync_at = self.resync_at;
+            let resync_due = async move {
+                match resync_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let shared = Arc::clone(&self.shared);
+            tokio::select! {
+                biased;
+                changed = self.shutdown.changed() => {
+                    if changed.is_err() || *self.shutdown.borrow() {
+                        break;
+                    }
+                }
+                command = self.commands.recv() => match command {
+                    Some(command) => self.handle_command(command),
+                    None => break,
+                },
+                frame = self.inbound.recv() => match frame {
+                    Some((from, frame)) => self.handle_frame(from, frame),
+                    None => break,
+                },
+                () = shared.notify.notified() => {}
+                _ = anti_entropy.tick() => self.anti_entropy(),
+                () = resync_due => self.run_resyncs(),
+            }
+        }
+        // Close every monitor: their receivers see the end of the stream.
+        let mut subscribers = lock(&self.shared.subscribers);
+        let ids: Vec<u64> = subscribers.by_id.keys().copied().collect();
+        for id in ids {
+            if subscribers.remove(id) {
+                self.shared.metrics.monitors.dec();
+            }
+        }
+    }
+
+    // ---- membership work ----
+
+    fn take_pending_work(&mut self) {
+        let work = std::mem::take(&mut *lock(&self.shared.pending));
+        for name in &work.down {
+            self.peers.remove(name);
+            self.assemblers.remove(name);
+            self.resync.remove(name);
+            self.pull.remove(name);
+        }
+        if !work.connect.is_empty() {
+            let up: Vec<NodeId> = {
+                let members = self.shared.members.read().unwrap_or_else(PoisonError::into_inner);
+                work.connect.iter().filter_map(|name| members.get(name).cloned()).collect()
+            };
+            for node in up {
+                self.peers.insert(node.name.clone(), PeerState { cut: None });
+                self.send_message(&node.name, PgMessage::Discover);
+                self.send_sync(&node.name, sync_reason::CONNECT);
+            }
+        }
+        if !work.pull.is_empty() {
+            self.pull.extend(work.pull);
+            self.schedule_resync();
+        }
+    }
+
+    // ---- the outbox ----
+
+    /// Drains the outbox to monitors and peers. Returns whether it was drained empty (then every
+    /// snapshot cut has served its purpose and is dropped).
+    fn flush(&mut self) -> bool {
+        for _ in 0..MAX_DRAINS_PER_FLUSH {
+            let events = self.shared.table.drain_events(MAX_OPS_PER_BATCH_FRAME);
+            let complete = events.len() < MAX_OPS_PER_BATCH_FRAME;
+            if !events.is_empty() {
+                self.process_events(events);
+            }
+            if complete {
+                self.clear_cuts();
+                self.report_groups();
+                return true;
+            }
+        }
+        // More waits: serve other inputs first, then come back.
+        self.shared.notify.notify_one();
+        self.report_groups();
+        false
+    }
+
+    fn clear_cuts(&mut self) {
+        for peer in self.peers.values_mut() {
+            peer.cut = None;
+        }
+        let mut subscribers = lock(&self.shared.subscribers);
+        for subscriber in subscribers.by_id.values_mut() {
+            subscriber.cut = None;
+        }
+    }
+
+    fn report_groups(&mut self) {
+        let groups = self.shared.table.group_count() as i64;
+        self.shared.metrics.groups.add(groups - self.groups_reported);
+        self.groups_reported = groups;
+    }
+
+    fn process_events(&mut self, events: Vec<Event>) {
+        let metrics = &self.shared.metrics;
+        for event in &events {
+            let n = event.pids.len() as i64;
+            match event.kind {
+                EventKind::Join => {
+                    metrics.events_join.inc();
+                    metrics.memberships.add(n);
+                }
+                EventKind::Leave => {
+                    metrics.events_leave.inc();
+                    metrics.memberships.sub(n);
+                }
+            }
+        }
+        self.dispatch(events.iter());
+        if !self.peers.is_empty() && self.shared.transport.is_some() {
+            let local: Vec<&Event> = events.iter().filter(|e| e.origin == super::state::Origin::Local).collect();
+            if !local.is_empty() {
+                self.send_events(&local);
+            }
+        }
+        for event in events {
+            if self.ring.len() == REPLAY_RING_EVENTS {
+                self.ring.pop_front();
+            }
+            self.ring.push_back(event);
+        }
+    }
+
+    fn dispatch<'e>(&self, events: impl Iterator<Item = &'e Event>) {
+        let mut subscribers = lock(&self.shared.subscribers);
+        if subscribers.by_id.is_empty() {
+            return;
+        }
+        let mut dropped = Vec::new();
+        for event in events {
+            subscribers.dispatch(event, &mut dropped);
+        }
+        for (id, overflowed) in dropped {
+            if subscribers.remove(id) {
+                self.shared.metrics.monitors.dec();
+                if overflowed {
+                    self.shared.metrics.monitor_overflow.inc();
+                }
+            }
+        }
+    }
+
+    /// Sends local events to every peer: the same encoded frames to peers without a cut, filtered
+    /// ones to peers synced since the last complete drain.
+    fn send_events(&mut self, local: &[&Event]) {
+        let mut shared_frames: Option<Vec<Bytes>> = None;
+        let names: Vec<String> = self.peers.keys().cloned().collect();
+        for name in names {
+            let frames = match self.peers.get(&name).and_then(|p| p.cut.as_ref()) {
+                None => shared_frames.get_or_insert_with(|| self.batch_bytes(local.iter().copied())).clone(),
+                Some(cut) => self.batch_bytes(local.iter().copied().filter(|e| !cut.reflects(e))),
+            };
+            for bytes in frames {
+                if !self.send_bytes(&name, bytes, "batch") {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn batch_bytes<'e>(&self, events: impl Iterator<Item = &'e Event>) -> Vec<Bytes> {
+        let ops: Vec<PgOp> = events.filter_map(PgOp::from_local_event).collect();
+        batch_frames(ops).into_iter().filter_map(|ops| encode(&self.frame(PgMessage::Batch(ops)))).collect()
+    }
+
+    fn frame(&self, message: PgMessage) -> PgFrame {
+        PgFrame::new(&*self.shared.name, self.shared.node.clone(), message)
+    }
+
+    fn send_message(&mut self, peer: &str, message: PgMessage) -> bool {
+        let name = message.name();
+        match encode(&self.frame(message)) {
+            Some(bytes) => self.send_bytes(peer, bytes, name),
+            None => false,
+        }
+    }
+
+    /// Queues one frame for `peer`. A pg queue overflow schedules a full resync of this scope to
+    /// the peer (the transport's own mark is cleared: each scope acts on its own drops).
+    fn send_bytes(&mut self, peer: &str, bytes: Bytes, message: &'static str) -> bool {
+        let Some(transport) = &self.shared.transport else { return false };
+        match transport.send(peer, Class::Pg, PG_FRAME_KIND, bytes) {
+            Ok(SendOutcome::Queued | SendOutcome::QueuedDroppedOldest) => {
+                self.shared.metrics.frame(message, "out");
+                true
+            }
+            Ok(SendOutcome::DroppedNewest { .. }) => {
+                transport.take_resync(peer);
+                if self.peers.contains_key(peer) {
+                    self.resync.insert(peer.to_owned());
+                    self.schedule_resync();
+                }
+                false
+            }
+            Err(error) => {
+                tracing::debug!(scope = %self.shared.name, %peer, %error, "pg frame not sent");
+                false
+            }
+        }
+    }
+
+    // ---- syncs ----
+
+    /// Sends our full local state to `peer`, then the drained events it does not reflect, and
+    /// filters the undrained ones by its cut (see the module docs).
+    fn send_sync(&mut self, peer: &str, reason: &'static str) {
+        if !self.peers.contains_key(peer) || self.shared.transport.is_none() {
+            return;
+        }
+        let (floor, groups) = self.shared.table.monitor_scope_snapshot();
+        let cut = SnapshotCut { floor, versions: groups.iter().map(|(g, s)| (g.clone(), s.version())).collect() };
+        let state = groups
+            .iter()
+            .filter(|(_, s)| !s.local_members().is_empty())
+            .map(|(g, s)| (g.clone(), s.local_members().to_vec()))
+            .collect();
+        self.next_sync_id += 1;
+        for chunk in sync_chunks(self.next_sync_id, state) {
+            if !self.send_message(peer, PgMessage::Sync(chunk)) {
+                // The rest would arrive out of order; the resync (if scheduled) sends it all again.
+                return;
+            }
+        }
+        self.shared.metrics.syncs.with_label_values(&[reason]).inc();
+        let replay = self.batch_bytes(self.ring.iter().filter(|e| !cut.reflects(e)));
+        for bytes in replay {
+            if !self.send_bytes(peer, bytes, "batch") {
+                return;
+            }
+        }
+        if let Some(state) = self.peers.get_mut(peer) {
+            state.cut = Some(cut);
+        }
+    }
+
+    fn anti_entropy(&mut self) {
+        if self.peers.is_empty() {
+            return;
+        }
+        let mut names: Vec<&String> = self.peers.keys().collect();
+        names.sort();
+        let name = names[self.cursor % names.len()].clone();
+        self.cursor = self.cursor.wrapping_add(1);
+        self.send_sync(&name, sync_reason::ANTI_ENTROPY);
+    }
+
+    fn schedule_resync(&mut self) {
+        if self.resync_at.is_none() {
+            self.resync_at = Some(Instant::now() + self.shared.config.resync_delay);
+        }
+    }
+
+    fn run_resyncs(&mut self) {
+        self.resync_at = None;
+        for name in std::mem::take(&mut self.pull) {
+            self.send_message(&name, PgMessage::Discover);
+        }
+        for name in std::mem::take(&mut self.resync) {
+            self.send_sync(&name, sync_reason::RESYNC);
+        }
+    }
+
+    // ---- inbound ----
+
+    fn handle_frame(&mut self, from: NodeId, frame: PgFrame) {
+        let message_name = frame.message.name();
+        let members = Arc::clone(&self.shared.members);
+        // Held while applying: `member_down` takes it for writing, so a node that went down can
+        // never be re-added by one of its late frames.
+        let up = members.read().unwrap_or_else(PoisonError::into_inner);
+        if !self.shared.is_up(&from, &up) {
+            self.shared.metrics.reject(reject::PEER_NOT_UP);
+            return;
+        }
+        let shared = Arc::clone(&self.shared);
+        let table = &shared.table;
+        let accepted = match frame.message {
+            PgMessage::Discover => {
+                // Erlang's discover: answer with our state and admit the sender as a peer. Unlike
+                // `pg.erl` we do not discover back: `member_up` already pushed our state to it and
+                // asked for its own, so a discover back would only repeat a full sync.
+                self.peers.entry(from.name.clone()).or_insert(PeerState { cut: None });
+                self.send_sync(&from.name, sync_reason::CONNECT);
+                match table.add_peer(&from) {
+                    Ok(()) => true,
+                    Err(error) => self.refused(&from, &error),
+                }
+            }
+            PgMessage::Sync(chunk) => {
+                let assembler =
+                    self.assemblers.entry(from.name.clone()).or_insert_with(|| (from.clone(), SyncAssembler::new()));
+                if assembler.0 != from {
+                    *assembler = (from.clone(), SyncAssembler::new());
+                }
+                match assembler.1.accept(chunk) {
+                    Ok(None) => true,
+                    Ok(Some(state)) => match table.sync_peer(&from, state) {
+                        Ok(report) => {
+                            if report.groups_refused > 0 {
+                                tracing::debug!(scope = %self.shared.name, peer = %from, refused = report.groups_refused, "pg sync partly refused by bounds");
+                            }
+                            true
+                        }
+                        Err(error) => self.refused(&from, &error),
+                    },
+                    Err(error) => {
+                        self.shared.metrics.reject(reject::SYNC_CHUNK);
+                        tracing::debug!(scope = %self.shared.name, peer = %from, %error, "pg sync chunk dropped");
+                        // Ask for the whole state again.
+                        self.pull.insert(from.name.clone());
+                        self.schedule_resync();
+                        false
+                    }
+                }
+            }
+            PgMessage::Join { group, pids } => self.apply_op(&from, EventKind::Join, &group, &pids),
+            PgMessage::Leave { group, pids } => self.apply_op(&from, EventKind::Leave, &group, &pids),
+            PgMessage::Batch(ops) => ops.iter().all(|op| self.apply_op(&from, op.kind, &op.group, &op.pids)),
+            PgMessage::Broadcast { group, payload } => {
+                let mut report = BroadcastReport::default();
+                self.shared.fan_out_local(group.as_str(), &payload.0, &mut report);
+                true
+            }
+        };
+        if accepted {
+            self.shared.metrics.frame(message_name, "in");
+        }
+    }
+
+    fn apply_op(&mut self, from: &NodeId, kind: EventKind, group: &Group, pids: &[Pid]) -> bool {
+        let result = match kind {
+            EventKind::Join => self.shared.table.remote_join(from, group, pids),
+            EventKind::Leave => self.shared.table.remote_leave(from, group, pids),
+        };
+        match result {
+            Ok(_) => true,
+            Err(error) => self.refused(from, &error),
+        }
+    }
+
+    /// Counts a frame the table refused. From a peer we do not know (its sync to us was lost, or
+    /// it never saw us go down), pull its full state so we converge.
+    fn refused(&mut self, from: &NodeId, error: &PgError) -> bool {
+        self.shared.metrics.reject(reject::REFUSED);
+        tracing::debug!(scope = %self.shared.name, peer = %from, %error, "pg frame refused");
+        if matches!(error, PgError::UnknownPeer { .. }) {
+            self.pull.insert(from.name.clone());
+            self.schedule_resync();
+        }
+        false
+    }
+
+    // ---- monitors ----
+
+    fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::Monitor { target, owner, reply } => {
+                let result = self.register(target, owner);
+                // If the caller went away, dropping the monitor here unsubscribes it.
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    fn register(&mut self, target: MonitorTarget, owner: Option<Pid>) -> Result<Monitor, PgError> {
+        let shared = Arc::clone(&self.shared);
+        if let Some(owner) = &owner {
+            if !owner.is_local_to(&shared.node) {
+                return Err(PgError::NotLocal { pid: owner.clone() });
+            }
+            if !shared.host.is_hosted(owner) {
+                return Err(PgError::NotHosted { pid: owner.clone() });
+            }
+        }
+        let max = shared.config.max_monitors_per_scope;
+        if lock(&shared.subscribers).by_id.len() >= max {
+            return Err(PgError::TooManyMonitors { max });
+        }
+        // Dispatch everything already produced to the existing subscribers first, so the snapshot
+        // below is as fresh as possible (it includes the caller's own earlier writes).
+        self.flush();
+        let (snapshot, cut) = match &target {
+            MonitorTarget::Group(group) => self.group_cut(group),
+            MonitorTarget::Scope => self.scope_cut(),
+        };
+        let (sender, events) = mpsc::channel(shared.config.monitor_capacity.max(1));
+        let mut overflowed = false;
+        for event in self.ring.iter().filter(|e| target.matches(&e.group) && !cut.reflects(e)) {
+            let pg_event = PgEvent { kind: event.kind, group: event.group.clone(), pids: event.pids.clone() };
+            if sender.try_send(pg_event).is_err() {
+                overflowed = true;
+                break;
+            }
+        }
+        let snapshot: Vec<(Group, Arc<GroupSnapshot>)> = snapshot.into_iter().filter(|(_, s)| !s.is_empty()).collect();
+        if overflowed {
+            // Born overflowed: hand back a closed monitor (the caller re-monitors), count it.
+            shared.metrics.monitor_overflow.inc();
+            drop(sender);
+            return Ok(Monitor { id: 0, target, snapshot, events, shared });
+        }
+        let id = lock(&shared.subscribers).insert(Subscriber {
+            target: target.clone(),
+            sender,
+            owner: owner.clone(),
+            cut: Some(cut),
+        });
+        shared.metrics.monitors.inc();
+        let monitor = Monitor { id, target, snapshot, events, shared: Arc::clone(&shared) };
+        if let Some(owner) = &owner
+            && !shared.host.is_hosted(owner)
+        {
+            // The owner exited while we registered; its exit hook may have run before the insert.
+            return Err(PgError::NotHosted { pid: owner.clone() });
+        }
+        Ok(monitor)
+    }
+
+    /// The seq allocated last (an empty name is never a group, so the table answers its floor).
+    fn floor(&self) -> u64 {
+        self.shared.table.monitor_snapshot("").version()
+    }
+
+    /// A group's snapshot and cut. Re-read (bounded) when ambiguous: an empty snapshot while a
+    /// seq was allocated during the read (the group may have been emptied and removed in between,
+    /// so the floor would not describe it), or a version-0 slot while events exist (a slot being
+    /// created, whose first event may already be drained).
+    fn group_cut(&self, group: &Group) -> (Vec<(Group, Arc<GroupSnapshot>)>, SnapshotCut) {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let before = self.floor();
+            let snapshot = self.shared.table.monitor_snapshot(group.as_str());
+            let after = self.floor();
+            let ambiguous = snapshot.is_empty() && (before != after || (snapshot.version() == 0 && before > 0));
+            if !ambiguous || attempt >= MAX_SNAPSHOT_ATTEMPTS {
+                let cut = SnapshotCut { floor: snapshot.version(), versions: HashMap::new() };
+                return (vec![(group.clone(), snapshot)], cut);
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// The whole scope's snapshot and cut, re-read (bounded) while seqs were allocated during it.
+    fn scope_cut(&self) -> (Vec<(Group, Arc<GroupSnapshot>)>, SnapshotCut) {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (floor, groups) = self.shared.table.monitor_scope_snapshot();
+            if self.floor() == floor || attempt >= MAX_SNAPSHOT_ATTEMPTS {
+                let versions = groups.iter().map(|(g, s)| (g.clone(), s.version())).collect();
+                return (groups, SnapshotCut { floor, versions });
+            }
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// The refusal label of a wire error.
+pub(crate) fn wire_reject_reason(error: &WireError) -> &'static str {
+    match error {
+        WireError::UnsupportedVersion { .. } => reject::VERSION,
+        _ => reject::INVALID,
+    }
+}
