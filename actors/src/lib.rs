@@ -41,8 +41,13 @@ pub mod host;
 pub mod pg;
 pub mod pid;
 pub mod process;
+pub mod supervisor;
 
 pub use host::{DeliveryError, ExitHook, ExitReason, ProcessHost};
 pub use pg::{Group, PgError, ScopeTable};
 pub use pid::{Pid, PidParseError};
 pub use process::{Down, ExitSignal, MonitorRef, ProcessConfig, ProcessRef, Processes};
+pub use supervisor::{
+    ChildError, ChildExit, ChildSpec, Restart, RestartIntensity, StopSignal, Strategy, Supervisor, SupervisorError,
+    SupervisorMetrics, SupervisorSpec, SupervisorStatus,
+};

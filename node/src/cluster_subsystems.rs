@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 
 use cohort_actors::Processes;
 use cohort_actors::pg::PgService;
+use cohort_actors::supervisor::{ChildError, StopSignal};
 use cohort_cluster::auth::ClusterSecret;
 use cohort_cluster::membership::{EventRecvError, Membership, MembershipConfig};
 use cohort_cluster::net::transport::{Transport, TransportConfig};
 use cohort_cluster::{FaultInjector, MemberAddrs, MemberInfo, MemberState, MembershipEvent, NodeId};
-use tokio::sync::oneshot;
 
 use crate::config::Config;
 use crate::health::{CheckResult, Health, HealthError, ReadinessGate};
@@ -163,14 +163,15 @@ impl Followers {
     }
 }
 
-/// The pump: membership events -> followers, and the `cluster` readiness gate.
-/// Runs until `stop` fires or membership closes.
+/// The pump: membership events -> followers, and the `cluster` readiness gate. Runs under the
+/// node supervisor until `stop` fires; each (re)start first resynchronises from membership's view,
+/// so a restarted pump misses nothing. Membership closing is an error (the supervisor decides).
 pub(crate) async fn pump(
     membership: Membership,
     followers: Followers,
     gate: ReadinessGate,
-    mut stop: oneshot::Receiver<()>,
-) {
+    stop: StopSignal,
+) -> Result<(), ChildError> {
     let local = membership.local().id.clone();
     let mut events = membership.subscribe();
     // Events before the subscription are in the snapshot.
@@ -179,7 +180,7 @@ pub(crate) async fn pump(
     loop {
         gate.set(membership.is_joined());
         tokio::select! {
-            _ = &mut stop => break,
+            _ = stop.wait() => break,
             _ = refresh.tick() => {}
             event = events.recv() => match event {
                 Ok(MembershipEvent::Up(m)) if m.id != local => followers.up(&m),
@@ -189,11 +190,15 @@ pub(crate) async fn pump(
                     tracing::warn!(skipped, "membership events lagged; resynchronising from the view");
                     resync(&membership, &followers, &local);
                 }
-                Err(EventRecvError::Closed) => break,
+                Err(EventRecvError::Closed) => {
+                    gate.set(false);
+                    return Err(ChildError::failed("membership closed its event channel"));
+                }
             },
         }
     }
     gate.set(false);
+    Ok(())
 }
 
 /// Make the followers follow membership's published view (after a lag, and at start). Both

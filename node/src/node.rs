@@ -9,11 +9,11 @@
 //! Invariants: everything a node holds (health registry, metrics registry, listeners, subsystems)
 //! is owned by its `Node` value, never by a process-global, so several nodes can run in one process.
 //!
-//! Start order: `watchdog`, `membership`, `transport`, `processes`, `pg`, `cluster` (the pump from
+//! Start order: `membership`, `transport`, `processes`, `pg`, `supervisor` (an OTP-style one_for_one
+//! supervisor over the node's restartable loops: the runtime `watchdog` and the `cluster` pump from
 //! membership events to transport peers, remote monitors and pg scopes), `http`. Stop order is the
 //! reverse: HTTP stops taking requests first; hosted processes stop while pg and the transport can
-//! still tell peers; membership leaves the cluster gracefully (peers see `left`) just before the
-//! watchdog stops.
+//! still tell peers; membership leaves the cluster gracefully (peers see `left`) last.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +23,10 @@ use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinHandle;
 
 use cohort_actors::pg::{PgConfig, PgService};
+use cohort_actors::supervisor::{
+    ChildSpec, Restart, RestartIntensity, StopSignal, Strategy, Supervisor, SupervisorMetrics, SupervisorSpec,
+    SupervisorStatus,
+};
 use cohort_actors::{Pid, ProcessConfig, ProcessRef, Processes};
 use cohort_cluster::membership::Membership;
 use cohort_cluster::net::transport::Transport;
@@ -30,7 +34,7 @@ use cohort_cluster::{FaultInjector, MemberAddrs, NodeId};
 
 use crate::cluster_subsystems::{self as cluster, ClusterStartError, Followers};
 use crate::config::Config;
-use crate::health::{Health, HealthError};
+use crate::health::{CheckResult, Health, HealthError};
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
 use crate::probe::Probes;
@@ -41,6 +45,9 @@ pub const WATCHDOG_PERIOD: Duration = Duration::from_millis(250);
 /// Silence after which the runtime watchdog check fails: a Tokio runtime that cannot run a timer
 /// task for this long is starved or deadlocked.
 pub const WATCHDOG_MAX_SILENCE: Duration = Duration::from_secs(5);
+/// Restart intensity of the node supervisor: OTP's spirit (a few restarts are a glitch, a restart
+/// loop is a bug), scaled for loops that restart in microseconds.
+pub const NODE_RESTART_INTENSITY: RestartIntensity = RestartIntensity::new(5, Duration::from_secs(10));
 /// Boot grace of node-level health checks.
 pub const BOOT_GRACE: Duration = Duration::from_secs(10);
 
@@ -91,6 +98,9 @@ pub enum StartError {
     /// The pg service could not start.
     #[error("pg: {0}")]
     Pg(String),
+    /// The node supervisor refused its spec.
+    #[error("supervisor: {0}")]
+    Supervisor(String),
 }
 
 /// A running subsystem: a task and the trigger that asks it to stop.
@@ -238,8 +248,8 @@ impl Node {
             subsystems: Vec::new(),
         };
 
-        node.start_watchdog()?;
-        node.start_cluster(cluster_gate);
+        node.start_cluster();
+        node.start_supervised(cluster_gate)?;
         node.start_http(http_listener, log_control);
         startup_gate.set(true);
         tracing::info!(
@@ -258,27 +268,9 @@ impl Node {
         self.subsystems.push(Subsystem { name, stop: Some(stop), task });
     }
 
-    /// The runtime watchdog: an activity check proving the Tokio runtime still runs timers.
-    fn start_watchdog(&mut self) -> Result<(), StartError> {
-        let activity = self.health.register_activity("runtime", WATCHDOG_MAX_SILENCE, BOOT_GRACE)?;
-        let (stop_tx, mut stop_rx) = oneshot::channel();
-        let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(WATCHDOG_PERIOD);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = &mut stop_rx => break,
-                    _ = tick.tick() => activity.beat(),
-                }
-            }
-        });
-        self.push_subsystem("watchdog", stop_tx, task);
-        Ok(())
-    }
-
     /// Membership and the transport already run (started before the node announced anything);
     /// here they become subsystems with a stop order, and the pump links them.
-    fn start_cluster(&mut self, gate: crate::health::ReadinessGate) {
+    fn start_cluster(&mut self) {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let membership = self.membership.clone();
         let task = tokio::spawn(async move {
@@ -310,12 +302,56 @@ impl Node {
             pg.shutdown().await;
         });
         self.push_subsystem("pg", stop_tx, task);
+    }
 
+    /// The node's own restartable loops under an OTP-style supervisor (one_for_one): the runtime
+    /// `watchdog` and the membership pump (`cluster`), which resynchronises from membership's view
+    /// each time it starts. If they crash more often than the restart intensity allows, the
+    /// supervisor escalates and the `supervision` liveness check fails.
+    fn start_supervised(&mut self, gate: crate::health::ReadinessGate) -> Result<(), StartError> {
+        let activity = self.health.register_activity("runtime", WATCHDOG_MAX_SILENCE, BOOT_GRACE)?;
+        let watchdog = ChildSpec::new("watchdog", Restart::Permanent, move |stop: StopSignal| {
+            let activity = activity.clone();
+            async move {
+                let mut tick = tokio::time::interval(WATCHDOG_PERIOD);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = stop.wait() => return Ok(()),
+                        _ = tick.tick() => activity.beat(),
+                    }
+                }
+            }
+        });
         let followers =
             Followers { transport: self.transport.clone(), processes: self.processes.clone(), pg: self.pg.clone() };
+        let membership = self.membership.clone();
+        let pump = ChildSpec::new("cluster", Restart::Permanent, move |stop: StopSignal| {
+            cluster::pump(membership.clone(), followers.clone(), gate.clone(), stop)
+        });
+        let spec = SupervisorSpec::new("node", Strategy::OneForOne)
+            .with_intensity(NODE_RESTART_INTENSITY)
+            .with_child(watchdog)
+            .with_child(pump);
+        let metrics = SupervisorMetrics::register(self.metrics.registry())?;
+        let supervisor = Supervisor::start(spec, &metrics).map_err(|e| StartError::Supervisor(e.to_string()))?;
+        let watched = supervisor.clone();
+        self.health.register("supervision", Duration::ZERO, move |_| match watched.status() {
+            SupervisorStatus::Escalated { child, exit } => CheckResult {
+                ok: false,
+                detail: format!(
+                    "node supervisor gave up: `{child}` exited ({exit}) more often than the restart intensity allows"
+                ),
+            },
+            other => CheckResult { ok: true, detail: format!("{other:?}").to_lowercase() },
+        })?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(cluster::pump(self.membership.clone(), followers, gate, stop_rx));
-        self.push_subsystem("cluster", stop_tx, task);
+        let task = tokio::spawn(async move {
+            let _ = stop_rx.await;
+            supervisor.shutdown().await;
+        });
+        self.push_subsystem("supervisor", stop_tx, task);
+        Ok(())
     }
 
     fn start_http(&mut self, listener: tokio::net::TcpListener, log_control: Option<LogControl>) {

@@ -179,7 +179,7 @@ async fn shutdown_stops_subsystems_in_reverse_order_and_frees_the_port() {
     let (node, url) = start("stopper", None).await;
     assert!(common::is_listening(&url).await);
     let report = node.shutdown().await;
-    assert_eq!(report.stopped, vec!["http", "cluster", "pg", "processes", "transport", "membership", "watchdog"]);
+    assert_eq!(report.stopped, vec!["http", "supervisor", "pg", "processes", "transport", "membership"]);
     assert!(report.aborted.is_empty());
     assert!(report.elapsed < Duration::from_secs(5));
     assert!(!common::is_listening(&url).await, "HTTP port still accepts after shutdown");
