@@ -449,6 +449,95 @@ async fn monitors_registered_during_concurrent_writes_replay_to_the_table_state(
     node.stop().await;
 }
 
+/// Scope and group monitors registered while writers keep creating, filling, emptying and removing
+/// groups (joins, leaves, exits): once every event has been dispatched, each monitor's snapshot
+/// plus everything it received is exactly the table, and no event names a pid it never saw join
+/// (`apply` panics). Bounded in time: the writers stop at a deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitors_registered_under_constant_writes_see_exactly_the_table() {
+    const WRITERS: u64 = 3;
+    let config = PgConfig { monitor_capacity: 1 << 17, ..PgConfig::default() };
+    let node = start_node("a", config).await;
+    let scope = node.scope();
+    // The fence monitor is registered first: when it sees the fence join (written after every
+    // writer stopped), every earlier event has been dispatched to every monitor.
+    let fence_group = group("fence");
+    let fence_pid = node.host.spawn(1_000);
+    let mut fence = scope.monitor(&fence_group, None).await.unwrap();
+    let groups: Vec<Group> = (0..6).map(|i| group(&format!("g{i}"))).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (scope, host, groups) = (scope.clone(), Arc::clone(&node.host), groups.clone());
+            std::thread::spawn(move || {
+                // Few pids per group, so groups are created and removed all the time.
+                let pids: Vec<Pid> = (0..3).map(|p| host.spawn(w * 10 + p)).collect();
+                for i in 0..10_000usize {
+                    if std::time::Instant::now() > deadline {
+                        break;
+                    }
+                    let g = &groups[(i * 5 + w as usize) % groups.len()];
+                    let pid = &pids[i % pids.len()];
+                    match i % 11 {
+                        10 => {
+                            host.exit(pid); // leaves every group, via the exit hook
+                            host.spawn(pid.local);
+                        }
+                        0 | 2 | 4 | 6 => scope.join(g, std::slice::from_ref(pid)).unwrap(),
+                        8 => scope.join(g, &pids[..2]).unwrap(),
+                        _ => {
+                            let _ = scope.leave(g, std::slice::from_ref(pid)); // NotJoined is fine
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut monitors = Vec::new();
+    while writers.iter().any(|w| !w.is_finished()) && monitors.len() < 40 {
+        monitors.push(if monitors.len() % 2 == 0 {
+            scope.monitor_scope(None).await.unwrap()
+        } else {
+            scope.monitor(&groups[monitors.len() % groups.len()], None).await.unwrap()
+        });
+        tokio::time::sleep(Duration::from_micros(300)).await;
+    }
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    assert!(monitors.len() >= 4, "monitors registered while writing");
+    scope.join(&fence_group, std::slice::from_ref(&fence_pid)).unwrap();
+    assert_eq!(shape(&next_event(&mut fence).await), (EventKind::Join, "fence".to_owned(), vec![fence_pid]));
+
+    let truth = table_view(&scope);
+    for (i, mut monitor) in monitors.into_iter().enumerate() {
+        let target = monitor.target().clone();
+        let mut view = view_of(&monitor);
+        loop {
+            match monitor.try_recv() {
+                Ok(event) => {
+                    let watched = match &target {
+                        cohort_actors::pg::MonitorTarget::Scope => true,
+                        cohort_actors::pg::MonitorTarget::Group(g) => *g == event.group,
+                    };
+                    assert!(watched, "monitor {i}: event of an unwatched group");
+                    apply(&mut view, &event);
+                }
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => panic!("monitor {i} was dropped"),
+            }
+        }
+        let wanted: BTreeMap<String, Vec<Pid>> = match &target {
+            cohort_actors::pg::MonitorTarget::Scope => truth.clone(),
+            cohort_actors::pg::MonitorTarget::Group(g) => {
+                truth.iter().filter(|(name, _)| **name == g.to_string()).map(|(k, v)| (k.clone(), v.clone())).collect()
+            }
+        };
+        assert_eq!(normalised(&view), wanted, "monitor {i} ({target:?}): snapshot + events != table");
+    }
+    node.stop().await;
+}
+
 // ---- node down and reconnect ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -571,3 +571,105 @@ fn concurrent_writers_on_many_groups_leave_a_consistent_table() {
     assert!(table.which_groups().is_empty());
     assert_eq!(table.group_count(), 0);
 }
+
+/// What a monitor is given at registration: its groups' members and cuts, and the floor for the
+/// groups not listed (`None` for a group monitor, which sees one group only).
+struct MonitorRead {
+    group: Option<String>,
+    floor: u64,
+    groups: BTreeMap<String, (u64, Vec<Pid>)>,
+}
+
+impl MonitorRead {
+    fn of_group(table: &ScopeTable, name: &str) -> Self {
+        let snapshot = table.monitor_snapshot(name);
+        let groups = BTreeMap::from([(name.to_owned(), (snapshot.version(), snapshot.members().to_vec()))]);
+        Self { group: Some(name.to_owned()), floor: snapshot.version(), groups }
+    }
+
+    fn of_scope(table: &ScopeTable) -> Self {
+        let (floor, groups) = table.monitor_scope_snapshot();
+        let groups = groups.into_iter().map(|(g, s)| (g.to_string(), (s.version(), s.members().to_vec()))).collect();
+        Self { group: None, floor, groups }
+    }
+
+    /// The monitor's final view: its snapshot (empty groups left out, as the scope actor does)
+    /// plus every event its cut does not reflect, in order; panics on a leave of a pid it does not
+    /// hold.
+    fn replay(&self, log: &[Event]) -> BTreeMap<String, Vec<Pid>> {
+        let mut view: BTreeMap<String, Vec<Pid>> = self
+            .groups
+            .iter()
+            .filter(|(_, (_, pids))| !pids.is_empty())
+            .map(|(g, (_, pids))| (g.clone(), pids.clone()))
+            .collect();
+        let watched = |e: &&Event| self.group.as_deref().is_none_or(|g| g == e.group.as_str());
+        let unreflected =
+            |e: &&Event| e.seq > self.groups.get(e.group.as_str()).map(|(cut, _)| *cut).unwrap_or(self.floor);
+        for event in log.iter().filter(watched).filter(unreflected) {
+            replay(&mut view, std::slice::from_ref(event));
+        }
+        normalised(view)
+    }
+}
+
+/// Monitor reads taken while writers create, fill, empty and remove groups: every read, replayed
+/// with the full event log above its cut, gives the final table, never a leave of a pid it did not
+/// hold, never a lost or repeated event. Bounded in time.
+#[test]
+fn monitor_reads_during_concurrent_writes_replay_to_the_final_table() {
+    const WRITERS: u64 = 4;
+    let limits = ScopeLimits { max_pending_events: usize::MAX, ..ScopeLimits::default() };
+    let table = Arc::new(ScopeTable::with_limits(me(), limits));
+    let stop = Arc::new(AtomicBool::new(false));
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (table, stop) = (Arc::clone(&table), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                // Few pids per group, so groups are created and removed all the time.
+                for i in 0..5_000u64 {
+                    if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                        break;
+                    }
+                    let g = group(&format!("g{}", (i * 5 + w) % 6));
+                    let pid = local(w * 10 + i % 3);
+                    match i % 7 {
+                        0 | 2 | 4 => table.join(&g, std::slice::from_ref(&pid)).map(|_| ()).unwrap(),
+                        6 => {
+                            table.process_exit(&pid).unwrap();
+                        }
+                        _ => {
+                            let _ = table.leave(&g, &[pid]); // NotJoined is fine
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut reads = Vec::new();
+    while writers.iter().any(|w| !w.is_finished()) && reads.len() < 300 {
+        reads.push(if reads.len() % 2 == 0 {
+            MonitorRead::of_scope(&table)
+        } else {
+            MonitorRead::of_group(&table, &format!("g{}", reads.len() % 6))
+        });
+        // Spread the reads over the writes (a scope read delays group creations and removals).
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    assert!(reads.len() >= 10, "reads taken while writing");
+    let mut log = table.drain_events(usize::MAX);
+    log.sort_by_key(|e| e.seq); // per group already in order; one order for all groups
+    let truth = view_of(&table);
+    for (i, read) in reads.iter().enumerate() {
+        let wanted: BTreeMap<String, Vec<Pid>> = match &read.group {
+            None => truth.clone(),
+            Some(g) => truth.iter().filter(|(name, _)| *name == g).map(|(k, v)| (k.clone(), v.clone())).collect(),
+        };
+        assert_eq!(read.replay(&log), wanted, "read {i} replayed");
+    }
+}

@@ -22,14 +22,21 @@
 //! not reflect. The actor registers monitors and takes peer-sync snapshots itself, between drains,
 //! and attaches a `SnapshotCut` (per-group versions plus a floor for other groups): events the cut
 //! reflects are skipped. A cut is needed only until the outbox has been drained empty once (every
-//! event allocated before the snapshot has then been seen) and is dropped then. Events already
-//! drained but not yet published when the snapshot was read (a writer between its outbox push and
-//! its publish) are found in a small replay ring of recently drained events and delivered after
-//! the snapshot. Group-monitor snapshots are re-read when a concurrent write could have made them
-//! ambiguous (see `ScopeActor::group_cut`). Known residual race, documented for the table owner:
-//! `ScopeTable::monitor_scope_snapshot` omits a group whose slot is being created (empty, version
-//! 0) while its first event is already allocated below the floor; a scope monitor registered in
-//! that instant misses that first join. Peers are repaired by anti-entropy; monitors are not.
+//! event it reflects was pushed before the snapshot was read, so it has then been seen) and is
+//! dropped then.
+//!
+//! Monitors get exact snapshots: [`ScopeTable::monitor_snapshot`] and
+//! [`ScopeTable::monitor_scope_snapshot`] read each group under its writer lock together with its
+//! cut (a scope-wide read also keeps groups from being created or removed meanwhile), so no write
+//! is half reflected, nothing is retried, and every event drained before the registration is
+//! reflected by the cut (checked in debug builds). Empty groups of a scope read are kept in the
+//! cut and left out of the monitor's snapshot.
+//!
+//! Peer syncs, which are periodic, use the lock-free [`ScopeTable::sync_snapshot`] instead, so they
+//! never delay writers: events drained but not yet published when it was read (a writer between
+//! its outbox push and its publish) are found in a small replay ring of recently drained events
+//! and sent after the sync; peers ignore leaves of pids they do not hold, and anti-entropy repairs
+//! anything the ring no longer covers.
 //!
 //! # Invariants
 //! - Only the actor reads the outbox, sends pg frames of this scope, or changes peer state; frames
@@ -64,17 +71,14 @@ use super::wire::{
 use crate::host::{DeliveryError, ProcessHost};
 use crate::pid::Pid;
 
-/// Drained events kept after dispatch, to replay those a new snapshot turns out not to reflect
-/// (a writer preempted between its outbox push and its publish). The window only has to cover
-/// such an in-flight write, a few microseconds of events; 1024 covers far more.
+/// Drained events kept after dispatch, to replay to a peer those its sync snapshot turns out not to
+/// reflect (a writer preempted between its outbox push and its publish). The window only has to
+/// cover such an in-flight write, a few microseconds of events; 1024 covers far more.
 const REPLAY_RING_EVENTS: usize = 1_024;
 
 /// Drains (of up to [`MAX_OPS_PER_BATCH_FRAME`] events each) per wake-up before the actor serves
 /// its other inputs again, so a write flood cannot starve inbound frames and commands.
 const MAX_DRAINS_PER_FLUSH: usize = 16;
-
-/// Attempts at a snapshot that no concurrent write makes ambiguous before accepting the last one.
-const MAX_SNAPSHOT_ATTEMPTS: usize = 16;
 
 /// Refusals listed one by one in a [`BroadcastReport`]; the rest are only counted.
 pub const MAX_REFUSALS_REPORTED: usize = 64;
@@ -937,7 +941,7 @@ impl ScopeActor {
         if !self.peers.contains_key(peer) || self.shared.transport.is_none() {
             return;
         }
-        let (floor, groups) = self.shared.table.monitor_scope_snapshot();
+        let (floor, groups) = self.shared.table.sync_snapshot();
         let cut = SnapshotCut { floor, versions: groups.iter().map(|(g, s)| (g.clone(), s.version())).collect() };
         let state = groups
             .iter()
@@ -1110,25 +1114,26 @@ impl ScopeActor {
         // below is as fresh as possible (it includes the caller's own earlier writes).
         self.flush();
         let (snapshot, cut) = match &target {
-            MonitorTarget::Group(group) => self.group_cut(group),
-            MonitorTarget::Scope => self.scope_cut(),
-        };
-        let (sender, events) = mpsc::channel(shared.config.monitor_capacity.max(1));
-        let mut overflowed = false;
-        for event in self.ring.iter().filter(|e| target.matches(&e.group) && !cut.reflects(e)) {
-            let pg_event = PgEvent { kind: event.kind, group: event.group.clone(), pids: event.pids.clone() };
-            if sender.try_send(pg_event).is_err() {
-                overflowed = true;
-                break;
+            MonitorTarget::Group(group) => {
+                let snapshot = shared.table.monitor_snapshot(group.as_str());
+                let cut = SnapshotCut { floor: snapshot.version(), versions: HashMap::new() };
+                (vec![(group.clone(), snapshot)], cut)
             }
-        }
+            MonitorTarget::Scope => {
+                let (floor, groups) = shared.table.monitor_scope_snapshot();
+                let versions = groups.iter().map(|(g, s)| (g.clone(), s.version())).collect();
+                (groups, SnapshotCut { floor, versions })
+            }
+        };
+        // Exact snapshots: everything drained so far (the ring's window included) is reflected, so
+        // there is nothing to replay; undrained events are filtered by the cut as they come.
+        debug_assert!(
+            self.ring.iter().all(|e| !target.matches(&e.group) || cut.reflects(e)),
+            "a monitor snapshot missed an event drained before it was read"
+        );
+        // Groups read empty (being created, or just emptied) only contribute their cut.
         let snapshot: Vec<(Group, Arc<GroupSnapshot>)> = snapshot.into_iter().filter(|(_, s)| !s.is_empty()).collect();
-        if overflowed {
-            // Born overflowed: hand back a closed monitor (the caller re-monitors), count it.
-            shared.metrics.monitor_overflow.inc();
-            drop(sender);
-            return Ok(Monitor { id: 0, target, snapshot, events, shared });
-        }
+        let (sender, events) = mpsc::channel(shared.config.monitor_capacity.max(1));
         let id = lock(&shared.subscribers).insert(Subscriber {
             target: target.clone(),
             sender,
@@ -1144,45 +1149,6 @@ impl ScopeActor {
             return Err(PgError::NotHosted { pid: owner.clone() });
         }
         Ok(monitor)
-    }
-
-    /// The seq allocated last (an empty name is never a group, so the table answers its floor).
-    fn floor(&self) -> u64 {
-        self.shared.table.monitor_snapshot("").version()
-    }
-
-    /// A group's snapshot and cut. Re-read (bounded) when ambiguous: an empty snapshot while a
-    /// seq was allocated during the read (the group may have been emptied and removed in between,
-    /// so the floor would not describe it), or a version-0 slot while events exist (a slot being
-    /// created, whose first event may already be drained).
-    fn group_cut(&self, group: &Group) -> (Vec<(Group, Arc<GroupSnapshot>)>, SnapshotCut) {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let before = self.floor();
-            let snapshot = self.shared.table.monitor_snapshot(group.as_str());
-            let after = self.floor();
-            let ambiguous = snapshot.is_empty() && (before != after || (snapshot.version() == 0 && before > 0));
-            if !ambiguous || attempt >= MAX_SNAPSHOT_ATTEMPTS {
-                let cut = SnapshotCut { floor: snapshot.version(), versions: HashMap::new() };
-                return (vec![(group.clone(), snapshot)], cut);
-            }
-            std::thread::yield_now();
-        }
-    }
-
-    /// The whole scope's snapshot and cut, re-read (bounded) while seqs were allocated during it.
-    fn scope_cut(&self) -> (Vec<(Group, Arc<GroupSnapshot>)>, SnapshotCut) {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let (floor, groups) = self.shared.table.monitor_scope_snapshot();
-            if self.floor() == floor || attempt >= MAX_SNAPSHOT_ATTEMPTS {
-                let versions = groups.iter().map(|(g, s)| (g.clone(), s.version())).collect();
-                return (groups, SnapshotCut { floor, versions });
-            }
-            std::thread::yield_now();
-        }
     }
 }
 

@@ -15,8 +15,11 @@
 //! - Readers (`get_members`, `get_local_members`) do one map lookup and one `ArcSwap` load and get an
 //!   `Arc` of the snapshot: O(1) in group size, no lock beyond the shard lookup, never waiting for
 //!   a writer of the group.
-//! - A group whose last member leaves is removed from the map under its mutex; its slot is marked
-//!   retired so a writer that raced to it retries the lookup instead of writing into a dead slot.
+//! - A group whose last member leaves is marked retired under its mutex and then, once the mutex
+//!   is released, removed from the map (by that writer, or by any writer that finds the retired
+//!   slot first and helps); a writer that raced to a retired slot retries the lookup instead of
+//!   writing into a dead slot. So a slot mutex is never held while a map shard lock is taken: the
+//!   lock order is `structure` -> map shard -> slot mutex, never the reverse.
 //! - Events: one global `seq` counter, incremented under the group's mutex, so within a group
 //!   events are produced in `seq` order and the published snapshot's `version` is the `seq` of the
 //!   last one applied. Events go to a lock-free FIFO (`SegQueue`) while the mutex is held, so the
@@ -24,6 +27,13 @@
 //!   scope actor drains it ([`ScopeTable::pop_event`]) to notify monitors and propagate local
 //!   changes. A monitor is consistent when given the snapshot from [`ScopeTable::monitor_snapshot`]
 //!   at version `v` followed by exactly that group's events with `seq > v`.
+//! - Monitor snapshots are read under the writer locks, so each comes with an exact cut and no
+//!   retry: a group's snapshot is read under its slot mutex (no write of the group is half done)
+//!   together with the last allocated `seq` (its cut when empty). A scope-wide read also holds
+//!   `structure` exclusively: writers hold it shared only to insert or remove a slot, so the set of
+//!   groups is fixed while the read goes through them, and the `seq` read at the end is an exact
+//!   cut for every group absent from the read. Writes to existing groups, and all reads, do not
+//!   touch `structure`.
 //! - `local_index: DashMap<u64, Vec<Group>>`: for each local pid, one entry per join occurrence,
 //!   newest last (Erlang's per-process group list), so `process_exit` touches only the pid's groups
 //!   and leaving the newest group is O(1).
@@ -41,7 +51,12 @@
 //!   snapshot (`Arc<[Pid]>` chunks of ~64, shared between versions: a write copies one chunk and
 //!   the chunk pointers), at the cost of readers iterating chunks instead of one slice.
 //! - A `DashMap` shard lock is still taken by readers for the lookup (read mode). It is held by
-//!   writers only to insert or remove a group, never across a snapshot copy.
+//!   writers only to insert or remove a group, never across a snapshot copy; a group-monitor read
+//!   holds it across a slot mutex only in the rare case that the group was emptied under it.
+//! - A scope-monitor read ([`ScopeTable::monitor_scope_snapshot`]) delays group creations and
+//!   removals (not other writes, not reads) for the time of one pass over the groups, taking each
+//!   group's mutex in turn. Monitor registrations are rare; peer syncs, which are periodic, use the
+//!   lock-free [`ScopeTable::sync_snapshot`] instead and are repaired by anti-entropy.
 //! - The outbox bound is soft by at most the number of concurrent writers (the check and the push are
 //!   not one atomic step); removals bypass it so cleanup can never be refused.
 //! - Exit and join of the same pid racing: `process_exit` repeats until the pid has no index entry,
@@ -52,7 +67,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use arc_swap::ArcSwap;
 use cohort_cluster::NodeId;
@@ -78,7 +93,8 @@ impl Members {
         &self.snapshot
     }
 
-    /// The version of the group when read (0 if the group was absent).
+    /// The version of the group when read (0 if the group was absent; a group just emptied may read
+    /// empty at its last version until its writer has removed it from the table).
     pub fn version(&self) -> u64 {
         self.snapshot.version()
     }
@@ -132,6 +148,23 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+fn shared(gate: &RwLock<()>) -> RwLockReadGuard<'_, ()> {
+    gate.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn exclusive(gate: &RwLock<()>) -> RwLockWriteGuard<'_, ()> {
+    gate.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// An empty snapshot whose version is `version`: the cut of a group read empty.
+fn empty_at(version: u64) -> Arc<GroupSnapshot> {
+    let mut empty = GroupSnapshot::empty();
+    if version > 0 {
+        empty.set_version(version);
+    }
+    Arc::new(empty)
+}
+
 /// One scope's process groups on one node: concurrent, lock-free for readers, sans-I/O.
 ///
 /// ```
@@ -152,6 +185,9 @@ pub struct ScopeTable {
     node: NodeId,
     limits: ScopeLimits,
     groups: DashMap<Group, Arc<GroupSlot>>,
+    /// Held shared by writers while they insert or remove a slot, exclusively by a scope-monitor
+    /// read (see the module docs).
+    structure: RwLock<()>,
     group_count: AtomicUsize,
     local_index: DashMap<u64, Vec<Group>>,
     peers: Mutex<HashMap<String, Peer>>,
@@ -174,6 +210,7 @@ impl ScopeTable {
             node,
             limits,
             groups: DashMap::new(),
+            structure: RwLock::new(()),
             group_count: AtomicUsize::new(0),
             local_index: DashMap::new(),
             peers: Mutex::new(HashMap::new()),
@@ -398,33 +435,72 @@ impl ScopeTable {
     }
 
     /// The snapshot a group monitor starts from: deliver to it exactly the events of `group` with
-    /// `seq` greater than the returned snapshot's version. For an absent group the version is the
-    /// last `seq` allocated before the lookup: every earlier event of that group is already
-    /// reflected (the group was emptied), every later one is not.
+    /// `seq` greater than the returned snapshot's version.
+    ///
+    /// Read under the group's writer lock, so it is exact whatever writers do meanwhile: a
+    /// non-empty snapshot is the group's published one (its version is the `seq` of the last event
+    /// applied, and no later event of the group exists yet); an empty one (the group is absent,
+    /// being created, or just emptied) carries the last `seq` allocated while the lock was held, so
+    /// every earlier event of the group (of incarnations since emptied) counts as reflected and
+    /// every later one is delivered. Never retries: if the slot found was emptied and retired
+    /// meanwhile, the group is read again while its map shard is held, so no slot of the group can
+    /// be created or removed during that second read.
     pub fn monitor_snapshot(&self, group: &str) -> Arc<GroupSnapshot> {
-        let floor = self.next_seq.load(Ordering::SeqCst) - 1;
-        match self.groups.get(group) {
-            Some(slot) => slot.published.load_full(),
-            None => {
-                let mut empty = GroupSnapshot::empty();
-                if floor > 0 {
-                    empty.set_version(floor);
-                }
-                Arc::new(empty)
+        let found = self.groups.get(group).map(|slot| Arc::clone(&slot));
+        if let Some(slot) = found {
+            let retired = lock(&slot.retired);
+            if !*retired {
+                return self.locked_snapshot(&slot);
+            }
+        }
+        // Absent, or emptied and retired after the lookup (its removal may still be pending).
+        let Ok(name) = Group::new(group) else {
+            return empty_at(self.last_seq()); // not a valid name: never a group
+        };
+        match self.groups.entry(name) {
+            Entry::Vacant(_held) => empty_at(self.last_seq()),
+            Entry::Occupied(held) => {
+                let slot = held.get();
+                let _retired = lock(&slot.retired);
+                self.locked_snapshot(slot)
             }
         }
     }
 
-    /// The snapshot a scope monitor starts from: `(floor, groups)`. Deliver events of a listed group
-    /// with `seq` above its snapshot's version, and events of any other group with `seq > floor`.
+    /// The snapshot a scope monitor starts from: `(floor, groups)`, every group present in the
+    /// table with its snapshot as [`ScopeTable::monitor_snapshot`] reads it, **empty ones
+    /// included** (a group being created or just emptied: the caller filters them out of what the
+    /// monitor is shown but keeps their versions for the cut). Deliver the events of a listed
+    /// group with `seq` above its snapshot's version, and the events of any other group with
+    /// `seq > floor`.
+    ///
+    /// Exact without retries: groups are neither created nor removed during the read (writers
+    /// wait on `structure` for that), each group is read under its mutex, and `floor` is read last,
+    /// so an absent group's earlier events all belong to incarnations already emptied and its later
+    /// ones to incarnations created after the read. Costs one pass over the groups, during which
+    /// group creations and removals wait (other writes and all reads do not).
     pub fn monitor_scope_snapshot(&self) -> (u64, Vec<(Group, Arc<GroupSnapshot>)>) {
-        let floor = self.next_seq.load(Ordering::SeqCst) - 1;
+        let _structure = exclusive(&self.structure);
         let groups = self
             .groups
             .iter()
-            .map(|slot| (slot.key().clone(), slot.published.load_full()))
-            .filter(|(_, snapshot)| !snapshot.is_empty())
+            .map(|slot| {
+                let _retired = lock(&slot.retired);
+                (slot.key().clone(), self.locked_snapshot(slot.value()))
+            })
             .collect();
+        (self.last_seq(), groups)
+    }
+
+    /// A lock-free, best-effort [`ScopeTable::monitor_scope_snapshot`] for peer syncs: every
+    /// group present (empty ones included, with their published versions: a group being created
+    /// is at version 0, so its first event is never taken as reflected) and the floor read before
+    /// the pass. A write in progress during the read may be reflected or not: the scope actor
+    /// replays recently drained events above the cut, peers ignore leaves of non-members, and
+    /// anti-entropy repairs the rest. Never delays a writer.
+    pub fn sync_snapshot(&self) -> (u64, Vec<(Group, Arc<GroupSnapshot>)>) {
+        let floor = self.last_seq();
+        let groups = self.groups.iter().map(|slot| (slot.key().clone(), slot.published.load_full())).collect();
         (floor, groups)
     }
 
@@ -448,6 +524,18 @@ impl ScopeTable {
     }
 
     // ---- internals ----
+
+    /// The last `seq` allocated (0 if none).
+    fn last_seq(&self) -> u64 {
+        self.next_seq.load(Ordering::SeqCst) - 1
+    }
+
+    /// Called with `slot`'s mutex held: its published snapshot if non-empty, else an empty one at
+    /// the last `seq` allocated (see [`ScopeTable::monitor_snapshot`]).
+    fn locked_snapshot(&self, slot: &GroupSlot) -> Arc<GroupSnapshot> {
+        let published = slot.published.load_full();
+        if published.is_empty() { empty_at(self.last_seq()) } else { published }
+    }
 
     fn snapshot(&self, group: &str) -> Arc<GroupSnapshot> {
         match self.groups.get(group) {
@@ -482,7 +570,8 @@ impl ScopeTable {
     }
 
     /// Runs `change` on `group`'s current snapshot under the group's mutex and commits the result:
-    /// events to the outbox, then the new snapshot published, then the group removed if now empty.
+    /// events to the outbox, then the new snapshot published, then, if the group is now empty, the
+    /// slot retired (under the mutex) and removed from the map (after it).
     /// `create` makes the group if absent; otherwise `change` sees the empty snapshot.
     /// Returns the group's version afterwards.
     fn update(
@@ -504,40 +593,47 @@ impl ScopeTable {
             };
             let mut retired = lock(&slot.retired);
             if *retired {
-                continue; // emptied and removed meanwhile: look up (or create) the live slot
+                // Emptied meanwhile; its writer may not have removed it yet: help, then look up
+                // (or create) the live slot.
+                drop(retired);
+                self.remove_retired(group, &slot);
+                continue;
             }
             let current = slot.published.load_full();
-            let transition = match change(&current) {
-                Ok(transition) => transition,
-                Err(error) => {
-                    self.retire_if_empty(group, &slot, &mut retired, &current);
-                    return Err(error);
+            let (result, last) = match change(&current) {
+                Err(error) => (Err(error), current),
+                Ok(None) => (Ok(current.version()), current),
+                Ok(Some(Transition { mut next, left, joined })) => {
+                    let mut version = current.version();
+                    if !left.is_empty() {
+                        version = self.emit(EventKind::Leave, group, left, origin);
+                    }
+                    if !joined.is_empty() {
+                        version = self.emit(EventKind::Join, group, joined, origin);
+                    }
+                    if version == current.version() {
+                        (Ok(version), current)
+                    } else {
+                        next.set_version(version);
+                        let next = Arc::new(next);
+                        slot.published.store(Arc::clone(&next));
+                        (Ok(version), next)
+                    }
                 }
             };
-            let Some(Transition { mut next, left, joined }) = transition else {
-                self.retire_if_empty(group, &slot, &mut retired, &current);
-                return Ok(current.version());
-            };
-            let mut version = current.version();
-            if !left.is_empty() {
-                version = self.emit(EventKind::Leave, group, left, origin);
+            // An empty group leaves the map (Erlang deletes empty groups).
+            let emptied = last.is_empty();
+            *retired = emptied;
+            drop(retired);
+            if emptied {
+                self.remove_retired(group, &slot);
             }
-            if !joined.is_empty() {
-                version = self.emit(EventKind::Join, group, joined, origin);
-            }
-            if version == current.version() {
-                self.retire_if_empty(group, &slot, &mut retired, &current);
-                return Ok(version);
-            }
-            next.set_version(version);
-            let next = Arc::new(next);
-            slot.published.store(Arc::clone(&next));
-            self.retire_if_empty(group, &slot, &mut retired, &next);
-            return Ok(version);
+            return result;
         }
     }
 
     fn insert_slot(&self, group: &Group) -> Result<Arc<GroupSlot>, PgError> {
+        let _structure = shared(&self.structure);
         match self.groups.entry(group.clone()) {
             Entry::Occupied(slot) => Ok(Arc::clone(slot.get())),
             Entry::Vacant(vacant) => {
@@ -555,12 +651,10 @@ impl ScopeTable {
         }
     }
 
-    /// Called with the slot's mutex held: an empty group leaves the map (Erlang deletes empty groups).
-    fn retire_if_empty(&self, group: &Group, slot: &Arc<GroupSlot>, retired: &mut bool, snapshot: &GroupSnapshot) {
-        if !snapshot.is_empty() || *retired {
-            return;
-        }
-        *retired = true;
+    /// Removes a retired slot from the map, once (by the writer that retired it, or by one that
+    /// found it retired first). Called without the slot's mutex (see the lock order).
+    fn remove_retired(&self, group: &Group, slot: &Arc<GroupSlot>) {
+        let _structure = shared(&self.structure);
         if self.groups.remove_if(group.as_str(), |_, live| Arc::ptr_eq(live, slot)).is_some() {
             self.group_count.fetch_sub(1, Ordering::SeqCst);
         }
@@ -666,5 +760,206 @@ fn known_peer<'p>(peers: &'p mut HashMap<String, Peer>, node: &NodeId) -> Result
     match peers.get_mut(&node.name) {
         Some(peer) if peer.incarnation == node.incarnation => Ok(peer),
         _ => Err(PgError::UnknownPeer { node: node.clone() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Monitor reads racing a writer, with the writer stopped at each step of its critical section
+    //! (driving the table's internals directly), so every interleaving is reproduced on purpose.
+
+    use std::time::Duration;
+
+    use super::*;
+
+    fn me() -> NodeId {
+        NodeId::new("a", 1)
+    }
+
+    fn local(n: u64) -> Pid {
+        Pid::new(me(), n)
+    }
+
+    fn group(name: &str) -> Group {
+        Group::new(name).unwrap()
+    }
+
+    fn slot(table: &ScopeTable, name: &str) -> Arc<GroupSlot> {
+        Arc::clone(&table.groups.get(name).expect("the slot is in the map"))
+    }
+
+    /// The members a monitor ends with: `members` at cut `cut`, then every event of `name` above
+    /// the cut, in order. Panics on a leave of a pid the monitor does not hold.
+    fn replayed(members: &[Pid], cut: u64, name: &str, log: &[Event]) -> Vec<Pid> {
+        let mut held = members.to_vec();
+        for event in log.iter().filter(|e| e.group.as_str() == name && e.seq > cut) {
+            match event.kind {
+                EventKind::Join => held.extend(event.pids.iter().cloned()),
+                EventKind::Leave => {
+                    for pid in &event.pids {
+                        let at = held.iter().position(|p| p == pid).expect("leave of a pid the monitor never saw join");
+                        held.remove(at);
+                    }
+                }
+            }
+        }
+        held.sort();
+        held
+    }
+
+    /// The cut and members a scope read gives `name`.
+    fn in_scope_read(read: &(u64, Vec<(Group, Arc<GroupSnapshot>)>), name: &str) -> (u64, Vec<Pid>) {
+        match read.1.iter().find(|(g, _)| g.as_str() == name) {
+            Some((_, snapshot)) => (snapshot.version(), snapshot.members().to_vec()),
+            None => (read.0, Vec::new()),
+        }
+    }
+
+    /// Waits (bounded) until `reader` has had the time to block; it must not have finished.
+    fn assert_blocked<T>(reader: &std::thread::ScopedJoinHandle<'_, T>) {
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(!reader.is_finished(), "the monitor read must wait for the writer holding the group's lock");
+    }
+
+    /// Bug 1: a group whose slot exists at version 0 while its first event is already allocated
+    /// (below the floor) used to be left out of the scope snapshot, so its first join was cut.
+    #[test]
+    fn a_group_being_created_is_in_the_scope_snapshot_and_its_first_join_is_delivered() {
+        let table = ScopeTable::new(me());
+        let (g, other) = (group("g"), group("other"));
+        // An earlier incarnation of g, and another group, so the floor is well above 0.
+        table.join(&g, &[local(9)]).unwrap();
+        table.leave(&g, &[local(9)]).unwrap();
+        table.join(&other, &[local(8)]).unwrap();
+
+        // A writer creating g, stopped after allocating its first event, before publishing.
+        let created = table.insert_slot(&g).unwrap();
+        let writing = lock(&created.retired);
+        let seq = table.emit(EventKind::Join, &g, vec![local(1)], Origin::Local);
+        assert!(seq <= table.last_seq(), "the first event is below the floor");
+
+        // The lock-free sync read lists the empty slot at version 0: its first join is not cut.
+        let (floor, groups) = table.sync_snapshot();
+        assert!(floor >= seq);
+        let listed = groups.iter().find(|(name, _)| *name == g).expect("a slot being created is listed");
+        assert_eq!((listed.1.version(), listed.1.len()), (0, 0));
+
+        std::thread::scope(|s| {
+            let scope_read = s.spawn(|| table.monitor_scope_snapshot());
+            let group_read = s.spawn(|| table.monitor_snapshot("g"));
+            assert_blocked(&scope_read);
+            assert_blocked(&group_read);
+            let mut next = GroupSnapshot::empty().join_local(&[local(1)]);
+            next.set_version(seq);
+            created.published.store(Arc::new(next));
+            drop(writing);
+            let scope_read = scope_read.join().unwrap();
+            let group_read = group_read.join().unwrap();
+            let log = table.drain_events(usize::MAX);
+            assert_eq!(in_scope_read(&scope_read, "g"), (seq, vec![local(1)]));
+            assert_eq!(replayed(&[local(1)], seq, "g", &log), vec![local(1)]);
+            assert_eq!((group_read.version(), group_read.members()), (seq, &[local(1)][..]));
+            assert_eq!(in_scope_read(&scope_read, "other").1, vec![local(8)]);
+        });
+    }
+
+    /// Bug 1, the other order: the monitor read takes the new slot's lock before its writer. The
+    /// empty slot is listed with a cut above the old incarnation's events and below the new ones.
+    #[test]
+    fn a_group_read_before_its_first_write_keeps_its_cut() {
+        let table = ScopeTable::new(me());
+        let g = group("g");
+        table.join(&g, &[local(9)]).unwrap();
+        table.leave(&g, &[local(9)]).unwrap();
+        table.insert_slot(&g).unwrap(); // created, its writer not yet in its critical section
+        let scope_read = table.monitor_scope_snapshot();
+        let group_read = table.monitor_snapshot("g");
+        let (cut, members) = in_scope_read(&scope_read, "g");
+        assert!(members.is_empty());
+        assert_eq!(cut, table.last_seq(), "empty: cut at the last seq allocated, not 0");
+        table.join(&g, &[local(1)]).unwrap();
+        let log = table.drain_events(usize::MAX);
+        assert_eq!(log.len(), 3);
+        assert_eq!(replayed(&members, cut, "g", &log), vec![local(1)]);
+        assert_eq!(replayed(group_read.members(), group_read.version(), "g", &log), vec![local(1)]);
+    }
+
+    /// Bug 2: a group emptied (and removed) during a monitor read. Every stage of the emptying
+    /// write is read, by a group read and a scope read: none may show a leave for a pid that is
+    /// not in the snapshot, or lose a later join.
+    #[test]
+    fn a_group_emptied_during_a_monitor_read_never_shows_a_leave_without_its_join() {
+        let table = ScopeTable::new(me());
+        let g = group("g");
+        table.join(&g, &[local(1)]).unwrap();
+        let mut reads: Vec<(&str, u64, Vec<Pid>)> = Vec::new();
+        let record = |stage: &'static str, table: &ScopeTable, reads: &mut Vec<(&str, u64, Vec<Pid>)>| {
+            let one = table.monitor_snapshot("g");
+            reads.push((stage, one.version(), one.members().to_vec()));
+            let (cut, members) = in_scope_read(&table.monitor_scope_snapshot(), "g");
+            reads.push((stage, cut, members));
+        };
+        record("before", &table, &mut reads);
+
+        // The writer emptying g, stopped after allocating its leave: readers wait for it.
+        let old = slot(&table, "g");
+        let mut writing = lock(&old.retired);
+        let seq = table.emit(EventKind::Leave, &g, vec![local(1)], Origin::Local);
+        std::thread::scope(|s| {
+            let group_read = s.spawn(|| table.monitor_snapshot("g"));
+            let scope_read = s.spawn(|| table.monitor_scope_snapshot());
+            assert_blocked(&group_read);
+            assert_blocked(&scope_read);
+            let mut emptied = GroupSnapshot::empty();
+            emptied.set_version(seq);
+            old.published.store(Arc::new(emptied));
+            *writing = true; // retired under the lock, removal pending (after the lock)
+            drop(writing);
+            let one = group_read.join().unwrap();
+            reads.push(("during", one.version(), one.members().to_vec()));
+            let (cut, members) = in_scope_read(&scope_read.join().unwrap(), "g");
+            reads.push(("during", cut, members));
+        });
+        // Retired but still in the map (the writer between its unlock and the removal).
+        record("retired", &table, &mut reads);
+        assert!(table.groups.contains_key("g"));
+        table.remove_retired(&g, &old);
+        assert!(!table.groups.contains_key("g"));
+        record("removed", &table, &mut reads);
+
+        // A new incarnation of g.
+        table.join(&g, &[local(2)]).unwrap();
+        record("recreated", &table, &mut reads);
+        let log = table.drain_events(usize::MAX);
+        assert_eq!(log.len(), 3);
+        for (stage, cut, members) in &reads {
+            assert!(*stage == "before" || *stage == "recreated" || (members.is_empty() && *cut >= seq), "{stage}");
+            assert_eq!(replayed(members, *cut, "g", &log), vec![local(2)], "read {stage}");
+        }
+    }
+
+    /// A writer that finds a retired slot still in the map removes it itself (once) and writes the
+    /// new incarnation: no spinning on the retiring writer, and the group count stays exact.
+    #[test]
+    fn a_retired_slot_left_in_the_map_is_removed_by_the_next_writer() {
+        let table = ScopeTable::new(me());
+        let g = group("g");
+        table.join(&g, &[local(1)]).unwrap();
+        let old = slot(&table, "g");
+        {
+            let mut retired = lock(&old.retired);
+            let seq = table.emit(EventKind::Leave, &g, vec![local(1)], Origin::Local);
+            let mut emptied = GroupSnapshot::empty();
+            emptied.set_version(seq);
+            old.published.store(Arc::new(emptied));
+            *retired = true;
+        }
+        assert_eq!(table.group_count(), 1, "not removed yet");
+        table.join(&g, &[local(2)]).unwrap();
+        assert!(!Arc::ptr_eq(&old, &slot(&table, "g")), "a new slot");
+        assert_eq!(table.group_count(), 1);
+        table.remove_retired(&g, &old); // the late removal of the retiring writer is a no-op
+        assert_eq!(table.group_count(), 1);
+        assert_eq!(&*table.get_members("g"), &[local(2)]);
     }
 }
