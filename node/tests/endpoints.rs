@@ -177,12 +177,13 @@ async fn two_nodes_in_one_process_keep_separate_state() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_stops_subsystems_in_reverse_order_and_frees_the_port() {
     let (node, url) = start("stopper", None).await;
-    assert!(common::is_listening(&url).await);
+    let id = common::identity(&url).await.expect("the node answers before shutdown");
+    assert_eq!(id, ("stopper".to_string(), node.id().incarnation));
     let report = node.shutdown().await;
     assert_eq!(report.stopped, vec!["http", "supervisor", "pg", "processes", "transport", "membership"]);
     assert!(report.aborted.is_empty());
     assert!(report.elapsed < Duration::from_secs(5));
-    assert!(!common::is_listening(&url).await, "HTTP port still accepts after shutdown");
+    assert!(!common::still_serves(&url, &id).await, "the node still answers HTTP after shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Proc, field, get, is_listening, promtool_check, wait_for};
+use common::{Proc, field, get, identity, promtool_check, still_serves, wait_for};
 
 /// Start `cohort up --nodes n`; returns the process, the node URLs and their pids.
 async fn up(n: usize) -> (Proc, Vec<String>, Vec<i32>) {
@@ -82,18 +82,23 @@ async fn up_starts_three_healthy_nodes_and_sigterm_stops_them_all() {
     .await;
     assert_eq!(a.status, 200, "{a:?}");
 
+    let mut ids = Vec::new();
+    for url in &urls {
+        ids.push(identity(url).await.expect("node answers"));
+    }
     p.signal(libc::SIGTERM);
     let (code, took) = p.wait_exit(Duration::from_secs(15)).await;
     assert_eq!(code, Some(0), "{}", p.stderr_text());
     assert!(took < Duration::from_secs(10), "took {took:?}");
-    for url in &urls {
-        assert!(!is_listening(url).await, "{url} still serving after cohort up stopped");
+    for (url, id) in urls.iter().zip(&ids) {
+        assert!(!still_serves(url, id).await, "{url} still serving after cohort up stopped");
     }
 }
 
 #[tokio::test]
 async fn a_dead_child_stops_the_others_and_up_exits_1() {
     let (mut p, urls, pids) = up(2).await;
+    let first = identity(&urls[0]).await.expect("node-1 answers");
     // SAFETY: killing a child of the process under test.
     unsafe {
         libc::kill(pids[1], libc::SIGKILL);
@@ -101,12 +106,16 @@ async fn a_dead_child_stops_the_others_and_up_exits_1() {
     let (code, _) = p.wait_exit(Duration::from_secs(15)).await;
     assert_eq!(code, Some(1), "{}", p.stderr_text());
     assert!(p.stderr_text().contains("node-2 exited"), "{}", p.stderr_text());
-    assert!(!is_listening(&urls[0]).await, "node-1 must be stopped too");
+    assert!(!still_serves(&urls[0], &first).await, "node-1 must be stopped too");
 }
 
 #[tokio::test]
 async fn killing_up_with_sigkill_leaves_no_orphans() {
     let (mut p, urls, pids) = up(2).await;
+    let mut ids = Vec::new();
+    for url in &urls {
+        ids.push(identity(url).await.expect("node answers"));
+    }
     p.signal(libc::SIGKILL);
     p.wait_exit(Duration::from_secs(5)).await;
     // The children get SIGTERM from the kernel (PR_SET_PDEATHSIG) and exit; init reaps them.
@@ -115,8 +124,8 @@ async fn killing_up_with_sigkill_leaves_no_orphans() {
         async move { gone.then_some(()) }
     })
     .await;
-    for url in &urls {
-        assert!(!is_listening(url).await);
+    for (url, id) in urls.iter().zip(&ids) {
+        assert!(!still_serves(url, id).await);
     }
 }
 

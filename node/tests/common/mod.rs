@@ -98,6 +98,24 @@ pub async fn is_listening(base: &str) -> bool {
     tokio::net::TcpStream::connect(addr).await.is_ok()
 }
 
+/// The `(node, incarnation)` that answers `/admin/node` at `base`, if anything does.
+pub async fn identity(base: &str) -> Option<(String, u64)> {
+    if !is_listening(base).await {
+        return None;
+    }
+    let addr = base.trim_start_matches("http://").trim_end_matches('/').to_string();
+    let answer =
+        tokio::time::timeout(Duration::from_secs(2), async move { get(&addr, "/admin/node").await }).await.ok()?;
+    let j: serde_json::Value = serde_json::from_str(&answer.body).ok()?;
+    Some((j["node"].as_str()?.to_string(), j["incarnation"].as_u64()?))
+}
+
+/// Whether the node `id` (from [`identity`]) still serves at `base`. A stopped node's port may be
+/// handed to another test's listener at once, so "nothing accepts" is too strict a check.
+pub async fn still_serves(base: &str, id: &(String, u64)) -> bool {
+    identity(base).await.as_ref() == Some(id)
+}
+
 /// Run `promtool check metrics` on an exposition. Fails the test when promtool is missing unless
 /// COHORT_ALLOW_NO_PROMTOOL=1 (scripts/test installs it).
 pub fn promtool_check(text: &str) {
