@@ -167,6 +167,7 @@ pub struct Node {
     processes: Processes,
     pg: PgService,
     probes: Option<Probes>,
+    supervisor_metrics: SupervisorMetrics,
     subsystems: Vec<Subsystem>,
 }
 
@@ -225,11 +226,14 @@ impl Node {
             Processes::start(id.clone(), Some(handles.transport.clone()), process_config, metrics.registry())
                 .await
                 .map_err(|e| StartError::Processes(e.to_string()))?;
-        let pg = PgService::start(
+        // One registration per node registry, shared by every supervisor of the node.
+        let supervisor_metrics = SupervisorMetrics::register(metrics.registry())?;
+        let pg = PgService::start_supervised(
             Arc::new(processes.clone()),
             Some(handles.transport.clone()),
             PgConfig::default(),
             metrics.registry(),
+            &supervisor_metrics,
         )
         .map_err(|e| StartError::Pg(e.to_string()))?;
         let probes = config.chaos.enabled.then(|| Probes::new(processes.clone()));
@@ -245,6 +249,7 @@ impl Node {
             processes,
             pg,
             probes,
+            supervisor_metrics,
             subsystems: Vec::new(),
         };
 
@@ -333,17 +338,26 @@ impl Node {
             .with_intensity(NODE_RESTART_INTENSITY)
             .with_child(watchdog)
             .with_child(pump);
-        let metrics = SupervisorMetrics::register(self.metrics.registry())?;
-        let supervisor = Supervisor::start(spec, &metrics).map_err(|e| StartError::Supervisor(e.to_string()))?;
+        let supervisor =
+            Supervisor::start(spec, &self.supervisor_metrics).map_err(|e| StartError::Supervisor(e.to_string()))?;
         let watched = supervisor.clone();
-        self.health.register("supervision", Duration::ZERO, move |_| match watched.status() {
-            SupervisorStatus::Escalated { child, exit } => CheckResult {
+        let pg = self.pg.clone();
+        self.health.register("supervision", Duration::ZERO, move |_| match (watched.status(), pg.status()) {
+            (SupervisorStatus::Escalated { child, exit }, _) => CheckResult {
                 ok: false,
                 detail: format!(
-                    "node supervisor gave up: `{child}` exited ({exit}) more often than the restart intensity allows"
+                    "node supervisor gave up: `{child}` exited ({exit}) more often than its restart intensity allows"
                 ),
             },
-            other => CheckResult { ok: true, detail: format!("{other:?}").to_lowercase() },
+            (_, SupervisorStatus::Escalated { child, exit }) => CheckResult {
+                ok: false,
+                detail: format!("pg scope `{child}` crashed ({exit}) more often than its restart intensity allows"),
+            },
+            (node, _) => CheckResult {
+                ok: true,
+                detail: format!("node supervisor {node:?}; {} pg scope(s) supervised", pg.scope_names().len())
+                    .to_lowercase(),
+            },
         })?;
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

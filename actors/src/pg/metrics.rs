@@ -58,8 +58,10 @@ pub(crate) mod sync_reason {
     pub const ANTI_ENTROPY: &str = "anti_entropy";
     /// A pg frame to the peer was dropped (queue overflow or failed send).
     pub const RESYNC: &str = "resync";
+    /// The scope's actor was restarted by its supervisor after a crash.
+    pub const RESTART: &str = "restart";
     /// Every reason.
-    pub const ALL: [&str; 3] = [CONNECT, ANTI_ENTROPY, RESYNC];
+    pub const ALL: [&str; 4] = [CONNECT, ANTI_ENTROPY, RESYNC, RESTART];
 }
 
 /// Results of `cohort_pg_broadcast_deliveries_total{result}`.

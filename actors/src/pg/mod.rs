@@ -30,9 +30,12 @@
 //! - peers may only announce their own pids, and every input is bounded ([`ScopeLimits`]);
 //! - a broadcast reaches each distinct member once, however many times it joined (Erlang's
 //!   `[Pid ! Msg || Pid <- get_members(G)]` sends once per join occurrence);
-//! - a node that comes up is sent our full state unasked (and asked for its own with a discover),
-//!   so a one-sided down/up heals without Erlang's discover-back; frames from a node membership
-//!   does not consider up are ignored, and periodic anti-entropy repairs frames lost on the wire.
+//! - a node that comes up is sent our full state unasked (and asked for its own with a discover,
+//!   re-sent until its full state arrives), so a one-sided down/up heals without Erlang's
+//!   discover-back; frames from a node membership does not consider up are ignored, and periodic
+//!   anti-entropy repairs frames lost on the wire;
+//! - a scope's actor is supervised: a crashed one is restarted, re-synchronises with every peer
+//!   and closes its monitors (see [`scope`], "Restarts").
 
 mod metrics;
 pub mod scope;
@@ -42,7 +45,7 @@ pub mod state;
 pub mod wire;
 
 pub use scope::{BroadcastRefusal, BroadcastReport, MAX_REFUSALS_REPORTED, Monitor, MonitorTarget, PgEvent, Scope};
-pub use service::{DEFAULT_SCOPE, MAX_SCOPES, PgConfig, PgService, PgStartError};
+pub use service::{DEFAULT_SCOPE, MAX_SCOPES, PgConfig, PgService, PgStartError, ScopeHealth};
 pub use snapshot::{Members, ScopeTable, SyncReport};
 pub use state::{Event, EventKind, Group, GroupSnapshot, NodeState, Origin, multiset_diff};
 

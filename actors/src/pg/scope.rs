@@ -5,8 +5,9 @@
 //!   directly in the caller's thread (read-your-writes, no actor round trip) and wake the actor;
 //!   reads are lock-free snapshot loads; `broadcast` reads the members and sends directly.
 //! - The **scope actor** is one tokio task per scope per node (a plain task, not a ractor actor:
-//!   it needs a `select!` over five sources and no supervision protocol of its own; the service
-//!   owns and stops it). It owns all of the scope's I/O and peer state: it drains the table's event
+//!   it needs a `select!` over six sources), run as the one `Permanent` child of the scope's
+//!   [`Supervisor`](crate::supervisor::Supervisor), which the service owns (see "Restarts"). It
+//!   owns all of the scope's I/O and peer state: it drains the table's event
 //!   outbox, dispatches events to monitors, sends local changes to peers (one `Batch` frame per peer
 //!   per drain), answers `Discover` with its full state, applies peers' syncs and batches, runs
 //!   anti-entropy and resyncs peers whose pg queue overflowed.
@@ -14,7 +15,7 @@
 //! # Wake-ups
 //! Writers call `Notify::notify_one` after each write (a stored permit if the actor is busy, so no
 //! wake-up is lost). The actor loops: take pending membership work, flush the outbox, then wait for
-//! the first of: shutdown, a monitor command, an inbound frame (routed by the service), the notify,
+//! the first of: its stop signal, a monitor command, an inbound frame (routed by the service), the notify,
 //! the anti-entropy tick, the resync deadline.
 //!
 //! # Consistency with snapshots (the seq/version design of [`ScopeTable`])
@@ -38,6 +39,40 @@
 //! and sent after the sync; peers ignore leaves of pids they do not hold, and anti-entropy repairs
 //! anything the ring no longer covers.
 //!
+//! # Connecting: a discover is re-sent until the peer's full state arrives
+//! On `member_up` (and on a restart) the actor sends the peer a `Discover` and our full state; the
+//! peer answers the discover with its full state. Either may be lost: the peer may not consider us
+//! up yet (it ignores our frames until its own `member_up`), or the transport link may die under
+//! them (e.g. the responder's handshake timing out after the initiator's side completed, on a
+//! loaded machine: the frames written meanwhile die with the connection). Nothing else would
+//! repair that before anti-entropy (30 s by default), so the actor keeps each peer it discovered
+//! as *awaiting* until a complete sync from it arrives, and re-sends the discover after
+//! `resync_delay`, doubling up to the anti-entropy period. The peer runs the same rule, so each
+//! side ends up holding the other's full state. A peer that does not run this scope never
+//! answers: it gets one discover per anti-entropy period (counted there as `unknown_scope`).
+//!
+//! # Restarts (SPEC 6.1: restarted and re-synchronised, not silently lost)
+//! The actor runs under a supervisor; a crash (a panic: a bug) starts a new incarnation from
+//! [`ScopeRunner::run`]. What outlives an incarnation is in the `Arc`s the runner holds: the
+//! [`ScopeTable`] (so local reads and writes never stop, and the groups are intact), the
+//! monitors registry, the pending membership work, and the mailbox (the receivers of commands and
+//! routed frames: whatever was queued and not yet taken is served by the next incarnation).
+//! Everything else is per incarnation and starts empty: peer states and cuts, sync assemblers,
+//! the replay ring, pending resyncs.
+//!
+//! What a crash can lose is what the dying incarnation had taken and not finished: events drained
+//! from the outbox and not yet dispatched or sent, a routed frame or a sync half applied. So a
+//! restarted incarnation, before anything else, re-synchronises as on `member_up`: it sends every
+//! up member a `Discover` (the peer answers with its full state, replacing what we hold of it)
+//! and our full state (replacing what the peer holds of us; `cohort_pg_syncs_total{reason=
+//! "restart"}`). Both sides converge with events only for real differences.
+//!
+//! Monitors are closed by a restart (their `recv` returns `None`): they may have missed events
+//! the dying incarnation had drained, and a monitor must never silently drift. As in Erlang,
+//! where a crashed pg scope process takes its monitors with it, a subscriber re-monitors and gets
+//! a fresh snapshot. A `monitor` call whose command the dying incarnation had taken fails with
+//! [`PgError::ScopeStopped`]; later ones are served by the new incarnation.
+//!
 //! # Invariants
 //! - Only the actor reads the outbox, sends pg frames of this scope, or changes peer state; frames
 //!   from a node are applied only while it is an up member (checked under the service's member
@@ -49,6 +84,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -56,7 +92,7 @@ use bytes::Bytes;
 use cohort_cluster::NodeId;
 use cohort_cluster::net::transport::{SendError, SendOutcome, Transport};
 use cohort_cluster::queue::Class;
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{Mutex as AsyncMutex, Notify, mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::PgError;
@@ -70,6 +106,7 @@ use super::wire::{
 };
 use crate::host::{DeliveryError, ProcessHost};
 use crate::pid::Pid;
+use crate::supervisor::{ChildError, StopSignal};
 
 /// Drained events kept after dispatch, to replay to a peer those its sync snapshot turns out not to
 /// reflect (a writer preempted between its outbox push and its publish). The window only has to
@@ -335,9 +372,26 @@ pub(crate) struct ScopeShared {
     subscribers: Mutex<Subscribers>,
     commands: mpsc::Sender<Command>,
     inbound: mpsc::Sender<(NodeId, PgFrame)>,
+    /// Incarnations of the actor started so far (restarts are this minus one).
+    starts: AtomicU64,
+    /// What this scope last added to the node's `cohort_pg_groups` gauge (kept across restarts).
+    groups_reported: AtomicI64,
+    /// Set by the test hook; the actor panics at its next turn.
+    crash_requested: AtomicBool,
 }
 
 impl ScopeShared {
+    /// Restarts of the scope's actor so far.
+    pub(crate) fn restarts(&self) -> u64 {
+        self.starts.load(Ordering::Acquire).saturating_sub(1)
+    }
+
+    /// Asks the actor to crash (test hook, see [`super::PgService::crash_scope_for_test`]).
+    pub(crate) fn request_crash(&self) {
+        self.crash_requested.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+
     fn unsubscribe(&self, id: u64) {
         if lock(&self.subscribers).remove(id) {
             self.metrics.monitors.dec();
@@ -633,7 +687,8 @@ fn encode(frame: &PgFrame) -> Option<Bytes> {
     }
 }
 
-/// Creates a scope: its shared state and its actor, not yet started.
+/// Creates a scope: its shared state and the [`ScopeRunner`] that runs its actor (not started:
+/// the service runs it under a supervisor).
 pub(crate) fn new_scope(
     name: &str,
     host: Arc<dyn ProcessHost>,
@@ -641,8 +696,7 @@ pub(crate) fn new_scope(
     metrics: Arc<PgMetrics>,
     config: PgConfig,
     members: Arc<RwLock<HashMap<String, NodeId>>>,
-    shutdown: watch::Receiver<bool>,
-) -> (Scope, impl Future<Output = ()> + Send + 'static) {
+) -> (Scope, ScopeRunner) {
     let node = host.node().clone();
     let (commands, command_rx) = mpsc::channel(COMMAND_CAPACITY);
     let (inbound, inbound_rx) = mpsc::channel(config.scope_inbound_capacity.max(1));
@@ -660,23 +714,13 @@ pub(crate) fn new_scope(
         subscribers: Mutex::new(Subscribers::default()),
         commands,
         inbound,
+        starts: AtomicU64::new(0),
+        groups_reported: AtomicI64::new(0),
+        crash_requested: AtomicBool::new(false),
     });
-    let actor = ScopeActor {
-        shared: Arc::clone(&shared),
-        commands: command_rx,
-        inbound: inbound_rx,
-        shutdown,
-        peers: HashMap::new(),
-        assemblers: HashMap::new(),
-        ring: VecDeque::with_capacity(REPLAY_RING_EVENTS),
-        next_sync_id: 0,
-        cursor: random_u64() as usize,
-        resync: HashSet::new(),
-        pull: HashSet::new(),
-        resync_at: None,
-        groups_reported: 0,
-    };
-    (Scope { shared }, actor.run())
+    let mailbox = Mailbox { commands: command_rx, inbound: inbound_rx };
+    let runner = ScopeRunner { shared: Arc::clone(&shared), mailbox: Arc::new(AsyncMutex::new(mailbox)) };
+    (Scope { shared }, runner)
 }
 
 /// A random u64 from std's per-process random hash keys (no `rand` dependency needed for picking
@@ -685,18 +729,60 @@ fn random_u64() -> u64 {
     std::collections::hash_map::RandomState::new().build_hasher().finish()
 }
 
+/// The receiving ends of the scope's queues. They outlive any one incarnation of the actor (an
+/// incarnation holds them locked while it runs; a panic unlocks them as it unwinds), so nothing
+/// queued for the scope is lost when its actor crashes, and callers never see a closed channel
+/// while the scope is supervised.
+struct Mailbox {
+    commands: mpsc::Receiver<Command>,
+    inbound: mpsc::Receiver<(NodeId, PgFrame)>,
+}
+
+/// Runs incarnations of one scope's actor: the factory of the scope's supervised child. What
+/// must survive a crash is here (the shared state: table, monitors, pending membership work; and
+/// the mailbox); each [`ScopeRunner::run`] builds a fresh actor around it and re-synchronises
+/// (see the module docs, "Restarts").
+#[derive(Clone)]
+pub(crate) struct ScopeRunner {
+    shared: Arc<ScopeShared>,
+    mailbox: Arc<AsyncMutex<Mailbox>>,
+}
+
+impl ScopeRunner {
+    /// One incarnation of the actor, until `stop` fires.
+    pub(crate) async fn run(self, stop: StopSignal) -> Result<(), ChildError> {
+        // Free at once: the supervisor starts an incarnation only after the previous one ended.
+        let mut mailbox = self.mailbox.lock_owned().await;
+        let start = self.shared.starts.fetch_add(1, Ordering::AcqRel);
+        let mut actor = ScopeActor {
+            shared: self.shared,
+            peers: HashMap::new(),
+            assemblers: HashMap::new(),
+            ring: VecDeque::with_capacity(REPLAY_RING_EVENTS),
+            next_sync_id: 0,
+            cursor: random_u64() as usize,
+            resync: HashSet::new(),
+            pull: HashSet::new(),
+            resync_at: None,
+            awaiting: HashMap::new(),
+        };
+        if start > 0 {
+            actor.restarted();
+        }
+        actor.run(&mut mailbox, &stop).await;
+        Ok(())
+    }
+}
+
 /// A peer this scope sends its changes to (it was sent our full state first).
 struct PeerState {
     /// Present until the outbox was drained empty after the last sync to this peer.
     cut: Option<SnapshotCut>,
 }
 
-/// The scope actor: see the module docs.
+/// The scope actor (one incarnation): see the module docs.
 struct ScopeActor {
     shared: Arc<ScopeShared>,
-    commands: mpsc::Receiver<Command>,
-    inbound: mpsc::Receiver<(NodeId, PgFrame)>,
-    shutdown: watch::Receiver<bool>,
     /// Peers we send batches to, by node name.
     peers: HashMap<String, PeerState>,
     /// Sync reassembly per sender.
@@ -710,20 +796,33 @@ struct ScopeActor {
     /// Peers to ask for a full sync (send a discover) at `resync_at`.
     pull: HashSet<String>,
     resync_at: Option<Instant>,
-    groups_reported: i64,
+    /// Peers we sent a discover whose full state has not arrived yet: when the discover is
+    /// re-sent (see the module docs, "Connecting").
+    awaiting: HashMap<String, Awaiting>,
+}
+
+/// A discover not answered yet.
+struct Awaiting {
+    /// Discovers re-sent so far.
+    retries: u32,
+    /// When to re-send it.
+    at: Instant,
 }
 
 impl ScopeActor {
-    async fn run(mut self) {
+    async fn run(&mut self, mailbox: &mut Mailbox, stop: &StopSignal) {
         let period = self.shared.config.anti_entropy_interval.max(Duration::from_millis(1));
         let mut anti_entropy = tokio::time::interval_at(Instant::now() + period, period);
         anti_entropy.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
+            if self.shared.crash_requested.swap(false, Ordering::AcqRel) {
+                self.crash_for_test(mailbox);
+            }
             self.take_pending_work();
             self.flush();
-            let resync_at = self.resync_at;
-            let resync_due = async move {
-                match resync_at {
+            let wake_at = self.timer_deadline();
+            let timer_due = async move {
+                match wake_at {
                     Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
@@ -731,25 +830,26 @@ impl ScopeActor {
             let shared = Arc::clone(&self.shared);
             tokio::select! {
                 biased;
-                changed = self.shutdown.changed() => {
-                    if changed.is_err() || *self.shutdown.borrow() {
-                        break;
-                    }
-                }
-                command = self.commands.recv() => match command {
+                () = stop.wait() => break,
+                command = mailbox.commands.recv() => match command {
                     Some(command) => self.handle_command(command),
                     None => break,
                 },
-                frame = self.inbound.recv() => match frame {
+                frame = mailbox.inbound.recv() => match frame {
                     Some((from, frame)) => self.handle_frame(from, frame),
                     None => break,
                 },
                 () = shared.notify.notified() => {}
                 _ = anti_entropy.tick() => self.anti_entropy(),
-                () = resync_due => self.run_resyncs(),
+                () = timer_due => self.run_timers(),
             }
         }
         // Close every monitor: their receivers see the end of the stream.
+        self.close_monitors();
+    }
+
+    /// Drops every monitor (their receivers see the end of the stream).
+    fn close_monitors(&self) {
         let mut subscribers = lock(&self.shared.subscribers);
         let ids: Vec<u64> = subscribers.by_id.keys().copied().collect();
         for id in ids {
@@ -757,6 +857,39 @@ impl ScopeActor {
                 self.shared.metrics.monitors.dec();
             }
         }
+    }
+
+    /// The start of an incarnation after a crash (see the module docs, "Restarts"): the monitors
+    /// of the crashed incarnation are closed (they may have missed events it had drained), and
+    /// every up member is sent a discover and our full state, as on `member_up`, so both sides
+    /// converge again whatever the crashed incarnation had taken and not delivered.
+    fn restarted(&mut self) {
+        let monitors = lock(&self.shared.subscribers).by_id.len();
+        self.close_monitors();
+        let up: Vec<NodeId> = {
+            let members = self.shared.members.read().unwrap_or_else(PoisonError::into_inner);
+            members.values().cloned().collect()
+        };
+        tracing::warn!(
+            scope = %self.shared.name,
+            restart = self.shared.starts.load(Ordering::Relaxed).saturating_sub(1),
+            peers = up.len(),
+            monitors_closed = monitors,
+            "pg scope actor restarted; re-synchronising with every peer"
+        );
+        for node in up {
+            self.connect_peer(&node, sync_reason::RESTART);
+        }
+    }
+
+    /// Test hook ([`super::PgService::crash_scope_for_test`]): the worst crash there is. Everything
+    /// this incarnation could have taken and not yet delivered is lost (the queued inbound frames
+    /// and the undrained events; their metrics are counted as a drain would), then it panics.
+    fn crash_for_test(&mut self, mailbox: &mut Mailbox) -> ! {
+        while mailbox.inbound.try_recv().is_ok() {}
+        let events = self.shared.table.drain_events(usize::MAX);
+        self.count_events(&events);
+        panic!("pg scope {} crashed on request (test hook)", self.shared.name);
     }
 
     // ---- membership work ----
@@ -768,6 +901,7 @@ impl ScopeActor {
             self.assemblers.remove(name);
             self.resync.remove(name);
             self.pull.remove(name);
+            self.awaiting.remove(name);
         }
         if !work.connect.is_empty() {
             let up: Vec<NodeId> = {
@@ -775,15 +909,23 @@ impl ScopeActor {
                 work.connect.iter().filter_map(|name| members.get(name).cloned()).collect()
             };
             for node in up {
-                self.peers.insert(node.name.clone(), PeerState { cut: None });
-                self.send_message(&node.name, PgMessage::Discover);
-                self.send_sync(&node.name, sync_reason::CONNECT);
+                self.connect_peer(&node, sync_reason::CONNECT);
             }
         }
         if !work.pull.is_empty() {
             self.pull.extend(work.pull);
             self.schedule_resync();
         }
+    }
+
+    /// Makes `node` a peer: sends it a discover (it answers with its full state) and our full
+    /// state, after which it gets our batches.
+    fn connect_peer(&mut self, node: &NodeId, reason: &'static str) {
+        self.peers.insert(node.name.clone(), PeerState { cut: None });
+        self.send_message(&node.name, PgMessage::Discover);
+        self.send_sync(&node.name, reason);
+        let at = Instant::now() + self.shared.config.resync_delay;
+        self.awaiting.insert(node.name.clone(), Awaiting { retries: 0, at });
     }
 
     // ---- the outbox ----
@@ -821,25 +963,14 @@ impl ScopeActor {
 
     fn report_groups(&mut self) {
         let groups = self.shared.table.group_count() as i64;
-        self.shared.metrics.groups.add(groups - self.groups_reported);
-        self.groups_reported = groups;
+        let reported = self.shared.groups_reported.swap(groups, Ordering::AcqRel);
+        self.shared.metrics.groups.add(groups - reported);
     }
 
     fn process_events(&mut self, events: Vec<Event>) {
-        let metrics = &self.shared.metrics;
-        for event in &events {
-            let n = event.pids.len() as i64;
-            match event.kind {
-                EventKind::Join => {
-                    metrics.events_join.inc();
-                    metrics.memberships.add(n);
-                }
-                EventKind::Leave => {
-                    metrics.events_leave.inc();
-                    metrics.memberships.sub(n);
-                }
-            }
-        }
+        // First, before anything that could fail: a crash after a drain loses the events'
+        // deliveries (repaired by the restart's re-synchronisation), never their accounting.
+        self.count_events(&events);
         self.dispatch(events.iter());
         if !self.peers.is_empty() && self.shared.transport.is_some() {
             let local: Vec<&Event> = events.iter().filter(|e| e.origin == super::state::Origin::Local).collect();
@@ -852,6 +983,23 @@ impl ScopeActor {
                 self.ring.pop_front();
             }
             self.ring.push_back(event);
+        }
+    }
+
+    fn count_events(&self, events: &[Event]) {
+        let metrics = &self.shared.metrics;
+        for event in events {
+            let n = event.pids.len() as i64;
+            match event.kind {
+                EventKind::Join => {
+                    metrics.events_join.inc();
+                    metrics.memberships.add(n);
+                }
+                EventKind::Leave => {
+                    metrics.events_leave.inc();
+                    metrics.memberships.sub(n);
+                }
+            }
         }
     }
 
@@ -984,6 +1132,41 @@ impl ScopeActor {
         }
     }
 
+    /// The earliest of the resync deadline and the unanswered discovers' deadlines.
+    fn timer_deadline(&self) -> Option<Instant> {
+        let awaiting = self.awaiting.values().map(|a| a.at).min();
+        match (self.resync_at, awaiting) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn run_timers(&mut self) {
+        let now = Instant::now();
+        if self.resync_at.is_some_and(|at| at <= now) {
+            self.run_resyncs();
+        }
+        self.retry_discovers(now);
+    }
+
+    /// Re-sends the discovers whose answer (the peer's full state) is overdue, with a doubling
+    /// delay from `resync_delay` up to the anti-entropy period.
+    fn retry_discovers(&mut self, now: Instant) {
+        let config = &self.shared.config;
+        let (base, cap) = (config.resync_delay, config.anti_entropy_interval.max(config.resync_delay));
+        let due: Vec<String> =
+            self.awaiting.iter().filter(|(_, a)| a.at <= now).map(|(name, _)| name.clone()).collect();
+        for name in due {
+            self.send_message(&name, PgMessage::Discover);
+            if let Some(awaiting) = self.awaiting.get_mut(&name) {
+                awaiting.retries = awaiting.retries.saturating_add(1);
+                let delay = base.saturating_mul(1 << awaiting.retries.min(16)).min(cap);
+                awaiting.at = now + delay;
+                tracing::debug!(scope = %self.shared.name, peer = %name, retries = awaiting.retries, "pg discover unanswered; sent again");
+            }
+        }
+    }
+
     fn run_resyncs(&mut self) {
         self.resync_at = None;
         for name in std::mem::take(&mut self.pull) {
@@ -1028,15 +1211,19 @@ impl ScopeActor {
                 }
                 match assembler.1.accept(chunk) {
                     Ok(None) => true,
-                    Ok(Some(state)) => match table.sync_peer(&from, state) {
-                        Ok(report) => {
-                            if report.groups_refused > 0 {
-                                tracing::debug!(scope = %self.shared.name, peer = %from, refused = report.groups_refused, "pg sync partly refused by bounds");
+                    Ok(Some(state)) => {
+                        // Its full state arrived (applied or refused): our discover is answered.
+                        self.awaiting.remove(&from.name);
+                        match table.sync_peer(&from, state) {
+                            Ok(report) => {
+                                if report.groups_refused > 0 {
+                                    tracing::debug!(scope = %self.shared.name, peer = %from, refused = report.groups_refused, "pg sync partly refused by bounds");
+                                }
+                                true
                             }
-                            true
+                            Err(error) => self.refused(&from, &error),
                         }
-                        Err(error) => self.refused(&from, &error),
-                    },
+                    }
                     Err(error) => {
                         self.shared.metrics.reject(reject::SYNC_CHUNK);
                         tracing::debug!(scope = %self.shared.name, peer = %from, %error, "pg sync chunk dropped");
