@@ -258,6 +258,13 @@ async fn frames_of_every_class_flow_both_ways_in_order_tagged_with_sender() {
         }
     }
     let frame_bytes = (N as u64) * (4 + 2 + 4);
+    // A writer counts its batch out after `write_all` returns, which can be after the peer has
+    // read it; the receiving side counts before delivering.
+    eventually("a's write counters caught up", || {
+        a.transport.snapshot().peers[0].classes[Class::User.code() as usize].bytes_out == frame_bytes
+            && a.metric("cohort_internode_frames_total", &[("class", "raft"), ("direction", "out")]) == N as f64
+    })
+    .await;
     let snapshot = a.transport.snapshot();
     let row = &snapshot.peers[0].classes[Class::User.code() as usize];
     assert_eq!((row.bytes_out, row.bytes_in, row.depth, row.dropped), (frame_bytes, frame_bytes, 0, 0));

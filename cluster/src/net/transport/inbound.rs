@@ -21,7 +21,7 @@ use super::route::Link;
 use super::{ACCEPT_ERROR_PAUSE, Inbound, InboundError, Inner, lock};
 use crate::NodeId;
 use crate::faults::{Direction, Verdict};
-use crate::frame::{Frame, FrameDecoder};
+use crate::frame::{Frame, FrameDecoder, FrameError};
 use crate::queue::Class;
 
 /// Accepts connections until shutdown; each one is served by its own task.
@@ -84,7 +84,38 @@ pub(super) fn set_recv_buffer(_listener: &std::net::TcpListener, _bytes: u32) ->
     Ok(())
 }
 
-/// Frames and bytes received per class during one read, recorded once per read.
+/// The most frames decoded before they are counted and delivered, which bounds the reader's
+/// frame buffer (a 64 KiB read holds about 1000 frames of 64 B).
+const FRAMES_PER_PASS: usize = 1024;
+
+/// How a [`decode_pass`] ended.
+enum Pass {
+    /// It took [`FRAMES_PER_PASS`] frames; more may be buffered.
+    Full,
+    /// The buffer holds no whole frame any more.
+    Drained,
+}
+
+/// Decodes up to [`FRAMES_PER_PASS`] whole frames off `buf` into `frames`, tallying them. Frames
+/// decoded before a malformed one are kept in `frames`, for delivery before the error closes the
+/// connection.
+fn decode_pass(
+    decoder: &FrameDecoder,
+    buf: &mut BytesMut,
+    frames: &mut Vec<Frame>,
+    tally: &mut Tally,
+) -> Result<Pass, FrameError> {
+    while frames.len() < FRAMES_PER_PASS {
+        let Some(frame) = decoder.decode(buf)? else { return Ok(Pass::Drained) };
+        let i = frame.class.code() as usize;
+        tally.frames[i] += 1;
+        tally.bytes[i] += frame.encoded_len() as u64;
+        frames.push(frame);
+    }
+    Ok(Pass::Full)
+}
+
+/// Frames and bytes received per class during one decode pass, recorded once per pass.
 #[derive(Default)]
 struct Tally {
     frames: [u64; 5],
@@ -157,25 +188,28 @@ impl Inner {
             std::array::from_fn(|i| lock(&self.inbound[i].sender).clone());
         let mut shutdown = self.shutdown.subscribe();
         let chunk = self.config.read_buffer_bytes;
+        let mut frames = Vec::with_capacity(FRAMES_PER_PASS);
         loop {
-            let mut tally = Tally::default();
             let decoded = loop {
-                match decoder.decode(&mut buf) {
-                    Ok(Some(frame)) => {
-                        let i = frame.class.code() as usize;
-                        tally.frames[i] += 1;
-                        tally.bytes[i] += frame.encoded_len() as u64;
-                        self.deliver(from, frame, &senders[i]).await;
-                        // A chunk holds up to ~1000 small frames and the socket always has more
-                        // under load: without yielding now and then, the reader would starve
-                        // the subscribers on its worker and fill their channels with drops.
-                        tokio::task::consume_budget().await;
-                    }
-                    Ok(None) => break Ok(()),
+                let mut tally = Tally::default();
+                let decoded = decode_pass(&decoder, &mut buf, &mut frames, &mut tally);
+                // Counted before any of the pass's frames is visible to a subscriber: whoever
+                // has received a frame also sees it in the counters and the snapshot.
+                self.record(from, &tally);
+                for frame in frames.drain(..) {
+                    let i = frame.class.code() as usize;
+                    self.deliver(from, frame, &senders[i]).await;
+                    // A chunk holds up to ~1000 small frames and the socket always has more
+                    // under load: without yielding now and then, the reader would starve
+                    // the subscribers on its worker and fill their channels with drops.
+                    tokio::task::consume_budget().await;
+                }
+                match decoded {
+                    Ok(Pass::Full) => {}
+                    Ok(Pass::Drained) => break Ok(()),
                     Err(error) => break Err(error),
                 }
             };
-            self.record(from, &tally);
             if let Err(error) = decoded {
                 self.metrics.frame_error(&error);
                 if self.may_warn() {
@@ -206,7 +240,7 @@ impl Inner {
         }
     }
 
-    /// Counts what one read delivered, globally and against the peer.
+    /// Counts what one decode pass received, globally and against the peer.
     fn record(&self, from: &NodeId, tally: &Tally) {
         let peer = self.peers.get(&from.name);
         for i in 0..5 {
