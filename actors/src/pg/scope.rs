@@ -53,7 +53,7 @@
 //!
 //! # Restarts (SPEC 6.1: restarted and re-synchronised, not silently lost)
 //! The actor runs under a supervisor; a crash (a panic: a bug) starts a new incarnation from
-//! [`ScopeRunner::run`]. What outlives an incarnation is in the `Arc`s the runner holds: the
+//! `ScopeRunner::run`. What outlives an incarnation is in the `Arc`s the runner holds: the
 //! [`ScopeTable`] (so local reads and writes never stop, and the groups are intact), the
 //! monitors registry, the pending membership work, and the mailbox (the receivers of commands and
 //! routed frames: whatever was queued and not yet taken is served by the next incarnation).

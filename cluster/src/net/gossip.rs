@@ -19,7 +19,7 @@
 //!
 //! Cluster separation: the tag is keyed with a per-cluster key, `HMAC(secret, gossip label |
 //! "cohort gossip cluster key v1\0" | cluster name)` (computed with [`crate::auth::seal`], see
-//! [`cluster_key`]), so two clusters sharing a secret but not a name never accept each other's
+//! `cluster_key`), so two clusters sharing a secret but not a name never accept each other's
 //! datagrams, at zero bytes per packet. The derivation input starts with `'c'` while every
 //! envelope starts with the version byte `1`, so no tag ever sent on the wire equals a derived key.
 //!

@@ -4,7 +4,7 @@
 //!
 //! Every datagram and frame that crosses this module passes the node's [`FaultInjector`] (SPEC
 //! 5.3). With chaos disabled the injector is a `None` and costs one branch; with chaos enabled it
-//! reads the current [`FaultPlan`](crate::faults::FaultPlan) through an `ArcSwap` (no lock).
+//! reads the current [`crate::faults::FaultPlan`] through an `ArcSwap` (no lock).
 
 use std::sync::Arc;
 
