@@ -1,0 +1,173 @@
+//! Sharded digests for anti-entropy of the eventual tier (pure, no I/O).
+//!
+//! Role: names are split into [`SHARD_COUNT`] shards by a stable hash of the name ([`shard_of`]).
+//! [`EventualState::digest`] hashes each shard's dots; two replicas exchange digests periodically and,
+//! for each differing shard ([`differing_shards`]), one sends its [`ShardState`]
+//! ([`EventualState::shard_state`]) and the other merges it ([`EventualState::merge_shard`]), so a
+//! mismatch moves only the differing shards.
+//!
+//! Invariants: the digest is a function of the dots only (name, origin, counter, value), encoded
+//! unambiguously (length-prefixed) and hashed with SHA-256, so it is equal on replicas with equal
+//! shard contents and, up to a 2^-64 collision, different otherwise; a received shard state is
+//! validated in full (index, size, every name in its shard, every dot) before anything is merged.
+//! Departed-origin markers are not part of the shards: every survivor derives them from membership.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use super::crdt::{Delta, EventualError, EventualState, MergeOutcome, Value, validate_delta};
+
+/// Number of anti-entropy shards. 64 keeps a digest at 512 bytes (one small frame) while a
+/// single differing name costs only about 1/64 of the state to repair.
+pub const SHARD_COUNT: usize = 64;
+
+/// Most entries (dots) in one received [`ShardState`]: the names a shard can hold on average with
+/// the default bounds ([`super::MAX_NAMES`] / [`SHARD_COUNT`]) times a few origins each, with
+/// headroom for skew; anything larger is refused before merging.
+pub const MAX_SHARD_ENTRIES: usize = 65_536;
+
+/// One digest per shard, indexed by shard.
+pub type Digest = [u64; SHARD_COUNT];
+
+/// The shard of a name: the first 8 bytes of SHA-256 of the name, big-endian, modulo [`SHARD_COUNT`].
+/// Stable across nodes, platforms and releases (unlike `std`'s `DefaultHasher`).
+pub fn shard_of(name: &str) -> usize {
+    let bytes = Sha256::new().chain_update(b"cohort-eventual-shard\0").chain_update(name.as_bytes()).finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&bytes[..8]);
+    (u64::from_be_bytes(first) % SHARD_COUNT as u64) as usize
+}
+
+/// The indices where two digests differ, in order: the shards to pull.
+pub fn differing_shards(ours: &Digest, theirs: &Digest) -> Vec<usize> {
+    (0..SHARD_COUNT).filter(|&i| ours[i] != theirs[i]).collect()
+}
+
+/// The dots of one shard, as sent to a peer whose digest differs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardState {
+    /// The shard index, below [`SHARD_COUNT`].
+    pub shard: usize,
+    /// Every (name, dot) of the shard, in (name, origin) order.
+    pub entries: Vec<Delta>,
+}
+
+fn feed(hasher: &mut Sha256, bytes: &[u8]) {
+    hasher.update((bytes.len() as u64).to_be_bytes());
+    hasher.update(bytes);
+}
+
+impl EventualState {
+    /// The per-shard digests of this replica's dots.
+    pub fn digest(&self) -> Digest {
+        let mut hashers: Vec<Sha256> = (0..SHARD_COUNT).map(|_| Sha256::new()).collect();
+        for (name, dots) in self.names_map() {
+            let hasher = &mut hashers[shard_of(name)];
+            feed(hasher, name.as_bytes());
+            hasher.update((dots.len() as u64).to_be_bytes());
+            for dot in dots.values() {
+                feed(hasher, dot.origin.name.as_bytes());
+                hasher.update(dot.origin.incarnation.to_be_bytes());
+                hasher.update(dot.counter.to_be_bytes());
+                match &dot.value {
+                    Value::Tombstone => hasher.update([0u8]),
+                    Value::Live(live) => {
+                        hasher.update([1u8, live.priority]);
+                        // The pid's node equals the origin (validated), so only its number is fed.
+                        hasher.update(live.pid.local.to_be_bytes());
+                    }
+                }
+            }
+        }
+        let mut digest = [0u64; SHARD_COUNT];
+        for (slot, hasher) in digest.iter_mut().zip(hashers) {
+            let bytes = hasher.finalize();
+            let mut first = [0u8; 8];
+            first.copy_from_slice(&bytes[..8]);
+            *slot = u64::from_be_bytes(first);
+        }
+        digest
+    }
+
+    /// The dots of shard `shard`, to send to a peer.
+    pub fn shard_state(&self, shard: usize) -> Result<ShardState, EventualError> {
+        if shard >= SHARD_COUNT {
+            return Err(EventualError::ShardOutOfRange { shard });
+        }
+        let entries = self
+            .entries()
+            .filter(|(name, _)| shard_of(name) == shard)
+            .map(|(name, dot)| Delta { name: name.to_owned(), dot: dot.clone() })
+            .collect();
+        Ok(ShardState { shard, entries })
+    }
+
+    /// Merge a peer's shard state. The whole shard is validated first; on any error nothing is merged.
+    pub fn merge_shard(&mut self, shard: &ShardState) -> Result<MergeOutcome, EventualError> {
+        if shard.shard >= SHARD_COUNT {
+            return Err(EventualError::ShardOutOfRange { shard: shard.shard });
+        }
+        if shard.entries.len() > MAX_SHARD_ENTRIES {
+            return Err(EventualError::ShardTooLarge { len: shard.entries.len(), max: MAX_SHARD_ENTRIES });
+        }
+        for delta in &shard.entries {
+            validate_delta(delta)?;
+            if shard_of(&delta.name) != shard.shard {
+                return Err(EventualError::NameNotInShard);
+            }
+        }
+        Ok(self.merge_entries(&shard.entries))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cohort_actors::Pid;
+    use cohort_cluster::NodeId;
+
+    #[test]
+    fn shard_of_is_in_range_and_stable() {
+        for name in ["", "a", "svc", "a-much-longer-service-name"] {
+            assert!(shard_of(name) < SHARD_COUNT);
+            assert_eq!(shard_of(name), shard_of(name));
+        }
+    }
+
+    #[test]
+    fn one_differing_name_differs_in_exactly_its_shard() {
+        let mut a = EventualState::new(NodeId::new("a", 1));
+        let b = a.clone();
+        a.register("svc", Pid::new(NodeId::new("a", 1), 1), 0).unwrap();
+        assert_eq!(differing_shards(&a.digest(), &b.digest()), vec![shard_of("svc")]);
+    }
+
+    #[test]
+    fn pulling_the_differing_shards_repairs_the_replica() {
+        let mut a = EventualState::new(NodeId::new("a", 1));
+        let mut b = EventualState::new(NodeId::new("b", 1));
+        for i in 0..20 {
+            a.register(&format!("n{i}"), Pid::new(NodeId::new("a", 1), i), 0).unwrap();
+        }
+        for shard in differing_shards(&b.digest(), &a.digest()) {
+            b.merge_shard(&a.shard_state(shard).unwrap()).unwrap();
+        }
+        assert_eq!(a.digest(), b.digest());
+        assert!(a.same_content(&b));
+    }
+
+    #[test]
+    fn bad_shard_states_are_refused_whole() {
+        let mut a = EventualState::new(NodeId::new("a", 1));
+        a.register("svc", Pid::new(NodeId::new("a", 1), 1), 0).unwrap();
+        let mut b = EventualState::new(NodeId::new("b", 1));
+        assert_eq!(a.shard_state(SHARD_COUNT).unwrap_err(), EventualError::ShardOutOfRange { shard: SHARD_COUNT });
+        let mut wrong = a.shard_state(shard_of("svc")).unwrap();
+        wrong.shard = (wrong.shard + 1) % SHARD_COUNT;
+        assert_eq!(b.merge_shard(&wrong).unwrap_err(), EventualError::NameNotInShard);
+        let mut oversized = a.shard_state(shard_of("svc")).unwrap();
+        oversized.entries = vec![oversized.entries[0].clone(); MAX_SHARD_ENTRIES + 1];
+        assert!(matches!(b.merge_shard(&oversized), Err(EventualError::ShardTooLarge { .. })));
+        assert_eq!(b.name_count(), 0);
+    }
+}

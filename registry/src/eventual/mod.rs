@@ -1,0 +1,37 @@
+//! The eventual tier (SPEC section 7, issue #5): a name -> owner map replicated as a CRDT.
+//!
+//! Role: this module is the pure core only, without I/O or actors. [`crdt`] holds the replicated
+//! state ([`EventualState`]: one dot per origin per name, deterministic winner, departures,
+//! tombstone collection, loser reporting); [`digest`] holds the sharded digests for anti-entropy.
+//! The node's registry actor (a later issue) owns one [`EventualState`], gossips the deltas whose
+//! [`ApplyOutcome::changed`] is true exactly once, exchanges digests periodically, pulls differing
+//! shards, calls [`EventualState::depart`] on membership departures and notifies reported losers.
+//!
+//! Invariants: every replica that has received the same dots shows the same winner for every name,
+//! whatever the delivery order; peer input is validated and bounded before it touches the state.
+//!
+//! ```
+//! use cohort_actors::Pid;
+//! use cohort_cluster::NodeId;
+//! use cohort_registry::eventual::EventualState;
+//!
+//! let (a, b) = (NodeId::new("a", 1), NodeId::new("b", 1));
+//! let mut on_a = EventualState::new(a.clone());
+//! let mut on_b = EventualState::new(b.clone());
+//! let from_a = on_a.register("svc", Pid::new(a, 1), 0).unwrap();
+//! let from_b = on_b.register("svc", Pid::new(b, 1), 0).unwrap();
+//! on_a.apply(&from_b).unwrap();
+//! on_b.apply(&from_a).unwrap();
+//! assert_eq!(on_a.winner("svc"), on_b.winner("svc"));
+//! assert_eq!(on_a.digest(), on_b.digest());
+//! ```
+
+pub mod crdt;
+pub mod digest;
+
+pub use crdt::{
+    ApplyOutcome, Delta, Dot, EventualError, EventualState, EventualStats, Limits, Live, MAX_DELTA_BYTES,
+    MAX_DEPARTED_ORIGINS, MAX_NAME_BYTES, MAX_NAMES, MAX_ORIGINS_PER_NAME, MAX_TOMBSTONES, MergeOutcome, Value,
+    VersionVector, WinnerChange, rank,
+};
+pub use digest::{Digest, MAX_SHARD_ENTRIES, SHARD_COUNT, ShardState, differing_shards, shard_of};
