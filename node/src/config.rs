@@ -534,7 +534,6 @@ fn key_at(text: &str, offset: usize) -> (Option<String>, Option<usize>) {
     let full = match (table, key) {
         (Some(t), Some(k)) => Some(format!("{t}.{k}")),
         (None, Some(k)) => Some(k),
-        (Some(t), None) if line.trim_start().starts_with('[') => Some(t),
         (Some(t), None) => Some(t),
         (None, None) => None,
     };

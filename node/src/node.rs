@@ -273,40 +273,28 @@ impl Node {
         self.subsystems.push(Subsystem { name, stop: Some(stop), task });
     }
 
+    /// Register a component that already runs as a subsystem: `stop` (lazy until then) runs when
+    /// the node stops it, in reverse start order.
+    fn push_stopper(&mut self, name: &'static str, stop: impl Future<Output = ()> + Send + 'static) {
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = stop_rx.await;
+            stop.await;
+        });
+        self.push_subsystem(name, stop_tx, task);
+    }
+
     /// Membership and the transport already run (started before the node announced anything);
     /// here they become subsystems with a stop order, and the pump links them.
     fn start_cluster(&mut self) {
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let membership = self.membership.clone();
-        let task = tokio::spawn(async move {
-            let _ = stop_rx.await;
-            membership.leave().await;
-        });
-        self.push_subsystem("membership", stop_tx, task);
-
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        self.push_stopper("membership", async move { membership.leave().await });
         let transport = self.transport.clone();
-        let task = tokio::spawn(async move {
-            let _ = stop_rx.await;
-            transport.shutdown().await;
-        });
-        self.push_subsystem("transport", stop_tx, task);
-
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        self.push_stopper("transport", async move { transport.shutdown().await });
         let processes = self.processes.clone();
-        let task = tokio::spawn(async move {
-            let _ = stop_rx.await;
-            processes.shutdown().await;
-        });
-        self.push_subsystem("processes", stop_tx, task);
-
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        self.push_stopper("processes", async move { processes.shutdown().await });
         let pg = self.pg.clone();
-        let task = tokio::spawn(async move {
-            let _ = stop_rx.await;
-            pg.shutdown().await;
-        });
-        self.push_subsystem("pg", stop_tx, task);
+        self.push_stopper("pg", async move { pg.shutdown().await });
     }
 
     /// The node's own restartable loops under an OTP-style supervisor (one_for_one): the runtime
@@ -359,12 +347,9 @@ impl Node {
                     .to_lowercase(),
             },
         })?;
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let _ = stop_rx.await;
+        self.push_stopper("supervisor", async move {
             supervisor.shutdown().await;
         });
-        self.push_subsystem("supervisor", stop_tx, task);
         Ok(())
     }
 
