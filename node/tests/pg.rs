@@ -72,18 +72,41 @@ async fn members(url: &str, group: &str) -> Vec<String> {
     j["members"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect()
 }
 
+/// How long membership changes may take to propagate: seconds on a quiet machine, but CI runs
+/// several 3-node clusters at once on 2 cores.
+const PROPAGATION: Duration = Duration::from_secs(30);
+
 async fn wait_members(url: &str, group: &str, mut want: Vec<String>) {
     want.sort();
-    let what = format!("{group} members on {url} to be {want:?}");
-    wait_for(Duration::from_secs(10), &what, || {
-        let want = want.clone();
-        async move {
-            let mut got = members(url, group).await;
-            got.sort();
-            (got == want).then_some(())
+    let deadline = std::time::Instant::now() + PROPAGATION;
+    loop {
+        let mut got = members(url, group).await;
+        got.sort();
+        if got == want {
+            return;
         }
-    })
-    .await;
+        if std::time::Instant::now() > deadline {
+            panic!("{group} members on {url}: want {want:?}, got {got:?}\n{}", diagnostics(url).await);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What the node at `url` knows, for a timeout message: its view of the cluster and the pg and
+/// transport counters that say where frames went.
+async fn diagnostics(url: &str) -> String {
+    let members = get(url, "/admin/cluster/members").await.body;
+    let metrics = get(url, "/metrics").await.body;
+    let counters: Vec<&str> = metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.ends_with(" 0"))
+        .filter(|l| {
+            l.starts_with("cohort_pg_")
+                || l.starts_with("cohort_internode_dropped")
+                || l.starts_with("cohort_internode_connections")
+        })
+        .collect();
+    format!("members: {members}\ncounters:\n{}", counters.join("\n"))
 }
 
 async fn stats(url: &str) -> (u64, u64) {
