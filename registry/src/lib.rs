@@ -11,4 +11,5 @@
 //! winner, departures, tombstone collection, sharded digests), without I/O; the actor that gossips it,
 //! the local and consistent tiers and the lookup API land with their issues.
 
+pub mod consistent;
 pub mod eventual;
