@@ -20,6 +20,7 @@ use cohort_cluster::auth::ClusterSecret;
 use cohort_cluster::membership::{EventRecvError, Membership, MembershipConfig};
 use cohort_cluster::net::transport::{Transport, TransportConfig};
 use cohort_cluster::{FaultInjector, MemberAddrs, MemberInfo, MemberState, MembershipEvent, NodeId};
+use cohort_registry::Registry;
 
 use crate::config::Config;
 use crate::health::{CheckResult, Health, HealthError, ReadinessGate};
@@ -148,15 +149,18 @@ pub(crate) struct Followers {
     pub transport: Transport,
     pub processes: Processes,
     pub pg: PgService,
+    pub registry: Registry,
 }
 
 impl Followers {
     fn up(&self, member: &MemberInfo) {
         self.transport.peer_up(member);
         self.pg.member_up(member);
+        self.registry.member_up(member);
     }
 
     fn down(&self, member: &MemberInfo) {
+        self.registry.member_down(member);
         self.pg.member_down(&member.id);
         self.processes.node_down(&member.id);
         self.transport.peer_down(member);

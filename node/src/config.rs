@@ -76,6 +76,25 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// Hosted processes.
     pub processes: ProcessesConfig,
+    /// The name registry.
+    pub registry: RegistryConfig,
+}
+
+/// The name registry (SPEC 7).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// How often the eventual tier exchanges digests with every live peer (1000 ms).
+    pub anti_entropy_interval_ms: u64,
+    /// Whether eventual-tier writes are gossiped as deltas (true). With false only anti-entropy
+    /// spreads them: a diagnostic and test setting, not for production.
+    pub gossip_deltas: bool,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self { anti_entropy_interval_ms: 1000, gossip_deltas: true }
+    }
 }
 
 /// Hosted processes (SPEC 6.1).
@@ -114,6 +133,7 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             shutdown: ShutdownConfig::default(),
             processes: ProcessesConfig::default(),
+            registry: RegistryConfig::default(),
         }
     }
 }
@@ -407,6 +427,9 @@ impl Config {
         }
         if !(1..=16 * 1024 * 1024).contains(&self.processes.max_processes) {
             return Err(ConfigError::invalid("processes.max_processes", "must be between 1 and 16777216"));
+        }
+        if !(50..=600_000).contains(&self.registry.anti_entropy_interval_ms) {
+            return Err(ConfigError::invalid("registry.anti_entropy_interval_ms", "must be between 50 and 600000"));
         }
         if !(1..=65_536).contains(&self.http.max_in_flight) {
             return Err(ConfigError::invalid("http.max_in_flight", "must be between 1 and 65536"));

@@ -29,10 +29,10 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::health::{Health, HealthReport};
-use crate::http_pg;
 use crate::metrics::Metrics;
 use crate::node::NodeAddrs;
 use crate::telemetry::LogControl;
+use crate::{http_pg, http_registry};
 use cohort_cluster::faults::FaultRules;
 use cohort_cluster::membership::Membership;
 use cohort_cluster::net::FaultInstallError;
@@ -54,6 +54,7 @@ pub(crate) struct HttpState {
     pub membership: Membership,
     pub transport: Transport,
     pub pg: cohort_actors::pg::PgService,
+    pub registry: cohort_registry::Registry,
     pub probes: Option<crate::probe::Probes>,
 }
 
@@ -141,6 +142,10 @@ pub(crate) fn router(state: HttpState, max_body_bytes: usize) -> Router {
         .route("/admin/probe/exit", post(http_pg::probe_exit))
         .route("/admin/probe/broadcast", post(http_pg::probe_broadcast))
         .route("/admin/probe/stats", get(http_pg::probe_stats))
+        .route("/admin/probe/register", post(http_registry::probe_register))
+        .route("/admin/probe/unregister", post(http_registry::probe_unregister))
+        .route("/admin/registry/lookup/{name}", get(http_registry::lookup))
+        .route("/admin/registry/{tier}", get(http_registry::names))
         .route_layer(middleware::from_fn(remember_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -111,7 +111,7 @@ pub(crate) async fn group(
     Ok(Json(GroupBody { group, members, local_members }))
 }
 
-fn probes(state: &HttpState) -> Result<&Probes, ApiError> {
+pub(crate) fn probes(state: &HttpState) -> Result<&Probes, ApiError> {
     state.probes.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -121,7 +121,7 @@ fn probes(state: &HttpState) -> Result<&Probes, ApiError> {
     })
 }
 
-fn parse_pids(pids: &[String]) -> Result<Vec<Pid>, ApiError> {
+pub(crate) fn parse_pids(pids: &[String]) -> Result<Vec<Pid>, ApiError> {
     if pids.len() > MAX_PIDS_PER_REQUEST {
         return Err(ApiError::bad_request(format!("pids: at most {MAX_PIDS_PER_REQUEST} per request")));
     }
@@ -298,10 +298,11 @@ pub(crate) async fn probe_broadcast(
 pub(crate) struct StatsBody {
     probes: usize,
     received_total: u64,
+    revoked_total: u64,
 }
 
 /// `GET /admin/probe/stats`
 pub(crate) async fn probe_stats(State(state): State<HttpState>) -> Result<Json<StatsBody>, ApiError> {
     let p = probes(&state)?;
-    Ok(Json(StatsBody { probes: p.live(), received_total: p.received() }))
+    Ok(Json(StatsBody { probes: p.live(), received_total: p.received(), revoked_total: p.revoked() }))
 }

@@ -32,6 +32,7 @@ pub mod config;
 pub mod health;
 mod http;
 mod http_pg;
+mod http_registry;
 pub mod metrics;
 pub mod node;
 pub mod probe;

@@ -9,9 +9,10 @@
 //! Invariants: everything a node holds (health registry, metrics registry, listeners, subsystems)
 //! is owned by its `Node` value, never by a process-global, so several nodes can run in one process.
 //!
-//! Start order: `membership`, `transport`, `processes`, `pg`, `supervisor` (an OTP-style one_for_one
-//! supervisor over the node's restartable loops: the runtime `watchdog` and the `cluster` pump from
-//! membership events to transport peers, remote monitors and pg scopes), `http`. Stop order is the
+//! Start order: `membership`, `transport`, `processes`, `pg`, `registry`, `supervisor` (an OTP-style
+//! one_for_one supervisor over the node's restartable loops: the runtime `watchdog` and the `cluster`
+//! pump from membership events to transport peers, remote monitors, pg scopes and the registry),
+//! `http`. Stop order is the
 //! reverse: HTTP stops taking requests first; hosted processes stop while pg and the transport can
 //! still tell peers; membership leaves the cluster gracefully (peers see `left`) last.
 
@@ -31,6 +32,8 @@ use cohort_actors::{Pid, ProcessConfig, ProcessRef, Processes};
 use cohort_cluster::membership::Membership;
 use cohort_cluster::net::transport::Transport;
 use cohort_cluster::{FaultInjector, MemberAddrs, NodeId};
+use cohort_registry::Registry;
+use cohort_registry::eventual::EventualConfig;
 
 use crate::cluster_subsystems::{self as cluster, ClusterStartError, Followers};
 use crate::config::Config;
@@ -95,6 +98,9 @@ pub enum StartError {
     /// The process table could not start.
     #[error("processes: {0}")]
     Processes(String),
+    /// The registry could not start.
+    #[error("registry: {0}")]
+    Registry(String),
     /// The pg service could not start.
     #[error("pg: {0}")]
     Pg(String),
@@ -166,6 +172,7 @@ pub struct Node {
     transport: Transport,
     processes: Processes,
     pg: PgService,
+    registry: Registry,
     probes: Option<Probes>,
     supervisor_metrics: SupervisorMetrics,
     subsystems: Vec<Subsystem>,
@@ -236,6 +243,22 @@ impl Node {
             &supervisor_metrics,
         )
         .map_err(|e| StartError::Pg(e.to_string()))?;
+        let registry = Registry::start(
+            processes.clone(),
+            handles.membership.clone(),
+            handles.transport.clone(),
+            metrics.registry(),
+            EventualConfig {
+                anti_entropy_interval: Duration::from_millis(config.registry.anti_entropy_interval_ms),
+                // Answer a peer's digest at most 4 times per round it is configured to send.
+                min_exchange_interval: Duration::from_millis(
+                    (config.registry.anti_entropy_interval_ms / 4).clamp(10, 250),
+                ),
+                gossip_deltas: config.registry.gossip_deltas,
+                ..EventualConfig::default()
+            },
+        )
+        .map_err(|e| StartError::Registry(e.to_string()))?;
         let probes = config.chaos.enabled.then(|| Probes::new(processes.clone()));
         let mut node = Self {
             id,
@@ -248,6 +271,7 @@ impl Node {
             transport: handles.transport,
             processes,
             pg,
+            registry,
             probes,
             supervisor_metrics,
             subsystems: Vec::new(),
@@ -295,6 +319,8 @@ impl Node {
         self.push_stopper("processes", async move { processes.shutdown().await });
         let pg = self.pg.clone();
         self.push_stopper("pg", async move { pg.shutdown().await });
+        let registry = self.registry.clone();
+        self.push_stopper("registry", async move { registry.shutdown().await });
     }
 
     /// The node's own restartable loops under an OTP-style supervisor (one_for_one): the runtime
@@ -316,8 +342,12 @@ impl Node {
                 }
             }
         });
-        let followers =
-            Followers { transport: self.transport.clone(), processes: self.processes.clone(), pg: self.pg.clone() };
+        let followers = Followers {
+            transport: self.transport.clone(),
+            processes: self.processes.clone(),
+            pg: self.pg.clone(),
+            registry: self.registry.clone(),
+        };
         let membership = self.membership.clone();
         let pump = ChildSpec::new("cluster", Restart::Permanent, move |stop: StopSignal| {
             cluster::pump(membership.clone(), followers.clone(), gate.clone(), stop)
@@ -367,6 +397,7 @@ impl Node {
             membership: self.membership.clone(),
             transport: self.transport.clone(),
             pg: self.pg.clone(),
+            registry: self.registry.clone(),
             probes: self.probes.clone(),
         };
         let app = http::router(state, self.config.http.max_body_bytes);
@@ -427,6 +458,11 @@ impl Node {
     /// The node's process table: spawn, send, monitor (SPEC 6.1).
     pub fn processes(&self) -> &Processes {
         &self.processes
+    }
+
+    /// The node's name registry (SPEC 7): `node.registry().register(Tier::Eventual, "name", &process)`.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// The node's process groups (SPEC 6.2): `node.pg().scope("default")?.join(...)`.

@@ -14,7 +14,9 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use cohort_actors::ProcessRef;
 use cohort_actors::{ExitHook, ExitReason, Pid, ProcessHost, Processes};
+use cohort_registry::NameRevoked;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +32,14 @@ pub enum ProbeMsg {
     Payload(#[serde(with = "serde_bytes_compat")] Vec<u8>),
     /// Makes the handler panic: the `panic` exit of `POST /admin/probe/exit`.
     Crash,
+    /// Its eventual name was won by a concurrent registration elsewhere (counted).
+    Revoked(NameRevoked),
+}
+
+impl From<NameRevoked> for ProbeMsg {
+    fn from(notice: NameRevoked) -> Self {
+        ProbeMsg::Revoked(notice)
+    }
 }
 
 /// MessagePack encodes `Vec<u8>` as an array of integers by default; as bin it is compact.
@@ -74,8 +84,8 @@ struct ProbeActor;
 
 impl Actor for ProbeActor {
     type Msg = ProbeMsg;
-    type State = Arc<AtomicU64>;
-    type Arguments = Arc<AtomicU64>;
+    type State = Counters;
+    type Arguments = Counters;
 
     async fn pre_start(
         &self,
@@ -93,7 +103,12 @@ impl Actor for ProbeActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ProbeMsg::Payload(_) => {
-                counter.fetch_add(1, Ordering::Relaxed);
+                counter.received.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            ProbeMsg::Revoked(notice) => {
+                tracing::info!(name = %notice.name, probe = %notice.pid, winner = %notice.winner, "probe: NameRevoked");
+                counter.revoked.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
             ProbeMsg::Crash => panic!("probe asked to panic through POST /admin/probe/exit"),
@@ -118,10 +133,17 @@ pub struct Probes {
     inner: Arc<Inner>,
 }
 
+/// What every probe of a node counts into.
+#[derive(Clone, Default)]
+struct Counters {
+    received: Arc<AtomicU64>,
+    revoked: Arc<AtomicU64>,
+}
+
 struct Inner {
     processes: Processes,
     live: Mutex<HashSet<Pid>>,
-    received: Arc<AtomicU64>,
+    counters: Counters,
 }
 
 struct ForgetExited(Arc<Inner>);
@@ -135,7 +157,7 @@ impl ExitHook for ForgetExited {
 impl Probes {
     /// The probe registry of a node, removing exited probes through an exit hook.
     pub fn new(processes: Processes) -> Self {
-        let inner = Arc::new(Inner { processes, live: Mutex::new(HashSet::new()), received: Arc::default() });
+        let inner = Arc::new(Inner { processes, live: Mutex::new(HashSet::new()), counters: Counters::default() });
         inner.processes.add_exit_hook(Arc::new(ForgetExited(inner.clone())));
         Self { inner }
     }
@@ -153,7 +175,7 @@ impl Probes {
             let (pid, _) = self
                 .inner
                 .processes
-                .spawn(ProbeActor, self.inner.received.clone())
+                .spawn(ProbeActor, self.inner.counters.clone())
                 .await
                 .map_err(|e| ProbeError::Spawn(e.to_string()))?;
             self.inner.live.lock().unwrap_or_else(|p| p.into_inner()).insert(pid.clone());
@@ -174,7 +196,20 @@ impl Probes {
 
     /// Payloads received by this node's probes since boot.
     pub fn received(&self) -> u64 {
-        self.inner.received.load(Ordering::Relaxed)
+        self.inner.counters.received.load(Ordering::Relaxed)
+    }
+
+    /// `NameRevoked` notices received by this node's probes since boot.
+    pub fn revoked(&self) -> u64 {
+        self.inner.counters.revoked.load(Ordering::Relaxed)
+    }
+
+    /// The typed handle of a live probe (for registering it by name with revocation notices).
+    pub fn probe_ref(&self, pid: &Pid) -> Option<ProcessRef<ProbeMsg>> {
+        if !self.is_probe(pid) {
+            return None;
+        }
+        self.inner.processes.lookup::<ProbeMsg>(pid)
     }
 
     /// The process table the probes live in.

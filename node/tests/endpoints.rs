@@ -180,7 +180,7 @@ async fn shutdown_stops_subsystems_in_reverse_order_and_frees_the_port() {
     let id = common::identity(&url).await.expect("the node answers before shutdown");
     assert_eq!(id, ("stopper".to_string(), node.id().incarnation));
     let report = node.shutdown().await;
-    assert_eq!(report.stopped, vec!["http", "supervisor", "pg", "processes", "transport", "membership"]);
+    assert_eq!(report.stopped, vec!["http", "supervisor", "registry", "pg", "processes", "transport", "membership"]);
     assert!(report.aborted.is_empty());
     assert!(report.elapsed < Duration::from_secs(5));
     assert!(!common::still_serves(&url, &id).await, "the node still answers HTTP after shutdown");

@@ -5,60 +5,17 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Proc, as_strs, get, node_args, request, wait_for};
+use common::{Cluster, get, request, wait_for};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "pg-test-token-0123456789";
 
-struct Cluster {
-    procs: Vec<Proc>,
-    urls: Vec<String>,
-}
-
 async fn cluster(n: usize) -> Cluster {
-    let dir = std::env::temp_dir().join(format!("cohort-pg-{}-{}", std::process::id(), common::rand_suffix()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let secret = dir.join("secret");
-    std::fs::write(&secret, "0123456789abcdef0123456789abcdef").unwrap();
-    let mut procs = Vec::new();
-    let mut urls = Vec::new();
-    let mut seed: Option<String> = None;
-    for i in 0..n {
-        let mut args = node_args(&format!("n{i}"));
-        args.extend([
-            "--cluster-secret-file".into(),
-            secret.display().to_string(),
-            "--admin-token".into(),
-            TOKEN.into(),
-            "--chaos".into(),
-            "--log-filter".into(),
-            "warn".into(),
-        ]);
-        if let Some(s) = &seed {
-            args.extend(["--seeds".into(), s.clone()]);
-        }
-        let p = Proc::spawn(&as_strs(&args));
-        let line = p.wait_stdout("cohort node listening", Duration::from_secs(20)).await;
-        seed.get_or_insert_with(|| common::field(&line, "gossip").unwrap());
-        urls.push(common::field(&line, "http").unwrap());
-        procs.push(p);
-    }
-    for u in &urls {
-        let u = u.clone();
-        wait_for(Duration::from_secs(15), "every node ready", || {
-            let u = u.clone();
-            async move { (get(&u, "/readyz").await.status == 200).then_some(()) }
-        })
-        .await;
-    }
-    Cluster { procs, urls }
+    common::chaos_cluster("pg", n, TOKEN).await
 }
 
 async fn post(url: &str, path: &str, body: Value) -> (u16, Value) {
-    let auth = format!("Bearer {TOKEN}");
-    let a = request("POST", url, path, &[("Authorization", &auth)], Some(&body.to_string())).await;
-    let status = a.status;
-    (status, a.json())
+    common::post_json(url, path, TOKEN, body).await
 }
 
 async fn spawn(url: &str, count: usize) -> Vec<String> {

@@ -1,15 +1,33 @@
 //! # cohort-registry: the three name tiers
 //!
-//! Will own (SPEC sections 7 and 8): the `local` tier, the `eventual` tier (a CRDT spread by gossip)
-//! and the `consistent` tier (Raft with fencing tokens), one lookup API across them, and the
-//! control-plane vocabulary of reads (`RootToken`, `Freshness`, `CatchUpState`, `DegradedMode`).
+//! Owns (SPEC sections 7 and 8) the `local` tier ([`local`]), the `eventual` tier (a CRDT spread
+//! by gossip, [`eventual`]), the `consistent` tier (Raft with fencing tokens, [`consistent`], being
+//! built), and one lookup API across them ([`Registry`]).
 //!
-//! Invariants: only the raft log is truth for the consistent tier; views are derived; a stale answer
-//! is only ever given to a `BestEffort` read and says so.
+//! Invariants: lookup resolves `local -> consistent -> eventual` unless a tier is named; a name is
+//! registered in the eventual tier only if the local (and consistent) tier of this node does not
+//! hold it; every refusal is a typed [`RegistryError`] whose [`RegistryError::reason`] is the
+//! SPEC's word; a process's names in every tier are gone before anyone observes its exit (the
+//! registry is an exit hook of the node's process table).
 //!
-//! Present so far: [`eventual`], the pure CRDT core of the eventual tier (state, deterministic
-//! winner, departures, tombstone collection, sharded digests), without I/O; the actor that gossips it,
-//! the local and consistent tiers and the lookup API land with their issues.
+//! ```
+//! use cohort_registry::{RegistryError, Tier};
+//! use cohort_registry::local::LocalTable;
+//! use cohort_actors::Pid;
+//! use cohort_cluster::NodeId;
+//!
+//! let me = NodeId::new("alpha", 1);
+//! let mut table = LocalTable::new();
+//! table.register("db", &Pid::new(me.clone(), 1)).unwrap();
+//! let refused = table.register("db", &Pid::new(me.clone(), 2)).unwrap_err();
+//! assert_eq!(refused.reason(), "AlreadyRegistered");
+//! assert_eq!(refused, RegistryError::AlreadyRegistered { tier: Tier::Local, pid: Pid::new(me, 1) });
+//! ```
 
+mod api;
 pub mod consistent;
 pub mod eventual;
+pub mod local;
+pub mod metrics;
+
+pub use api::{NameRevoked, Registry, RegistryError, Tier};

@@ -194,12 +194,14 @@ impl<M: Message> ProcessRef<M> {
         })
     }
 
-    /// Sends a message that must not be refused for capacity (a DOWN); false if the process is gone.
+    /// Sends a runtime notice that must not be refused for capacity (a DOWN, a `NameRevoked`);
+    /// false if the process is gone.
     ///
-    /// Why this cannot grow without bound: each monitor delivers at most one DOWN, and a watcher
-    /// holds at most `ProcessConfig::max_monitors_per_process` monitors, so a mailbox exceeds its
-    /// capacity by at most that many messages.
-    pub(crate) fn send_unbounded(&self, message: M) -> bool {
+    /// Why this cannot grow without bound: each notice is owed at most once per bounded record (a
+    /// monitor delivers at most one DOWN and a watcher holds at most
+    /// `ProcessConfig::max_monitors_per_process` monitors; a registration is revoked at most once),
+    /// so a mailbox exceeds its capacity by at most that many messages. Not for ordinary sends.
+    pub fn send_unbounded(&self, message: M) -> bool {
         self.slot.reserve_unbounded();
         if self.actor.send_message(message).is_err() {
             self.slot.release();

@@ -33,11 +33,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use foca::{AccumulatingRuntime, Foca, NoCustomBroadcast, OwnedNotification, PostcardCodec, State, Timer};
+use foca::{AccumulatingRuntime, Foca, OwnedNotification, PostcardCodec, State, Timer};
 use rand::rngs::StdRng;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::Shared;
+use super::channels::{ChannelTable, Channels, MAX_BROADCAST_BACKLOG};
 use super::events::EventTracker;
 use super::health::{self, HEALTH_TICK, LocalHealth};
 use super::identity::GossipIdentity;
@@ -46,7 +47,7 @@ use crate::net::gossip::{EnvelopeKind, GossipSocket, Inbound};
 use crate::{MemberState, MemberView, MembershipEvent};
 
 /// The foca instance the actor owns.
-pub(super) type FocaInstance = Foca<GossipIdentity, PostcardCodec, StdRng, NoCustomBroadcast>;
+pub(super) type FocaInstance = Foca<GossipIdentity, PostcardCodec, StdRng, Channels>;
 
 /// The most timers armed at once (see `super::timers` for why this is never reached).
 pub(super) const MAX_PENDING_TIMERS: usize = 65_536;
@@ -69,6 +70,10 @@ const RESTRETCH_FRACTION: f64 = 0.1;
 
 /// The back-off after a socket receive error, so a persistent error cannot spin the loop.
 const RECV_ERROR_BACKOFF: Duration = Duration::from_millis(10);
+
+/// The most custom broadcast items the actor takes from its queue in one step, so a burst cannot
+/// hold the loop away from timers and datagrams.
+const BROADCAST_BATCH: usize = 256;
 
 /// What a handle asks of the actor.
 pub(super) enum Command {
@@ -120,6 +125,7 @@ pub(super) struct ActorSettings {
 enum Step {
     Command(Option<Command>),
     Deadline,
+    Broadcast(Option<Vec<u8>>),
     Received(io::Result<Inbound>),
 }
 
@@ -135,6 +141,8 @@ pub(super) struct Actor {
     tracker: EventTracker,
     shared: Arc<Shared>,
     commands: mpsc::Receiver<Command>,
+    broadcasts: mpsc::Receiver<Vec<u8>>,
+    channels: Arc<ChannelTable>,
     seeds: Seeds,
     settings: ActorSettings,
     local_name: String,
@@ -153,9 +161,11 @@ impl Actor {
         socket: GossipSocket,
         shared: Arc<Shared>,
         commands: mpsc::Receiver<Command>,
+        broadcasts: mpsc::Receiver<Vec<u8>>,
         seeds: Seeds,
         settings: ActorSettings,
     ) -> Self {
+        let channels = shared.channels.clone();
         let now = Instant::now();
         let local_name = foca.identity().name().to_owned();
         let local_addr = socket.local_addr().ok();
@@ -174,6 +184,8 @@ impl Actor {
             tracker: EventTracker::new(settings.max_tracked_members),
             shared,
             commands,
+            broadcasts,
+            channels,
             seeds,
             settings,
             local_name,
@@ -196,6 +208,7 @@ impl Actor {
                 biased;
                 command = self.commands.recv() => Step::Command(command),
                 () = tokio::time::sleep_until(deadline.into()) => Step::Deadline,
+                item = self.broadcasts.recv() => Step::Broadcast(item),
                 received = self.socket.recv() => Step::Received(received),
             };
             match step {
@@ -206,6 +219,9 @@ impl Actor {
                 }
                 Step::Command(None) => return,
                 Step::Deadline => self.on_deadline(Instant::now()),
+                Step::Broadcast(Some(item)) => self.on_broadcasts(item),
+                // Every handle is gone; the command arm ends the loop.
+                Step::Broadcast(None) => {}
                 Step::Received(Ok(inbound)) => self.on_inbound(inbound),
                 Step::Received(Err(error)) => {
                     tracing::debug!(%error, "gossip socket receive failed");
@@ -325,6 +341,31 @@ impl Actor {
         }
     }
 
+    /// Adds local items (and whatever else is queued, up to a batch) to foca's backlog, then sends
+    /// them to a few random members at once instead of waiting for the next gossip round.
+    fn on_broadcasts(&mut self, first: Vec<u8>) {
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(item) = next.take() {
+            taken += 1;
+            if self.foca.custom_broadcast_backlog() >= MAX_BROADCAST_BACKLOG {
+                self.channels.metrics.count("backlog_full");
+            } else if let Err(error) = self.foca.add_broadcast(&item) {
+                tracing::debug!(%error, "foca refused a broadcast item");
+                self.channels.metrics.count("too_large");
+            } else {
+                self.channels.metrics.count("queued");
+            }
+            if taken < BROADCAST_BATCH {
+                next = self.broadcasts.try_recv().ok();
+            }
+        }
+        if let Err(error) = self.foca.broadcast(&mut self.runtime) {
+            tracing::debug!(%error, "foca could not send broadcasts");
+        }
+        self.drain(Instant::now());
+    }
+
     /// One join attempt, only while this node has no live peer.
     fn try_join(&mut self, now: Instant) {
         if self.leaving || self.foca.num_members() > 0 {
@@ -415,6 +456,7 @@ impl Actor {
     /// Publishes pending events, then the view and gauges if the view changed.
     fn settle(&mut self) {
         self.shared.touch();
+        self.channels.set_backlog(self.foca.custom_broadcast_backlog());
         for event in self.events.drain(..) {
             // An error only means nobody subscribes right now.
             let _ = self.shared.events.send(event);
@@ -543,7 +585,14 @@ mod tests {
     fn foca(name: &str) -> FocaInstance {
         let config = MembershipConfig::default();
         let foca_config = config.foca_config(config.max_datagram_bytes - MAX_ENVELOPE_OVERHEAD).unwrap();
-        Foca::new(GossipIdentity::new(info(name, 1)), foca_config, StdRng::seed_from_u64(1), PostcardCodec)
+        let metrics = crate::membership::channels::BroadcastMetrics::register(&prometheus::Registry::new()).unwrap();
+        Foca::with_custom_broadcast(
+            GossipIdentity::new(info(name, 1)),
+            foca_config,
+            StdRng::seed_from_u64(1),
+            PostcardCodec,
+            Channels(Arc::new(ChannelTable::new(metrics))),
+        )
     }
 
     /// A real announce from `a` to `b`, as bytes.

@@ -82,6 +82,7 @@ use crate::net::gossip::{GossipMetrics, GossipSocket, MAX_ENVELOPE_OVERHEAD, MAX
 use crate::{MemberInfo, MemberState, MemberView, MembershipEvent};
 
 mod actor;
+pub mod channels;
 mod events;
 mod health;
 mod identity;
@@ -89,6 +90,9 @@ mod metrics;
 mod timers;
 
 use actor::{AbortOnDrop, Actor, ActorSettings, Command, Seeds};
+use channels::{
+    BroadcastError, BroadcastMetrics, ChannelTable, Channels, GossipChannel, ITEM_HEADER_BYTES, MAX_PENDING_BROADCASTS,
+};
 use identity::GossipIdentity;
 use metrics::MembershipMetrics;
 
@@ -319,6 +323,8 @@ struct Shared {
     /// The local health factor's `f64` bits.
     health_bits: AtomicU64,
     metrics: MembershipMetrics,
+    /// The custom broadcast channels (the actor's foca handler dispatches through them).
+    channels: Arc<ChannelTable>,
 }
 
 impl Shared {
@@ -336,6 +342,9 @@ impl Shared {
 struct Inner {
     shared: Arc<Shared>,
     commands: mpsc::Sender<Command>,
+    broadcasts: mpsc::Sender<Vec<u8>>,
+    channels: Arc<ChannelTable>,
+    max_item_payload: usize,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     abort: tokio::task::AbortHandle,
     local: MemberInfo,
@@ -417,10 +426,21 @@ impl Membership {
             last_activity_nanos: AtomicU64::new(0),
             health_bits: AtomicU64::new(1.0f64.to_bits()),
             metrics,
+            channels: Arc::new(ChannelTable::new(BroadcastMetrics::register(registry)?)),
         });
         shared.metrics.set_members([1, 0, 0, 0]);
         let seeds = seeds(&config);
-        let foca = Foca::new(identity, foca_config.clone(), StdRng::from_rng(&mut rand::rng()), PostcardCodec);
+        let channels = shared.channels.clone();
+        let foca = Foca::with_custom_broadcast(
+            identity,
+            foca_config.clone(),
+            StdRng::from_rng(&mut rand::rng()),
+            PostcardCodec,
+            Channels(channels.clone()),
+        );
+        // An item (with foca's 2-byte length prefix) takes at most a quarter of a packet, so it
+        // fits beside the header's two identities and some member updates.
+        let max_item_payload = (foca_max_packet / 4).saturating_sub(ITEM_HEADER_BYTES + 2);
         let settings = ActorSettings {
             join_retry_period: config.join_retry_period,
             base_suspicion: config.suspect_to_down_after,
@@ -428,11 +448,57 @@ impl Membership {
             max_tracked_members: config.max_members,
         };
         let (commands, command_rx) = mpsc::channel(COMMAND_CAPACITY);
-        let actor = Actor::new(foca, socket, shared.clone(), command_rx, seeds, settings);
+        let (broadcasts, broadcast_rx) = mpsc::channel(MAX_PENDING_BROADCASTS);
+        let actor = Actor::new(foca, socket, shared.clone(), command_rx, broadcast_rx, seeds, settings);
         let task = tokio::spawn(actor.run());
         let abort = task.abort_handle();
         tracing::info!(node = %local.id, gossip = %local.addrs.gossip, "membership started");
-        Ok(Self { inner: Arc::new(Inner { shared, commands, task: Mutex::new(Some(task)), abort, local }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                shared,
+                commands,
+                broadcasts,
+                channels,
+                max_item_payload,
+                task: Mutex::new(Some(task)),
+                abort,
+                local,
+            }),
+        })
+    }
+
+    /// Registers the receiver of custom gossip broadcasts on `channel` (see [`channels`]).
+    /// Items of a channel nobody registered are dropped and counted (`unknown_channel`).
+    pub fn register_channel(&self, channel: u8, handler: Arc<dyn GossipChannel>) -> Result<(), BroadcastError> {
+        self.inner.channels.register(channel, handler)
+    }
+
+    /// The largest payload [`Membership::broadcast`] accepts (about a quarter of a gossip packet).
+    pub fn max_broadcast_payload(&self) -> usize {
+        self.inner.max_item_payload
+    }
+
+    /// Spreads `payload` on `channel` through the gossip: piggybacked on foca's messages and sent
+    /// to a few random members at once. `(channel, id)` names what the item is about and a larger
+    /// `version` replaces an older item still waiting. Never blocks: a full queue is refused
+    /// ([`BroadcastError::QueueSaturated`], counted), and so is a payload above
+    /// [`Membership::max_broadcast_payload`]; the caller's anti-entropy covers refused items.
+    pub fn broadcast(&self, channel: u8, id: u64, version: u64, payload: &[u8]) -> Result<(), BroadcastError> {
+        if usize::from(channel) >= channels::MAX_CHANNELS {
+            return Err(BroadcastError::NoSuchChannel(channel));
+        }
+        if payload.is_empty() || payload.len() > self.inner.max_item_payload {
+            self.inner.channels.metrics.count("too_large");
+            return Err(BroadcastError::TooLarge { len: payload.len(), max: self.inner.max_item_payload });
+        }
+        let item = channels::encode_item(channel, id, version, payload);
+        self.inner.broadcasts.try_send(item).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => {
+                self.inner.channels.metrics.count("queue_full");
+                BroadcastError::QueueSaturated
+            }
+            mpsc::error::TrySendError::Closed(_) => BroadcastError::Stopped,
+        })
     }
 
     /// A new subscription to membership events (bounded; a subscriber that falls behind gets

@@ -288,3 +288,64 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// A cluster of real `cohort node` processes with chaos enabled (probes, faults), one shared
+/// secret and admin token, each node seeded with the first one's gossip address.
+pub struct Cluster {
+    pub procs: Vec<Proc>,
+    pub urls: Vec<String>,
+}
+
+/// Starts `n` nodes named `n0..` and waits until every one is ready.
+pub async fn chaos_cluster(prefix: &str, n: usize, token: &str) -> Cluster {
+    chaos_cluster_with(prefix, n, token, &[]).await
+}
+
+/// [`chaos_cluster`] with extra flags for every node.
+pub async fn chaos_cluster_with(prefix: &str, n: usize, token: &str, extra: &[&str]) -> Cluster {
+    let dir = std::env::temp_dir().join(format!("cohort-{prefix}-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef").unwrap();
+    let mut procs = Vec::new();
+    let mut urls = Vec::new();
+    let mut seed: Option<String> = None;
+    for i in 0..n {
+        let mut args = node_args(&format!("n{i}"));
+        args.extend([
+            "--cluster-secret-file".into(),
+            secret.display().to_string(),
+            "--admin-token".into(),
+            token.into(),
+            "--chaos".into(),
+            "--log-filter".into(),
+            "warn".into(),
+        ]);
+        if let Some(s) = &seed {
+            args.extend(["--seeds".into(), s.clone()]);
+        }
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let p = Proc::spawn(&as_strs(&args));
+        let line = p.wait_stdout("cohort node listening", Duration::from_secs(20)).await;
+        seed.get_or_insert_with(|| field(&line, "gossip").unwrap());
+        urls.push(field(&line, "http").unwrap());
+        procs.push(p);
+    }
+    for u in &urls {
+        let u = u.clone();
+        wait_for(Duration::from_secs(15), "every node ready", || {
+            let u = u.clone();
+            async move { (get(&u, "/readyz").await.status == 200).then_some(()) }
+        })
+        .await;
+    }
+    Cluster { procs, urls }
+}
+
+/// `POST` a JSON body with the admin token; the status and the JSON answer.
+pub async fn post_json(url: &str, path: &str, token: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let auth = format!("Bearer {token}");
+    let a = request("POST", url, path, &[("Authorization", &auth)], Some(&body.to_string())).await;
+    let status = a.status;
+    (status, a.json())
+}

@@ -578,6 +578,14 @@ impl EventualState {
         outcome
     }
 
+    /// Node `origin` is reachable again under the same identity (it was declared down by mistake and
+    /// renewed): accept its dots again; its state comes back through anti-entropy. Returns whether
+    /// it was departed. Departure markers are derived from each node's membership view, so this
+    /// keeps replicas that agree on membership in agreement.
+    pub fn readmit(&mut self, origin: &NodeId) -> bool {
+        self.departed.remove(origin)
+    }
+
     /// Drop every tombstone that every live node has seen (`seen_by_all`: the pointwise minimum of the
     /// live nodes' acknowledged clocks, see [`VersionVector`]). Returns how many were collected.
     pub fn collect_tombstones(&mut self, seen_by_all: &VersionVector) -> usize {

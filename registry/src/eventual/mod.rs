@@ -28,6 +28,8 @@
 
 pub mod crdt;
 pub mod digest;
+pub mod service;
+pub mod wire;
 
 pub use crdt::{
     ApplyOutcome, Delta, Dot, EventualError, EventualState, EventualStats, Limits, Live, MAX_DELTA_BYTES,
@@ -35,3 +37,4 @@ pub use crdt::{
     VersionVector, WinnerChange, rank,
 };
 pub use digest::{Digest, MAX_SHARD_ENTRIES, SHARD_COUNT, ShardState, differing_shards, shard_of};
+pub use service::{EventualConfig, EventualSummary, EventualTier, RevokeSink};
