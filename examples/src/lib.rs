@@ -12,6 +12,15 @@ use cohort::{Config, Node};
 /// Start `n` nodes in this process on 127.0.0.1 with free ports and one shared cluster secret,
 /// and wait until every node sees every other alive (at most `within`).
 pub async fn local_cluster(names: &[&str], within: Duration) -> anyhow::Result<Vec<Node>> {
+    local_cluster_with(names, within, |_| {}).await
+}
+
+/// [`local_cluster`] with each node's config adjusted by `tweak` (e.g. chaos enabled).
+pub async fn local_cluster_with(
+    names: &[&str],
+    within: Duration,
+    tweak: impl Fn(&mut Config),
+) -> anyhow::Result<Vec<Node>> {
     let dir = std::env::temp_dir().join(format!("cohort-example-{}-{}", std::process::id(), nanos()));
     std::fs::create_dir_all(&dir)?;
     let secret: PathBuf = dir.join("cluster.secret");
@@ -28,6 +37,7 @@ pub async fn local_cluster(names: &[&str], within: Duration) -> anyhow::Result<V
         config.http.addr = "127.0.0.1:0".parse()?;
         config.gossip.addr = "127.0.0.1:0".parse()?;
         config.internode.addr = "127.0.0.1:0".parse()?;
+        tweak(&mut config);
         config.validate()?;
         nodes.push(Node::start(config).await?);
     }
