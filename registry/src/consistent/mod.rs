@@ -3,6 +3,7 @@
 
 pub mod freshness;
 pub mod fsm;
+pub mod ladder;
 pub mod planes;
 
 pub use planes::{
