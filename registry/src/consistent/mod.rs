@@ -5,6 +5,7 @@ pub mod freshness;
 pub mod fsm;
 pub mod ladder;
 pub mod planes;
+pub mod storage;
 
 pub use planes::{
     Admission, CatchUpState, ConfStep, ConfStepKind, DEFAULT_MAX_ROOT_LAG, DegradedMode, ExecutionOutcome, Freshness,
