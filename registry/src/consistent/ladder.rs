@@ -183,7 +183,7 @@ pub fn reconcile(
     let by_id = by_id(members);
     let target = target_voters(members, config, max_voters);
     let is_live = |id: u64| by_id.get(&id).is_some_and(|m| m.state == MemberState::Alive);
-    let name = |id: u64| by_id.get(&id).map(|m| m.node.to_string()).unwrap_or_default();
+    let name = |id: u64| by_id.get(&id).map(|m| m.node.clone());
     let mut sim = config.clone();
     let mut plan = Vec::new();
     let mut id = first_id;

@@ -1,6 +1,7 @@
 //! The consistent tier (SPEC sections 7 and 8): Raft-replicated names with fencing tokens, and the
 //! control/execution-plane vocabulary. Under construction (issue 6).
 
+pub mod core;
 pub mod freshness;
 pub mod fsm;
 pub mod ladder;

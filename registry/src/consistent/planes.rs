@@ -12,6 +12,7 @@
 use std::cmp::Ordering;
 use std::fmt;
 
+use cohort_cluster::NodeId;
 use serde::{Deserialize, Serialize};
 
 /// The Raft position `(term, index)` a node's materialised registry view has applied.
@@ -428,8 +429,9 @@ pub struct ConfStep {
     pub kind: ConfStepKind,
     /// The node's raft id.
     pub raft_id: u64,
-    /// The node's name (for operators), when known.
-    pub node: String,
+    /// The node (name and incarnation), when known: it is recorded in every replica's address book
+    /// when the step applies, so raft ids map back to nodes everywhere.
+    pub node: Option<NodeId>,
 }
 
 /// A change of the raft configuration with its stable id, its steps, its phase and why (SPEC 8).
