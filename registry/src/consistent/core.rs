@@ -325,6 +325,7 @@ pub struct RaftCore {
     leader: Option<u64>,
     term: u64,
     last_snapshot_index: u64,
+    snapshot_due: bool,
     removed: bool,
     out: ReadyOutput,
     stats: CoreStats,
@@ -427,6 +428,7 @@ impl RaftCore {
             leader: None,
             term: 0,
             last_snapshot_index: snap_meta.index,
+            snapshot_due: false,
             removed: false,
             out: ReadyOutput::default(),
             stats: CoreStats::default(),
@@ -852,6 +854,8 @@ impl RaftCore {
         match self.node.apply_conf_change(&cc) {
             Ok(cs) => {
                 self.conf_state = cs;
+                // A node added now can only install a snapshot whose configuration includes it.
+                self.snapshot_due = true;
                 let removed: Vec<u64> = cc
                     .get_changes()
                     .iter()
@@ -888,7 +892,8 @@ impl RaftCore {
 
     fn maybe_snapshot(&mut self) {
         let applied = self.fsm.applied();
-        if !self.view_valid || applied.index < self.last_snapshot_index + self.cfg.snapshot_interval {
+        let interval_reached = applied.index >= self.last_snapshot_index + self.cfg.snapshot_interval;
+        if !self.view_valid || applied.index <= self.last_snapshot_index || !(interval_reached || self.snapshot_due) {
             return;
         }
         let Ok(term) = self.node.store().term(applied.index) else { return };
@@ -900,6 +905,7 @@ impl RaftCore {
         meta.set_conf_state(self.conf_state.clone());
         if self.node.mut_store().store_own_snapshot(snapshot, self.cfg.log_retain).is_ok() {
             self.last_snapshot_index = applied.index;
+            self.snapshot_due = false;
             self.stats.snapshots_created += 1;
         }
     }

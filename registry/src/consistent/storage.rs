@@ -633,8 +633,18 @@ impl Storage for LogStore {
         Ok(self.last_index_value())
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        if self.snapshot.get_metadata().index >= request_index && self.snapshot.get_metadata().index > 0 {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        // raft-rs refuses a snapshot whose configuration does not include the receiver (a learner
+        // added after it was made); the core makes a fresh one after every configuration change,
+        // so "not yet" is the right answer here.
+        let cs = self.snapshot.get_metadata().get_conf_state();
+        let includes = |ids: &[u64]| ids.contains(&to);
+        let has_receiver = includes(&cs.voters)
+            || includes(&cs.learners)
+            || includes(&cs.voters_outgoing)
+            || includes(&cs.learners_next);
+        if has_receiver && self.snapshot.get_metadata().index >= request_index && self.snapshot.get_metadata().index > 0
+        {
             Ok(self.snapshot.clone())
         } else {
             Err(raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable))
@@ -748,8 +758,9 @@ mod tests {
         assert_eq!(store.term(10).unwrap(), 2);
         assert!(matches!(store.term(9), Err(raft::Error::Store(raft::StorageError::Compacted))));
         assert!(matches!(store.entries(10, 12, None, ctx()), Err(raft::Error::Store(raft::StorageError::Compacted))));
-        assert_eq!(store.snapshot(0, 1).unwrap().get_metadata().index, 15);
-        assert!(store.snapshot(16, 1).is_err());
+        assert_eq!(store.snapshot(0, 7).unwrap().get_metadata().index, 15);
+        assert!(store.snapshot(16, 7).is_err());
+        assert!(store.snapshot(0, 8).is_err(), "a receiver outside the snapshot's configuration waits");
         assert_eq!(store.stats().entries_compacted, 9);
         drop(store);
         let (store, state) = LogStore::open(Box::new(backend));
