@@ -24,6 +24,9 @@
 //!
 //! [`RequestId`]: super::fsm::RequestId
 
+// rust-protobuf messages carry hidden fields (unknown_fields, cached_size): they are built by
+// assigning fields on a default value, as raft-proto itself does.
+#![allow(clippy::field_reassign_with_default)]
 use std::collections::{BTreeMap, VecDeque};
 
 use cohort_cluster::NodeId;

@@ -17,6 +17,9 @@
 //!   [`RestartState`] (`Fatal` with a reason on anything inconsistent), never panics; an entry above
 //!   [`MAX_ENTRY_BYTES`] is refused.
 
+// rust-protobuf messages carry hidden fields (unknown_fields, cached_size): they are built by
+// assigning fields on a default value, as raft-proto itself does.
+#![allow(clippy::field_reassign_with_default)]
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
