@@ -28,10 +28,13 @@
 
 pub mod crdt;
 pub mod digest;
+#[cfg(test)]
+mod proptests;
+mod store;
 
 pub use crdt::{
-    ApplyOutcome, Delta, Dot, EventualError, EventualState, EventualStats, Limits, Live, MAX_DELTA_BYTES,
-    MAX_DEPARTED_ORIGINS, MAX_NAME_BYTES, MAX_NAMES, MAX_ORIGINS_PER_NAME, MAX_TOMBSTONES, MergeOutcome, Value,
-    VersionVector, WinnerChange, rank,
+    ApplyOutcome, Delta, Dot, EventualError, EventualState, EventualStats, Limits, Live, MAX_ACK_GAPS, MAX_DELTA_BYTES,
+    MAX_DEPARTED_ORIGINS, MAX_KNOWN_ORIGINS, MAX_NAME_BYTES, MAX_NAMES, MAX_ORIGINS_PER_NAME, MAX_TOMBSTONES,
+    MergeOutcome, Value, VersionVector, WinnerChange, rank, validate_delta, validate_name,
 };
 pub use digest::{Digest, MAX_SHARD_ENTRIES, SHARD_COUNT, ShardState, differing_shards, shard_of};
