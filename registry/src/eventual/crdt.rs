@@ -970,6 +970,7 @@ impl EventualState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::eventual::differing_shards;
 
     fn node(name: &str) -> NodeId {
         NodeId::new(name, 1)
@@ -1217,6 +1218,140 @@ mod tests {
         }
         assert_eq!(state.departed().count(), 2);
         assert_eq!(state.stats().departed_forgotten, 1);
+    }
+
+    fn live_delta(name: &str, origin: &NodeId, counter: u64) -> Delta {
+        let value = Value::Live(Live { pid: Pid::new(origin.clone(), counter), priority: 0 });
+        Delta { name: name.into(), dot: Dot { origin: origin.clone(), counter, value } }
+    }
+
+    fn tomb_delta(name: &str, origin: &NodeId, counter: u64) -> Delta {
+        Delta { name: name.into(), dot: Dot { origin: origin.clone(), counter, value: Value::Tombstone } }
+    }
+
+    #[test]
+    fn out_of_order_delivery_does_not_let_collection_lose_an_earlier_write() {
+        // b writes y (1), x (2), deletes x (3); this replica receives 2 and 3 before 1. With the
+        // largest counter as acknowledgement, collecting at 3 would make y's late delta look stale.
+        let b = node("b");
+        let mut state = EventualState::new(node("a"));
+        state.apply(&live_delta("x", &b, 2)).unwrap();
+        state.apply(&tomb_delta("x", &b, 3)).unwrap();
+        assert_eq!(state.version_vector().get(&b), 0);
+        let mut everyone = VersionVector::new();
+        everyone.observe(&b, 3);
+        assert_eq!(state.collect_tombstones(&everyone), 0, "capped by this replica's own acknowledgement");
+        assert!(state.apply(&live_delta("y", &b, 1)).unwrap().changed);
+        assert_eq!(state.version_vector().get(&b), 3);
+        assert_eq!(state.collect_tombstones(&everyone), 1);
+        assert_eq!(state.winner("y").unwrap().pid, Pid::new(b.clone(), 1));
+        // Re-deliveries at or below the watermark stay out.
+        assert!(!state.apply(&live_delta("x", &b, 2)).unwrap().changed);
+        assert_eq!(state.dots("x").count(), 0);
+    }
+
+    #[test]
+    fn a_lost_delta_stalls_collection_until_equal_digests_vouch_for_it() {
+        let (a, b) = (node("a"), node("b"));
+        let mut on_a = EventualState::new(a.clone());
+        let mut on_b = EventualState::new(b.clone());
+        let lost = on_a.register("x", Pid::new(a.clone(), 1), 0).unwrap();
+        let delivered = on_a.unregister("x").unwrap();
+        on_a.register("y", Pid::new(a.clone(), 2), 0).unwrap();
+        let _ = lost;
+        on_b.apply(&delivered).unwrap();
+        assert_eq!(on_b.version_vector().get(&a), 0);
+        // Anti-entropy repairs the content (y), but a shard carries no acknowledgement.
+        for shard in differing_shards(&on_b.digest(), &on_a.digest()) {
+            on_b.merge_shard(&on_a.shard_state(shard).unwrap()).unwrap();
+        }
+        assert!(on_b.same_content(&on_a));
+        assert_eq!(on_b.version_vector().get(&a), 0);
+        // Unequal digests adopt nothing; equal ones adopt the peer's acknowledgement.
+        assert!(!on_b.adopt_peer_clock(&[1; crate::eventual::SHARD_COUNT], on_a.version_vector()));
+        assert!(on_b.adopt_peer_clock(&on_a.digest(), on_a.version_vector()));
+        assert_eq!(on_b.version_vector().get(&a), 3);
+        let seen = on_a.version_vector().meet(on_b.version_vector());
+        assert_eq!(on_b.collect_tombstones(&seen), 1);
+        assert_eq!(on_a.collect_tombstones(&seen), 1);
+        assert!(on_b.same_content(&on_a));
+    }
+
+    #[test]
+    fn whole_state_merge_adopts_the_peers_acknowledgement() {
+        let a = node("a");
+        let mut on_a = EventualState::new(a.clone());
+        on_a.register("x", Pid::new(a.clone(), 1), 0).unwrap();
+        on_a.unregister("x").unwrap();
+        let mut on_c = EventualState::new(node("c"));
+        on_c.merge(&on_a);
+        assert_eq!(on_c.version_vector().get(&a), 2);
+    }
+
+    #[test]
+    fn departing_a_node_drops_its_older_incarnations_and_ignores_their_late_deltas() {
+        let (old, current, newer) = (NodeId::new("b", 1), NodeId::new("b", 2), NodeId::new("b", 3));
+        let mut state = EventualState::new(node("a"));
+        state.apply(&live_delta("x", &old, 1)).unwrap();
+        state.apply(&live_delta("y", &newer, 1)).unwrap();
+        let outcome = state.depart(&current);
+        assert_eq!(outcome.winner_changes.len(), 1);
+        assert!(state.is_departed(&old) && state.is_departed(&current) && !state.is_departed(&newer));
+        assert_eq!(state.dots("x").count(), 0);
+        assert!(!state.apply(&live_delta("z", &old, 2)).unwrap().changed);
+        assert!(!state.apply(&live_delta("z", &current, 1)).unwrap().changed);
+        assert_eq!(state.winner("y").unwrap().pid.node, newer);
+        // Departing the older run afterwards is covered already: nothing changes.
+        assert!(!state.depart(&old).changed);
+        assert_eq!(state.departed().cloned().collect::<Vec<_>>(), vec![current.clone()]);
+        // Departing the newer run replaces the marker.
+        assert!(state.depart(&newer).changed);
+        assert_eq!(state.departed().cloned().collect::<Vec<_>>(), vec![newer]);
+        assert_eq!(state.name_count(), 0);
+        assert_eq!(state.origin_count(), 1);
+    }
+
+    #[test]
+    fn departure_markers_of_older_and_newer_runs_end_the_same_in_either_order() {
+        let (old, newer) = (NodeId::new("b", 1), NodeId::new("b", 4));
+        let mut one = EventualState::new(node("a"));
+        one.depart(&old);
+        one.depart(&newer);
+        let mut other = EventualState::new(node("a"));
+        other.depart(&newer);
+        other.depart(&old);
+        assert!(one.same_content(&other));
+    }
+
+    #[test]
+    fn dots_from_origins_beyond_the_known_bound_are_refused_but_local_writes_are_not() {
+        let mut state = EventualState::new(node("a"));
+        for i in 1..MAX_KNOWN_ORIGINS {
+            state.apply(&live_delta(&format!("x{i}"), &NodeId::new(format!("n{i}"), 1), 1)).unwrap();
+        }
+        assert_eq!(state.origin_count(), MAX_KNOWN_ORIGINS);
+        let refused = state.apply(&live_delta("y", &node("late"), 1)).unwrap_err();
+        assert_eq!(refused, EventualError::TooManyKnownOrigins { max: MAX_KNOWN_ORIGINS });
+        assert_eq!(state.dots("y").count(), 0);
+        state.register("y", Pid::new(node("a"), 1), 0).unwrap();
+        // A departure frees the slot for a new origin.
+        state.depart(&NodeId::new("n1", 1));
+        state.apply(&live_delta("y", &node("late"), 1)).unwrap();
+    }
+
+    #[test]
+    fn early_tombstone_collection_picks_the_same_origin_on_every_replica() {
+        let limits = Limits { max_tombstones: 1, ..Limits::default() };
+        let (b, c) = (node("b"), node("c"));
+        // The two replicas intern b and c in opposite orders.
+        let mut one = EventualState::with_limits(node("a"), limits);
+        one.apply(&tomb_delta("x", &b, 1)).unwrap();
+        one.apply(&tomb_delta("x", &c, 1)).unwrap();
+        let mut other = EventualState::with_limits(node("a"), limits);
+        other.apply(&tomb_delta("x", &c, 1)).unwrap();
+        other.apply(&tomb_delta("x", &b, 1)).unwrap();
+        assert!(one.same_content(&other));
+        assert_eq!(one.dots("x").map(|dot| dot.origin).collect::<Vec<_>>(), vec![c]);
     }
 
     #[test]
