@@ -358,7 +358,8 @@ pub struct EventualStats {
     pub tombstones_collected: u64,
     /// Departed-origin markers forgotten because of [`Limits::max_departed`].
     pub departed_forgotten: u64,
-    /// Dots ignored because their origin departed or their tombstone was already collected.
+    /// Dots ignored because their origin departed, or because they are at or below their origin's
+    /// collection watermark without an entry (a re-delivery of something superseded or collected).
     pub stale_ignored: u64,
     /// Out-of-order counters forgotten because of [`MAX_ACK_GAPS`] (delays collection only).
     pub ack_counters_forgotten: u64,
@@ -530,37 +531,39 @@ impl EventualState {
         if pid.node != self.local {
             return Err(EventualError::PidNotOnOrigin { pid, origin: self.local.clone() });
         }
-        if let Some(mine) = self.local_dot(shard_of(name), name)
+        let shard = shard_of(name);
+        if let Some(mine) = self.local_dot(shard, name)
             && !mine.tombstone
             && mine.local != pid.local
         {
             return Err(EventualError::AlreadyRegistered { pid: Pid::new(self.local.clone(), mine.local) });
         }
         let write = Write::Live { local: pid.local, priority };
-        self.local_write(name, write, Value::Live(Live { pid, priority }))
+        self.local_write(shard, name, write, Value::Live(Live { pid, priority }))
     }
 
     /// Remove this node's registration of `name`; returns the delta (a tombstone) to gossip.
     pub fn unregister(&mut self, name: &str) -> Result<Delta, EventualError> {
         validate_name(name)?;
-        if self.local_dot(shard_of(name), name).is_none_or(|dot| dot.tombstone) {
+        let shard = shard_of(name);
+        if self.local_dot(shard, name).is_none_or(|dot| dot.tombstone) {
             return Err(EventualError::NotRegistered);
         }
-        self.local_write(name, Write::Tombstone, Value::Tombstone)
+        self.local_write(shard, name, Write::Tombstone, Value::Tombstone)
     }
 
     fn local_dot(&self, shard: usize, name: &str) -> Option<CompactDot> {
         self.store.dots(shard, name).and_then(|dots| dots.get(self.local_origin)).copied()
     }
 
-    fn local_write(&mut self, name: &str, write: Write, value: Value) -> Result<Delta, EventualError> {
+    fn local_write(&mut self, shard: usize, name: &str, write: Write, value: Value) -> Result<Delta, EventualError> {
         if !is_valid_node_name(&self.local.name) {
             return Err(EventualError::InvalidOrigin);
         }
         let counter =
             self.origins.get(self.local_origin).ack.max.checked_add(1).ok_or(EventualError::CounterExhausted)?;
         let origin = self.local.clone();
-        self.apply_write(name, &origin, counter, write)?;
+        self.apply_write(shard, name, &origin, counter, write)?;
         // A fresh local registration may be reported again if it loses.
         self.reported_losses.remove(name);
         Ok(Delta { name: name.to_owned(), dot: Dot { origin, counter, value } })
@@ -571,12 +574,19 @@ impl EventualState {
     /// the second time and reports nothing.
     pub fn apply(&mut self, delta: &Delta) -> Result<ApplyOutcome, EventualError> {
         validate_delta(delta)?;
-        self.apply_write(&delta.name, &delta.dot.origin, delta.dot.counter, Write::of_value(&delta.dot.value))
+        self.apply_valid(shard_of(&delta.name), delta)
     }
 
-    /// Apply a validated write. All refusals happen before the first change.
+    /// Apply a validated delta whose name is in `shard`.
+    pub(crate) fn apply_valid(&mut self, shard: usize, delta: &Delta) -> Result<ApplyOutcome, EventualError> {
+        debug_assert_eq!(shard, shard_of(&delta.name));
+        self.apply_write(shard, &delta.name, &delta.dot.origin, delta.dot.counter, Write::of_value(&delta.dot.value))
+    }
+
+    /// Apply a validated write to `name` (in `shard`). All refusals happen before the first change.
     fn apply_write(
         &mut self,
+        shard: usize,
         name: &str,
         origin: &NodeId,
         counter: u64,
@@ -586,7 +596,6 @@ impl EventualState {
             self.stats.stale_ignored += 1;
             return Ok(ApplyOutcome::default());
         }
-        let shard = shard_of(name);
         let slot = self.origins.lookup(origin);
         let incoming = write.dot(slot.unwrap_or(u32::MAX), counter);
         let existing = slot.and_then(|slot| self.store.dots(shard, name).and_then(|dots| dots.get(slot)).copied());
@@ -682,11 +691,11 @@ impl EventualState {
         for origin in &other.departed {
             outcome.absorb_merge(self.depart(origin));
         }
-        for shard in other.store.shards.iter() {
+        for (index, shard) in other.store.shards.iter().enumerate() {
             for (name, dots) in &shard.names {
                 for dot in dots.as_slice() {
                     let origin = other.origins.id(dot.origin);
-                    match self.apply_write(name, origin, dot.counter, Write::of_dot(dot)) {
+                    match self.apply_write(index, name, origin, dot.counter, Write::of_dot(dot)) {
                         Ok(applied) => outcome.absorb(applied),
                         Err(_) => outcome.refused += 1,
                     }
@@ -704,12 +713,16 @@ impl EventualState {
         outcome
     }
 
-    /// Merge a list of (name, dot) entries, e.g. one shard of a peer (see `digest`). Acknowledgements
-    /// do not move: a shard does not say which counters of its origins it covers.
-    pub(crate) fn merge_entries<'a>(&mut self, entries: impl IntoIterator<Item = &'a Delta>) -> MergeOutcome {
+    /// Merge validated (name, dot) entries of shard `shard`, e.g. a peer's (see `digest`).
+    /// Acknowledgements do not move: a shard does not say which counters of its origins it covers.
+    pub(crate) fn merge_entries<'a>(
+        &mut self,
+        shard: usize,
+        entries: impl IntoIterator<Item = &'a Delta>,
+    ) -> MergeOutcome {
         let mut outcome = MergeOutcome::default();
         for delta in entries {
-            match self.apply(delta) {
+            match self.apply_valid(shard, delta) {
                 Ok(applied) => outcome.absorb(applied),
                 Err(_) => outcome.refused += 1,
             }

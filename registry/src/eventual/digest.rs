@@ -24,6 +24,10 @@
 //! entries to collide (such a peer can already send any dot). A received shard state is validated in
 //! full (index, size, every name in its shard, every dot) before anything is merged. Departed-origin
 //! markers are not part of the shards: every survivor derives them from membership.
+//!
+//! Known limit: a shard holding more than [`MAX_SHARD_ENTRIES`] dots (only reachable with many
+//! origins per name near [`super::MAX_NAMES`]) is refused whole by the receiver, so it cannot be
+//! repaired by a pull; the actor should count and log such refusals.
 
 use cohort_cluster::NodeId;
 use serde::{Deserialize, Serialize};
@@ -124,7 +128,7 @@ impl EventualState {
                 return Err(EventualError::NameNotInShard);
             }
         }
-        Ok(self.merge_entries(&shard.entries))
+        Ok(self.merge_entries(shard.shard, &shard.entries))
     }
 
     /// The digest recomputed from scratch (tests compare it with the incremental one).
