@@ -7,7 +7,7 @@
 //! [`EventualState::merge`]. The owning actor does all I/O (SPEC section 7, STYLE section 1). The
 //! wire types ([`Delta`], [`Dot`]) are converted at the edges: inside, dots are kept in the compact
 //! form of `store` (interned origins, 24-byte dots, names as `Box<str>` in per-shard maps, about
-//! 60-90 bytes per name), so readers ([`EventualState::winner`], [`EventualState::dots`], ...)
+//! 95 bytes per name with one dot), so readers ([`EventualState::winner`], [`EventualState::dots`], ...)
 //! return owned values.
 //!
 //! Invariants:
@@ -57,7 +57,7 @@ use super::store::{CompactDot, Origins, Store, TombstoneKey};
 pub const MAX_NAME_BYTES: usize = 255;
 
 /// Most names (live or tombstoned) one replica holds. Every node holds the whole map, so this bounds
-/// every node's memory (100k names with one origin each cost under 10 MiB, see `benches/eventual.rs`).
+/// every node's memory (100k names with one dot each cost about 10 MiB, see `benches/eventual.rs`).
 pub const MAX_NAMES: usize = 100_000;
 
 /// Most origins with a dot for one name. A dot per origin means at most one per cluster node; 256

@@ -13,7 +13,7 @@
 //!
 //! Invariants and why equal digests mean equal contents: each dot is an entry (name, origin,
 //! counter, value), and a shard holds at most one entry per (name, origin), so its content is a
-//! set. [`entry_hash`] maps an entry to 64 bits: the first 8 bytes of SHA-256 over a domain tag and
+//! set. `entry_hash` maps an entry to 64 bits: the first 8 bytes of SHA-256 over a domain tag and
 //! an unambiguous (length-prefixed, fixed-width) encoding of the entry, identical on every node,
 //! platform and release. A shard's digest is the wrapping sum (mod 2^64) of its entries' hashes, so
 //! it depends on the set only (not on insertion order or on the replica's origin numbering) and is
