@@ -137,8 +137,8 @@ proptest! {
                 })
                 .max_by(|x, y| x.0.cmp(&y.0))
                 .map(|(_, live)| live);
-            prop_assert_eq!(one.winner(name), expected.as_ref());
-            prop_assert_eq!(other.winner(name), expected.as_ref());
+            prop_assert_eq!(one.winner(name), expected.clone());
+            prop_assert_eq!(other.winner(name), expected);
         }
     }
 
@@ -150,8 +150,8 @@ proptest! {
         let tomb = Delta { name: live.name.clone(), dot: Dot { value: Value::Tombstone, ..live.dot.clone() } };
         let order = if delete_first { [tomb.clone(), live.clone()] } else { [live.clone(), tomb.clone()] };
         let state = state_of("r1", &order);
-        let dots: Vec<&Dot> = state.dots(&live.name).collect();
-        prop_assert_eq!(dots, vec![&tomb.dot]);
+        let dots: Vec<Dot> = state.dots(&live.name).collect();
+        prop_assert_eq!(dots, vec![tomb.dot.clone()]);
         prop_assert_eq!(state.winner(&live.name), None);
     }
 

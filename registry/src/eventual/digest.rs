@@ -1,21 +1,40 @@
 //! Sharded digests for anti-entropy of the eventual tier (pure, no I/O).
 //!
 //! Role: names are split into [`SHARD_COUNT`] shards by a stable hash of the name ([`shard_of`]).
-//! [`EventualState::digest`] hashes each shard's dots; two replicas exchange digests periodically and,
-//! for each differing shard ([`differing_shards`]), one sends its [`ShardState`]
+//! [`EventualState::digest`] gives one 64-bit digest per shard; two replicas exchange digests
+//! periodically and, for each differing shard ([`differing_shards`]), one sends its [`ShardState`]
 //! ([`EventualState::shard_state`]) and the other merges it ([`EventualState::merge_shard`]), so a
-//! mismatch moves only the differing shards.
+//! mismatch moves only the differing shards. Once digests are equal, a replica may adopt its peer's
+//! acknowledgement ([`EventualState::adopt_peer_clock`]).
 //!
-//! Invariants: the digest is a function of the dots only (name, origin, counter, value), encoded
-//! unambiguously (length-prefixed) and hashed with SHA-256, so it is equal on replicas with equal
-//! shard contents and, up to a 2^-64 collision, different otherwise; a received shard state is
-//! validated in full (index, size, every name in its shard, every dot) before anything is merged.
-//! Departed-origin markers are not part of the shards: every survivor derives them from membership.
+//! Cost: a shard's digest is maintained incrementally on every insert, replacement and removal of a
+//! dot (the state's names live in per-shard maps, see `store`), so [`EventualState::digest`] is
+//! O([`SHARD_COUNT`]) and [`EventualState::shard_state`] is O(dots in that shard).
+//!
+//! Invariants and why equal digests mean equal contents: each dot is an entry (name, origin,
+//! counter, value), and a shard holds at most one entry per (name, origin), so its content is a
+//! set. `entry_hash` maps an entry to 64 bits: the first 8 bytes of SHA-256 over a domain tag and
+//! an unambiguous (length-prefixed, fixed-width) encoding of the entry, identical on every node,
+//! platform and release. A shard's digest is the wrapping sum (mod 2^64) of its entries' hashes, so
+//! it depends on the set only (not on insertion order or on the replica's origin numbering) and is
+//! updated in O(1) by adding or subtracting one hash. Modelling the truncated SHA-256 as a random
+//! function, two different sets A and B have some entry x in one and not the other; fixing every
+//! other entry's hash, the sums agree for exactly one value of h(x), so P[digest(A) = digest(B)] =
+//! 2^-64 per shard compared. This holds for honest content; it is no defence against a peer choosing
+//! entries to collide (such a peer can already send any dot). A received shard state is validated in
+//! full (index, size, every name in its shard, every dot) before anything is merged. Departed-origin
+//! markers are not part of the shards: every survivor derives them from membership.
+//!
+//! Known limit: a shard holding more than [`MAX_SHARD_ENTRIES`] dots (only reachable with many
+//! origins per name near [`super::MAX_NAMES`]) is refused whole by the receiver, so it cannot be
+//! repaired by a pull; the actor should count and log such refusals.
 
+use cohort_cluster::NodeId;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use super::crdt::{Delta, EventualError, EventualState, MergeOutcome, Value, validate_delta};
+use super::crdt::{Delta, EventualError, EventualState, MergeOutcome, validate_delta};
+use super::store::CompactDot;
 
 /// Number of anti-entropy shards. 64 keeps a digest at 512 bytes (one small frame) while a
 /// single differing name costs only about 1/64 of the state to repair.
@@ -26,7 +45,7 @@ pub const SHARD_COUNT: usize = 64;
 /// headroom for skew; anything larger is refused before merging.
 pub const MAX_SHARD_ENTRIES: usize = 65_536;
 
-/// One digest per shard, indexed by shard.
+/// One digest per shard, indexed by shard: the wrapping sum of the shard's entry hashes (0 when empty).
 pub type Digest = [u64; SHARD_COUNT];
 
 /// The shard of a name: the first 8 bytes of SHA-256 of the name, big-endian, modulo [`SHARD_COUNT`].
@@ -52,53 +71,46 @@ pub struct ShardState {
     pub entries: Vec<Delta>,
 }
 
-fn feed(hasher: &mut Sha256, bytes: &[u8]) {
-    hasher.update((bytes.len() as u64).to_be_bytes());
-    hasher.update(bytes);
+/// The 64-bit hash of one entry (see the module header). The pid's node is not fed: it equals the
+/// origin (validated on the way in), so the pid number determines the pid.
+pub(crate) fn entry_hash(name: &str, origin: &NodeId, dot: &CompactDot) -> u64 {
+    let mut hasher = Sha256::new();
+    hasher.update(b"cohort-eventual-entry\0");
+    hasher.update((name.len() as u64).to_be_bytes());
+    hasher.update(name.as_bytes());
+    hasher.update((origin.name.len() as u64).to_be_bytes());
+    hasher.update(origin.name.as_bytes());
+    hasher.update(origin.incarnation.to_be_bytes());
+    hasher.update(dot.counter.to_be_bytes());
+    if dot.tombstone {
+        hasher.update([0u8]);
+    } else {
+        hasher.update([1u8, dot.priority]);
+        hasher.update(dot.local.to_be_bytes());
+    }
+    let bytes = hasher.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&bytes[..8]);
+    u64::from_be_bytes(first)
 }
 
 impl EventualState {
-    /// The per-shard digests of this replica's dots.
+    /// The per-shard digests of this replica's dots, maintained incrementally: O([`SHARD_COUNT`]).
     pub fn digest(&self) -> Digest {
-        let mut hashers: Vec<Sha256> = (0..SHARD_COUNT).map(|_| Sha256::new()).collect();
-        for (name, dots) in self.names_map() {
-            let hasher = &mut hashers[shard_of(name)];
-            feed(hasher, name.as_bytes());
-            hasher.update((dots.len() as u64).to_be_bytes());
-            for dot in dots.values() {
-                feed(hasher, dot.origin.name.as_bytes());
-                hasher.update(dot.origin.incarnation.to_be_bytes());
-                hasher.update(dot.counter.to_be_bytes());
-                match &dot.value {
-                    Value::Tombstone => hasher.update([0u8]),
-                    Value::Live(live) => {
-                        hasher.update([1u8, live.priority]);
-                        // The pid's node equals the origin (validated), so only its number is fed.
-                        hasher.update(live.pid.local.to_be_bytes());
-                    }
-                }
-            }
-        }
         let mut digest = [0u64; SHARD_COUNT];
-        for (slot, hasher) in digest.iter_mut().zip(hashers) {
-            let bytes = hasher.finalize();
-            let mut first = [0u8; 8];
-            first.copy_from_slice(&bytes[..8]);
-            *slot = u64::from_be_bytes(first);
+        for (slot, shard) in digest.iter_mut().zip(self.store().shards.iter()) {
+            *slot = shard.digest;
         }
         digest
     }
 
-    /// The dots of shard `shard`, to send to a peer.
+    /// The dots of shard `shard`, to send to a peer: O(dots in that shard).
     pub fn shard_state(&self, shard: usize) -> Result<ShardState, EventualError> {
         if shard >= SHARD_COUNT {
             return Err(EventualError::ShardOutOfRange { shard });
         }
-        let entries = self
-            .entries()
-            .filter(|(name, _)| shard_of(name) == shard)
-            .map(|(name, dot)| Delta { name: name.to_owned(), dot: dot.clone() })
-            .collect();
+        let mut entries = Vec::with_capacity(self.store().shards[shard].entries);
+        entries.extend(self.shard_entries(shard).map(|(name, dot)| Delta { name: name.to_owned(), dot }));
         Ok(ShardState { shard, entries })
     }
 
@@ -116,7 +128,21 @@ impl EventualState {
                 return Err(EventualError::NameNotInShard);
             }
         }
-        Ok(self.merge_entries(&shard.entries))
+        Ok(self.merge_entries(shard.shard, &shard.entries))
+    }
+
+    /// The digest recomputed from scratch (tests compare it with the incremental one).
+    #[cfg(test)]
+    pub(crate) fn recomputed_digest(&self) -> Digest {
+        let mut digest = [0u64; SHARD_COUNT];
+        for (shard, slot) in digest.iter_mut().enumerate() {
+            for (name, dots) in &self.store().shards[shard].names {
+                for dot in dots.as_slice() {
+                    *slot = slot.wrapping_add(entry_hash(name, self.origins().id(dot.origin), dot));
+                }
+            }
+        }
+        digest
     }
 }
 

@@ -2,13 +2,19 @@
 //!
 //! Role: this module is the pure core only, without I/O or actors. [`crdt`] holds the replicated
 //! state ([`EventualState`]: one dot per origin per name, deterministic winner, departures,
-//! tombstone collection, loser reporting); [`digest`] holds the sharded digests for anti-entropy.
-//! The node's registry actor (a later issue) owns one [`EventualState`], gossips the deltas whose
-//! [`ApplyOutcome::changed`] is true exactly once, exchanges digests periodically, pulls differing
-//! shards, calls [`EventualState::depart`] on membership departures and notifies reported losers.
+//! acknowledgements and tombstone collection, loser reporting); [`digest`] holds the sharded,
+//! incrementally maintained digests for anti-entropy; `store` (private) is the compact in-memory
+//! form of the dots (interned origins, 24-byte dots, per-shard name maps). The node's registry
+//! actor owns one [`EventualState`], gossips the deltas whose [`ApplyOutcome::changed`] is true
+//! exactly once, exchanges digests together with [`EventualState::version_vector`] periodically,
+//! pulls differing shards, calls [`EventualState::adopt_peer_clock`] when digests are equal,
+//! collects tombstones with the meet of the live nodes' version vectors, calls
+//! [`EventualState::depart`] on membership departures and notifies reported losers.
 //!
 //! Invariants: every replica that has received the same dots shows the same winner for every name,
-//! whatever the delivery order; peer input is validated and bounded before it touches the state.
+//! whatever the delivery order; peer input is validated and bounded before it touches the state;
+//! a tombstone is collected only once every live node acknowledged a contiguous prefix of its
+//! origin's counters covering it. Bounds and known limits: see [`crdt`].
 //!
 //! ```
 //! use cohort_actors::Pid;
@@ -28,13 +34,16 @@
 
 pub mod crdt;
 pub mod digest;
+#[cfg(test)]
+mod proptests;
 pub mod service;
+mod store;
 pub mod wire;
 
 pub use crdt::{
-    ApplyOutcome, Delta, Dot, EventualError, EventualState, EventualStats, Limits, Live, MAX_DELTA_BYTES,
-    MAX_DEPARTED_ORIGINS, MAX_NAME_BYTES, MAX_NAMES, MAX_ORIGINS_PER_NAME, MAX_TOMBSTONES, MergeOutcome, Value,
-    VersionVector, WinnerChange, rank,
+    ApplyOutcome, Delta, Dot, EventualError, EventualState, EventualStats, Limits, Live, MAX_ACK_GAPS, MAX_DELTA_BYTES,
+    MAX_DEPARTED_ORIGINS, MAX_KNOWN_ORIGINS, MAX_NAME_BYTES, MAX_NAMES, MAX_ORIGINS_PER_NAME, MAX_TOMBSTONES,
+    MergeOutcome, Value, VersionVector, WinnerChange, rank, validate_delta, validate_name,
 };
 pub use digest::{Digest, MAX_SHARD_ENTRIES, SHARD_COUNT, ShardState, differing_shards, shard_of};
 pub use service::{EventualConfig, EventualSummary, EventualTier, RevokeSink};
