@@ -311,9 +311,17 @@ impl Actor {
     fn on_inbound(&mut self, inbound: Inbound) {
         match inbound.kind {
             EnvelopeKind::Foca => {
+                let backlog = self.foca.custom_broadcast_backlog();
                 if let Err(error) = self.foca.handle_data(&inbound.body, &mut self.runtime) {
                     tracing::debug!(sender = %inbound.sender, %error, "foca refused a packet");
                     self.socket.metrics().dropped("rejected");
+                }
+                // New custom items arrived: push them on at once (epidemic push) rather than at
+                // the next gossip round, so a registry delta crosses a cluster in a few hops.
+                if self.foca.custom_broadcast_backlog() > backlog
+                    && let Err(error) = self.foca.broadcast(&mut self.runtime)
+                {
+                    tracing::debug!(%error, "foca could not send broadcasts");
                 }
                 self.drain(Instant::now());
             }

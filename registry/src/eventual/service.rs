@@ -18,9 +18,10 @@
 //!   unregistered (its node tombstones it), so one owner remains everywhere, as in Erlang's
 //!   `global` conflict resolution; a registration of a name that already has a visible owner is
 //!   refused (`AlreadyRegistered`).
-//! - Tombstones are collected only below what every live node acknowledged, and a node
-//!   acknowledges an origin's writes up to counter `c` only once it holds every shard of that
-//!   origin as of `c` (a full anti-entropy exchange with it), so a lost tombstone can never be
+//! - Tombstones are collected only below what every live node acknowledged (the meet of the
+//!   version vectors peers send with their digests). A replica acknowledges only the contiguous
+//!   prefix of an origin's writes it received, and adopts a peer's acknowledgement only when their
+//!   digests are equal (`EventualState::adopt_peer_clock`), so a lost tombstone can never be
 //!   collected elsewhere while this node still holds the older live entry.
 //! - Departure follows this node's membership view: Down/Left drops the origin's dots; Up of the
 //!   same identity (a renewed node after a false suspicion) readmits it.
@@ -92,9 +93,6 @@ pub type RevokeSink = Arc<dyn Fn(NameRevoked) -> bool + Send + Sync>;
 /// The granularity of the anti-entropy loop's clock.
 const LOOP_TICK: Duration = Duration::from_millis(50);
 
-/// Most pulls outstanding per peer (one exchange at a time; a newer digest replaces the pull).
-const MAX_PENDING_PULLS: usize = 1;
-
 struct LocalReg {
     pid: Pid,
     sink: Option<RevokeSink>,
@@ -130,20 +128,11 @@ impl Locals {
     }
 }
 
-struct PendingPull {
-    id: u64,
-    origin: NodeId,
-    counter: u64,
-}
-
 struct Inner {
     state: EventualState,
     locals: Locals,
-    /// Per origin, the counter up to which this node holds the origin's whole state.
-    acked: VersionVector,
     /// Per live peer (by name): its identity and what it acknowledged in its last digest.
     peer_acked: HashMap<String, (NodeId, VersionVector)>,
-    pending: HashMap<String, PendingPull>,
     last_answered: HashMap<String, Instant>,
     next_pull: u64,
     /// Names with a live owner (kept from winner changes, not recounted).
@@ -223,9 +212,7 @@ impl EventualTier {
             inner: Mutex::new(Inner {
                 state: EventualState::with_limits(local, config.limits),
                 locals: Locals::default(),
-                acked: VersionVector::new(),
                 peer_acked: HashMap::new(),
-                pending: HashMap::new(),
                 last_answered: HashMap::new(),
                 next_pull: 1,
                 visible: 0,
@@ -374,9 +361,7 @@ impl EventualTier {
             match event {
                 MembershipEvent::Down(_) | MembershipEvent::Left(_) => {
                     let outcome = inner.state.depart(id);
-                    inner.acked.remove(id);
                     inner.peer_acked.remove(&id.name);
-                    inner.pending.remove(&id.name);
                     shared.absorb_merge(&mut inner, outcome, &mut effects);
                 }
                 MembershipEvent::Up(_) => {
@@ -565,10 +550,8 @@ impl Shared {
         let peers = self.live_peers();
         let msg = {
             let inner = lock(&self.inner);
-            let own = inner.state.version_vector().get(&self.local);
-            let mut acked: Vec<(NodeId, u64)> = inner.acked.iter().map(|(o, c)| (o.clone(), c)).collect();
-            acked.push((self.local.clone(), own));
-            DigestMsg { v: WIRE_VERSION, digest: inner.state.digest().to_vec(), origin_counter: own, acked }
+            let acked: Vec<(NodeId, u64)> = inner.state.version_vector().iter().map(|(o, c)| (o.clone(), c)).collect();
+            DigestMsg { v: WIRE_VERSION, digest: inner.state.digest().to_vec(), acked }
         };
         let body = wire::encode(&msg);
         for peer in &peers {
@@ -583,9 +566,7 @@ impl Shared {
         if inner.state.tombstone_count() == 0 {
             return;
         }
-        let own = inner.state.version_vector().get(&self.local);
-        let mut seen = inner.acked.clone();
-        seen.observe(&self.local, own);
+        let mut seen = inner.state.version_vector().clone();
         for peer in peers {
             match inner.peer_acked.get(&peer.name) {
                 Some((id, acked)) if id == peer => seen = seen.meet(acked),
@@ -647,25 +628,20 @@ impl Shared {
             for (origin, counter) in &msg.acked {
                 acked.observe(origin, *counter);
             }
-            acked.observe(from, msg.origin_counter);
-            inner.peer_acked.insert(from.name.clone(), (from.clone(), acked));
             let differing = differing_shards(&inner.state.digest(), &theirs);
             if differing.is_empty() {
-                inner.acked.observe(from, msg.origin_counter);
+                // Equal content: this node holds everything the peer acknowledges.
+                inner.state.adopt_peer_clock(&theirs, &acked);
+                inner.peer_acked.insert(from.name.clone(), (from.clone(), acked));
                 self.metrics.ae_rounds.with_label_values(&["matched"]).inc();
                 return;
             }
+            inner.peer_acked.insert(from.name.clone(), (from.clone(), acked));
             self.metrics.ae_rounds.with_label_values(&["repaired"]).inc();
             let shards: Vec<ShardState> =
                 differing.iter().filter_map(|&shard| inner.state.shard_state(shard).ok()).collect();
             let id = inner.next_pull;
             inner.next_pull += 1;
-            if inner.pending.len() >= MAX_PENDING_PULLS * 1024 {
-                inner.pending.clear();
-            }
-            inner
-                .pending
-                .insert(from.name.clone(), PendingPull { id, origin: from.clone(), counter: msg.origin_counter });
             let pull = PullMsg { v: WIRE_VERSION, id, shards: differing.iter().map(|&s| s as u16).collect() };
             (shards, pull)
         };
@@ -722,13 +698,6 @@ impl Shared {
                         self.metrics.refuse("invalid_dot");
                     }
                 }
-            }
-            if let Some(id) = msg.pull
-                && msg.last
-                && inner.pending.get(&from.name).is_some_and(|p| p.id == id && p.origin == *from)
-                && let Some(done) = inner.pending.remove(&from.name)
-            {
-                inner.acked.observe(&done.origin, done.counter);
             }
         }
         self.apply_effects(effects);

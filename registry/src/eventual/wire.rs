@@ -7,12 +7,11 @@
 //!
 //! Anti-entropy, per pair of nodes (see `service`):
 //! ```text
-//!  A ── Digest { digest, origin_counter } ──► B        (every round, to every live peer)
-//!  B: shards that differ = D
+//!  A ── Digest { digest, acked } ──► B        (every round, to every live peer)
+//!  B: shards that differ = D; none: B adopts A's acknowledgement (equal content)
 //!  B ── Shards { pull: None, B's shards D } ──► A      (A merges)
 //!  B ── Pull { id, D } ──► A
-//!  A ── Shards { pull: Some(id), A's shards D, last } ──► B   (B merges; on `last`, B acknowledges
-//!                                                           A's writes up to origin_counter)
+//!  A ── Shards { pull: Some(id), A's shards D, last } ──► B   (B merges)
 //! ```
 
 use cohort_actors::Pid;
@@ -89,10 +88,8 @@ pub struct DigestMsg {
     pub v: u8,
     /// The sender's per-shard digests ([`SHARD_COUNT`] of them).
     pub digest: Vec<u64>,
-    /// The sender's own write counter when it computed the digest: once the receiver holds every
-    /// shard as of this digest, it acknowledges the sender's writes up to here.
-    pub origin_counter: u64,
-    /// What the sender acknowledges of every origin (for tombstone collection).
+    /// What the sender acknowledges of every origin (its version vector: the contiguous prefix of
+    /// each origin's writes it holds), for tombstone collection.
     pub acked: Vec<(NodeId, u64)>,
 }
 
@@ -173,7 +170,7 @@ pub fn decode_digest(bytes: &[u8]) -> Result<DigestMsg, WireError> {
     if msg.v != WIRE_VERSION {
         return Err(WireError::Version(msg.v));
     }
-    if msg.digest.len() != SHARD_COUNT || msg.acked.len() > super::crdt::MAX_DEPARTED_ORIGINS {
+    if msg.digest.len() != SHARD_COUNT || msg.acked.len() > super::crdt::MAX_KNOWN_ORIGINS {
         return Err(WireError::OutOfBounds);
     }
     Ok(msg)
@@ -235,7 +232,7 @@ mod tests {
         assert_eq!(decode_gossip(&[0u8; 2048], 1024), Err(WireError::TooLarge));
         let pull = PullMsg { v: WIRE_VERSION, id: 1, shards: vec![SHARD_COUNT as u16] };
         assert_eq!(decode_pull(&encode(&pull)), Err(WireError::OutOfBounds));
-        let digest = DigestMsg { v: WIRE_VERSION, digest: vec![0; 3], origin_counter: 0, acked: vec![] };
+        let digest = DigestMsg { v: WIRE_VERSION, digest: vec![0; 3], acked: vec![] };
         assert_eq!(decode_digest(&encode(&digest)), Err(WireError::OutOfBounds));
         let wrong = PullMsg { v: 9, id: 1, shards: vec![] };
         assert_eq!(decode_pull(&encode(&wrong)), Err(WireError::Version(9)));
