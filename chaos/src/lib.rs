@@ -14,3 +14,5 @@ pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod truth;
+
+pub use runner::{RunError, RunOptions, RunOutcome, run, run_file};

@@ -28,6 +28,8 @@ pub struct ConvergenceResult {
     pub last_mismatch: Vec<Evidence>,
     /// Ticks examined.
     pub ticks: usize,
+    /// Consecutive converged ticks at the end.
+    pub converged_ticks: usize,
 }
 
 /// Examine the ticks at or after `anchor_s` with `mismatches(samples of the truth's nodes at that
@@ -46,6 +48,7 @@ pub fn converge(
     }
     let mut converged_at = None;
     let mut last_mismatch = Vec::new();
+    let mut converged_ticks = 0;
     for samples in by_tick.values() {
         let t = samples.iter().map(|s| s.t_s).fold(f64::INFINITY, f64::min);
         let live: Vec<&Sample> = samples
@@ -70,12 +73,14 @@ pub fn converge(
         wrong.extend(mismatches(t, &live));
         if wrong.is_empty() {
             converged_at.get_or_insert(t);
+            converged_ticks += 1;
         } else {
             converged_at = None;
+            converged_ticks = 0;
             last_mismatch = wrong;
         }
     }
-    ConvergenceResult { converged_at_s: converged_at, last_mismatch, ticks: by_tick.len() }
+    ConvergenceResult { converged_at_s: converged_at, last_mismatch, ticks: by_tick.len(), converged_ticks }
 }
 
 fn verdict_from(rec: &Recording, v: Verdict, what: &str, result: ConvergenceResult) -> Verdict {
@@ -107,7 +112,11 @@ pub fn membership(rec: &Recording) -> Verdict {
         "membership_converges",
         "after the last heal, every running node sees exactly the running node lives as alive, within the settle window",
     );
-    let result = converge(rec, rec.convergence_anchor_s(), |t, samples| {
+    verdict_from(rec, v, "membership", membership_result(rec))
+}
+
+fn membership_result(rec: &Recording) -> ConvergenceResult {
+    converge(rec, rec.convergence_anchor_s(), |t, samples| {
         let mut wrong = Vec::new();
         for s in samples {
             let Some(members) = &s.members else {
@@ -134,8 +143,7 @@ pub fn membership(rec: &Recording) -> Verdict {
             }
         }
         wrong
-    });
-    verdict_from(rec, v, "membership", result)
+    })
 }
 
 fn pid_diff(seen: &[String], want: &[String]) -> String {
@@ -181,8 +189,12 @@ pub fn pg(rec: &Recording) -> Verdict {
     if rec.truth.groups.is_empty() {
         return v.skip("the workload joins no groups");
     }
+    verdict_from(rec, v, "pg groups", pg_result(rec))
+}
+
+fn pg_result(rec: &Recording) -> ConvergenceResult {
     let uncertain: BTreeSet<&String> = rec.truth.uncertain_groups.iter().collect();
-    let result = converge(rec, rec.convergence_anchor_s(), |t, samples| {
+    converge(rec, rec.convergence_anchor_s(), |t, samples| {
         let mut wrong = Vec::new();
         let mut first_view: BTreeMap<&String, (&str, Vec<String>)> = BTreeMap::new();
         for s in samples {
@@ -214,8 +226,7 @@ pub fn pg(rec: &Recording) -> Verdict {
             }
         }
         wrong
-    });
-    verdict_from(rec, v, "pg groups", result)
+    })
 }
 
 /// Compare one node's rows of a tier with the expected names. Only names the workload owns (those
@@ -254,14 +265,18 @@ fn names_verdict(rec: &Recording, v: Verdict, tier: &str, present: bool, per_nod
     if !present {
         return v.skip(format!("the nodes have no {tier} tier (GET /admin/registry/{tier} answered 404)"));
     }
-    let empty = BTreeMap::new();
     let any_expected =
         if per_node { rec.truth.local.values().any(|m| !m.is_empty()) } else { !rec.truth.eventual.is_empty() };
     if !any_expected {
         return v.skip(format!("the workload registers no {tier} names"));
     }
+    verdict_from(rec, v, &format!("{tier} names"), names_result(rec, tier, per_node))
+}
+
+fn names_result(rec: &Recording, tier: &str, per_node: bool) -> ConvergenceResult {
+    let empty = BTreeMap::new();
     let prefix = format!("chaos-{}-", &tier[..1]);
-    let result = converge(rec, rec.convergence_anchor_s(), |t, samples| {
+    converge(rec, rec.convergence_anchor_s(), |t, samples| {
         let mut wrong = Vec::new();
         let mut first_either: BTreeMap<String, (String, Option<String>)> = BTreeMap::new();
         for s in samples {
@@ -302,8 +317,26 @@ fn names_verdict(rec: &Recording, v: Verdict, tier: &str, present: bool, per_nod
             }
         }
         wrong
-    });
-    verdict_from(rec, v, &format!("{tier} names"), result)
+    })
+}
+
+/// Whether every convergence invariant that applies has held for at least `stable` consecutive
+/// ticks at the end of the recording (the runner ends the settle phase early on it).
+pub fn settled(rec: &Recording, stable: usize) -> bool {
+    let ok = |r: ConvergenceResult| r.converged_ticks >= stable;
+    if !ok(membership_result(rec)) {
+        return false;
+    }
+    if !rec.truth.groups.is_empty() && !ok(pg_result(rec)) {
+        return false;
+    }
+    if rec.presence.local && rec.truth.local.values().any(|m| !m.is_empty()) && !ok(names_result(rec, "local", true)) {
+        return false;
+    }
+    if rec.presence.eventual && !rec.truth.eventual.is_empty() && !ok(names_result(rec, "eventual", false)) {
+        return false;
+    }
+    true
 }
 
 /// `names_local_converge`.
