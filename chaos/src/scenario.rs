@@ -1070,3 +1070,35 @@ mod tests {
         assert!(msg.contains("zz"), "{msg}");
     }
 }
+
+#[cfg(test)]
+mod shipped {
+    #[test]
+    fn every_shipped_scenario_is_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let s = super::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                assert_eq!(Some(s.name.as_str()), path.file_stem().and_then(|s| s.to_str()), "name = file name");
+                names.push(s.name);
+            }
+        }
+        names.sort();
+        for expected in [
+            "asymmetric-partition",
+            "broadcast-flood",
+            "ci-smoke",
+            "flapping-partition",
+            "isolate-leader",
+            "kill-restart",
+            "lossy-network",
+            "partition-halves",
+            "pause-resume",
+            "slow-network",
+        ] {
+            assert!(names.iter().any(|n| n == expected), "missing {expected}: {names:?}");
+        }
+    }
+}
