@@ -643,7 +643,8 @@ fn fault(f: FaultFile, line: usize, nodes: u16, duration_s: f64, workload: &Work
         return Err(err(format!("`at_s` must be in [0, duration_s = {duration_s}), got {}", f.at_s)));
     }
     if let Some(d) = f.for_s {
-        if !(d > 0.0) {
+        // Written so NaN is refused too.
+        if d.is_nan() || d <= 0.0 {
             return Err(err(format!("`for_s` must be positive, got {d}")));
         }
         if f.at_s + d > duration_s {
