@@ -723,64 +723,9 @@ impl<'a> Runner<'a> {
     /// The rules each node should hold for the active network faults.
     fn desired_rules(&self) -> BTreeMap<String, Vec<FaultRule>> {
         let all: Vec<String> = self.slots.iter().map(|s| s.name.clone()).collect();
-        let mut rules: BTreeMap<String, Vec<FaultRule>> = all.iter().map(|n| (n.clone(), Vec::new())).collect();
-        let rule = |peer: &str, dir: Direction, drop: f64, delay: u64, jitter: u64| {
-            let mut r = FaultRule::new(peer, dir);
-            r.drop = drop;
-            r.delay_ms = delay;
-            r.jitter_ms = jitter;
-            r
-        };
-        for a in &self.active_net {
-            let f = &self.sc.faults[a.fault];
-            match &f.action {
-                FaultAction::Partition { sets } => {
-                    // a.nodes is the flattened sets; rebuild the set of each node.
-                    let set_of: BTreeMap<String, usize> =
-                        sets.iter().enumerate().flat_map(|(i, s)| s.iter().map(move |n| (n.to_string(), i))).collect();
-                    for (x, sx) in &set_of {
-                        for (y, sy) in &set_of {
-                            if sx != sy {
-                                rules.entry(x.clone()).or_default().push(rule(y, Direction::Both, 1.0, 0, 0));
-                            }
-                        }
-                    }
-                }
-                FaultAction::Isolate { .. } => {
-                    let x = &a.nodes[0];
-                    for y in all.iter().filter(|y| *y != x) {
-                        rules.entry(x.clone()).or_default().push(rule(y, Direction::Both, 1.0, 0, 0));
-                        rules.entry(y.clone()).or_default().push(rule(x, Direction::Both, 1.0, 0, 0));
-                    }
-                }
-                FaultAction::Asymmetric { from, to } => {
-                    for f in from {
-                        for t in to {
-                            let (f, t) = (f.to_string(), t.to_string());
-                            rules.entry(f.clone()).or_default().push(rule(&t, Direction::Out, 1.0, 0, 0));
-                            rules.entry(t.clone()).or_default().push(rule(&f, Direction::In, 1.0, 0, 0));
-                        }
-                    }
-                }
-                FaultAction::Drop { probability, .. } => {
-                    for x in &a.nodes {
-                        for y in all.iter().filter(|y| *y != x) {
-                            rules.entry(x.clone()).or_default().push(rule(y, Direction::Out, *probability, 0, 0));
-                        }
-                    }
-                }
-                FaultAction::Delay { delay_ms, jitter_ms, .. } => {
-                    for x in &a.nodes {
-                        for y in all.iter().filter(|y| *y != x) {
-                            let r = rule(y, Direction::Out, 0.0, delay_ms - jitter_ms, 2 * jitter_ms);
-                            rules.entry(x.clone()).or_default().push(r);
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        rules
+        let active: Vec<(&FaultAction, &[String])> =
+            self.active_net.iter().map(|a| (&self.sc.faults[a.fault].action, a.nodes.as_slice())).collect();
+        network_rules(&all, &active)
     }
 
     fn apply_rules(&mut self) {
@@ -1232,6 +1177,70 @@ impl<'a> Runner<'a> {
     }
 }
 
+/// The `/admin/faults` rules each node must hold for the active network faults (`nodes` is the
+/// resolved node list of `isolate`, `drop` and `delay`). Partitions drop both ways on both sides;
+/// an asymmetric fault drops on the senders' `out` and the receivers' `in`; drop and delay apply to
+/// the listed nodes' outgoing packets only, so each packet meets exactly one such rule, and a delay
+/// of `d +/- j` becomes the node's `delay_ms = d - j, jitter_ms = 2j`.
+pub fn network_rules(all: &[String], active: &[(&FaultAction, &[String])]) -> BTreeMap<String, Vec<FaultRule>> {
+    let mut rules: BTreeMap<String, Vec<FaultRule>> = all.iter().map(|n| (n.clone(), Vec::new())).collect();
+    let rule = |peer: &str, dir: Direction, drop: f64, delay: u64, jitter: u64| {
+        let mut r = FaultRule::new(peer, dir);
+        r.drop = drop;
+        r.delay_ms = delay;
+        r.jitter_ms = jitter;
+        r
+    };
+    for (action, nodes) in active {
+        match action {
+            FaultAction::Partition { sets } => {
+                let set_of: BTreeMap<String, usize> =
+                    sets.iter().enumerate().flat_map(|(i, s)| s.iter().map(move |n| (n.to_string(), i))).collect();
+                for (x, sx) in &set_of {
+                    for (y, sy) in &set_of {
+                        if sx != sy {
+                            rules.entry(x.clone()).or_default().push(rule(y, Direction::Both, 1.0, 0, 0));
+                        }
+                    }
+                }
+            }
+            FaultAction::Isolate { .. } => {
+                let Some(x) = nodes.first() else { continue };
+                for y in all.iter().filter(|y| *y != x) {
+                    rules.entry(x.clone()).or_default().push(rule(y, Direction::Both, 1.0, 0, 0));
+                    rules.entry(y.clone()).or_default().push(rule(x, Direction::Both, 1.0, 0, 0));
+                }
+            }
+            FaultAction::Asymmetric { from, to } => {
+                for f in from {
+                    for t in to {
+                        let (f, t) = (f.to_string(), t.to_string());
+                        rules.entry(f.clone()).or_default().push(rule(&t, Direction::Out, 1.0, 0, 0));
+                        rules.entry(t.clone()).or_default().push(rule(&f, Direction::In, 1.0, 0, 0));
+                    }
+                }
+            }
+            FaultAction::Drop { probability, .. } => {
+                for x in nodes.iter() {
+                    for y in all.iter().filter(|y| *y != x) {
+                        rules.entry(x.clone()).or_default().push(rule(y, Direction::Out, *probability, 0, 0));
+                    }
+                }
+            }
+            FaultAction::Delay { delay_ms, jitter_ms, .. } => {
+                for x in nodes.iter() {
+                    for y in all.iter().filter(|y| *y != x) {
+                        let r = rule(y, Direction::Out, 0.0, delay_ms - jitter_ms, 2 * jitter_ms);
+                        rules.entry(x.clone()).or_default().push(r);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    rules
+}
+
 fn outcome(r: &Reply) -> Outcome {
     match r {
         Reply::Ok(_) => Outcome::Applied,
@@ -1424,6 +1433,57 @@ fn parse_names(b: &Value) -> Vec<NameRow> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn n(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn partition_rules_drop_both_ways_between_sets_only() {
+        let all = n(&["node-1", "node-2", "node-3"]);
+        let p =
+            FaultAction::Partition { sets: vec![vec![NodeRef::Index(1)], vec![NodeRef::Index(2), NodeRef::Index(3)]] };
+        let rules = network_rules(&all, &[(&p, &[])]);
+        let peers = |node: &str| rules[node].iter().map(|r| (r.peer.clone(), r.direction, r.drop)).collect::<Vec<_>>();
+        assert_eq!(
+            peers("node-1"),
+            vec![("node-2".into(), Direction::Both, 1.0), ("node-3".into(), Direction::Both, 1.0)]
+        );
+        assert_eq!(peers("node-2"), vec![("node-1".into(), Direction::Both, 1.0)]);
+        assert_eq!(peers("node-3"), vec![("node-1".into(), Direction::Both, 1.0)]);
+    }
+
+    #[test]
+    fn asymmetric_rules_cut_one_direction_on_both_ends() {
+        let all = n(&["node-1", "node-2"]);
+        let a = FaultAction::Asymmetric { from: vec![NodeRef::Index(1)], to: vec![NodeRef::Index(2)] };
+        let rules = network_rules(&all, &[(&a, &[])]);
+        assert_eq!(rules["node-1"].len(), 1);
+        assert_eq!(rules["node-1"][0].direction, Direction::Out);
+        assert_eq!(rules["node-2"][0].direction, Direction::In);
+        assert_eq!(rules["node-2"][0].peer, "node-1");
+    }
+
+    #[test]
+    fn delay_and_drop_apply_to_outgoing_packets_once() {
+        let all = n(&["node-1", "node-2", "node-3"]);
+        let d = FaultAction::Delay { delay_ms: 200, jitter_ms: 100, nodes: vec![] };
+        let listed = n(&["node-2"]);
+        let rules = network_rules(&all, &[(&d, listed.as_slice())]);
+        assert!(rules["node-1"].is_empty() && rules["node-3"].is_empty());
+        assert_eq!(rules["node-2"].len(), 2);
+        for r in &rules["node-2"] {
+            assert_eq!((r.direction, r.delay_ms, r.jitter_ms, r.drop), (Direction::Out, 100, 200, 0.0));
+        }
+        let isolate = FaultAction::Isolate { node: NodeRef::Leader };
+        let rules = network_rules(&all, &[(&isolate, listed.as_slice())]);
+        assert_eq!(rules["node-2"].len(), 2);
+        assert_eq!(rules["node-1"].len(), 1);
+        // Every rule set is one the node accepts.
+        for r in rules.values() {
+            FaultRules { rules: r.clone() }.validate().unwrap();
+        }
+    }
 
     #[test]
     fn names_parse_with_and_without_tokens() {
