@@ -32,6 +32,33 @@ enum Command {
     Node(Box<NodeArgs>),
     /// Start a local cluster of N nodes on 127.0.0.1 with generated secrets (the embedded default).
     Up(crate::up::UpArgs),
+    /// Chaos scenarios (SPEC 11).
+    #[command(subcommand)]
+    Chaos(ChaosCommand),
+}
+
+/// `cohort chaos ...`
+#[derive(Subcommand, Debug)]
+enum ChaosCommand {
+    /// Run a scenario against real nodes; exit 0 when every invariant holds, 1 when one fails, 2 for a bad scenario.
+    Run(ChaosRunArgs),
+}
+
+/// Flags of `cohort chaos run`.
+#[derive(Args, Debug)]
+struct ChaosRunArgs {
+    /// The scenario file (TOML; see docs/chaos.md).
+    #[arg(value_name = "SCENARIO.toml")]
+    scenario: PathBuf,
+    /// Report directory (default: chaos-reports/<scenario>-<unix time>).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Seed of the workload's random choices (overrides the scenario's).
+    #[arg(long, value_name = "S")]
+    seed: Option<u64>,
+    /// Run with this many nodes instead of the scenario's count.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=i64::from(cohort_chaos::scenario::MAX_NODES)))]
+    nodes: Option<u16>,
 }
 
 /// Flags of `cohort node`.
@@ -110,6 +137,46 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Node(args) => run_node(*args),
         Command::Up(args) => crate::up::run(args),
+        Command::Chaos(ChaosCommand::Run(args)) => run_chaos(args),
+    }
+}
+
+fn run_chaos(args: ChaosRunArgs) -> ExitCode {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("cohort chaos run: cannot find the cohort binary: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let opts = cohort_chaos::RunOptions { node_binary: exe, out_dir: args.out, seed: args.seed, nodes: args.nodes };
+    match cohort_chaos::run_file(&args.scenario, &opts) {
+        Ok(outcome) => {
+            for v in &outcome.verdicts {
+                let status = match v.status {
+                    cohort_chaos::invariants::Status::Pass => "pass",
+                    cohort_chaos::invariants::Status::Fail => "FAIL",
+                    cohort_chaos::invariants::Status::Skipped => "skip",
+                };
+                println!("{status:<5} {:<36} {}", v.name, v.summary);
+            }
+            let held = outcome.held();
+            println!(
+                "{} in {:.0} s; report: {}",
+                if held { "every invariant held" } else { "INVARIANTS FAILED" },
+                outcome.elapsed.as_secs_f64(),
+                outcome.out_dir.join("report.html").display()
+            );
+            if held { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILURE) }
+        }
+        Err(cohort_chaos::RunError::Scenario(e)) => {
+            eprintln!("cohort chaos run: {}: {e}", args.scenario.display());
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(e) => {
+            eprintln!("cohort chaos run: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
     }
 }
 
