@@ -436,7 +436,13 @@ impl<'a> Runner<'a> {
         let Some(base) = self.slots.iter().find_map(|s| s.process.as_ref().map(|p| p.announce.http.clone())) else {
             return;
         };
-        let present = |path: &str| !self.admin.get(&base, path, OP_TIMEOUT).is_not_found();
+        // Present means served: a 404 (no such endpoint) or a 503 `Unavailable` (the tier is not
+        // running on this node) both mean the workload and the invariants of that part are skipped,
+        // never passed vacuously.
+        let present = |path: &str| match self.admin.get(&base, path, OP_TIMEOUT) {
+            Reply::Refused { status, .. } => status != 404 && status != 503,
+            _ => true,
+        };
         let p = Presence {
             local: present("/admin/registry/local"),
             eventual: present("/admin/registry/eventual"),
@@ -457,7 +463,7 @@ impl<'a> Runner<'a> {
         .collect();
         if !absent.is_empty() {
             let note = format!(
-                "absent on these nodes (404): {}; their workload and invariants are skipped",
+                "absent on these nodes (404 or 503 Unavailable): {}; their workload and invariants are skipped",
                 absent.join(", ")
             );
             self.say(note.clone());

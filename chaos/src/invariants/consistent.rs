@@ -22,7 +22,7 @@ const NO_EFFECT_REASONS: &[&str] =
     &["NotLeader", "BadRequest", "NotHosted", "QueueSaturated", "SchedulerDegraded", "Forbidden", "Unauthorized"];
 
 fn absent(v: Verdict) -> Verdict {
-    v.skip("the nodes have no consistent tier (GET /admin/registry/consistent answered 404)")
+    v.skip("the nodes have no consistent tier (GET /admin/registry/consistent answered 404 or 503 Unavailable)")
 }
 
 fn tier_of(op: &Operation) -> Option<&str> {
