@@ -199,6 +199,19 @@ async fn main() {
     let want = per_node * nodes.len();
     let deadline = Instant::now() + Duration::from_secs(120);
     while !nodes.iter().all(|n| n.registry().eventual().len() == want) {
+        if Instant::now() >= deadline {
+            for n in &nodes {
+                let view: Vec<String> =
+                    n.membership().members().iter().map(|m| format!("{}={}", m.info.id, m.state.as_str())).collect();
+                eprintln!("{}: {:?} view {:?}", n.id(), n.registry().eventual().summary(), view);
+                let text = prometheus::TextEncoder::new()
+                    .encode_to_string(&n.metrics().registry().gather())
+                    .unwrap_or_default();
+                for line in text.lines().filter(|l| l.starts_with("cohort_registry") && !l.ends_with(" 0")) {
+                    eprintln!("  {line}");
+                }
+            }
+        }
         assert!(
             Instant::now() < deadline,
             "no convergence: {:?}",

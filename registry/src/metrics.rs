@@ -26,8 +26,17 @@ pub const RESULTS: [&str; 9] = [
 pub const OPERATIONS: [&str; 3] = ["register", "unregister", "lookup"];
 
 /// Reasons an anti-entropy or gossip input is refused.
-pub const REFUSALS: [&str; 7] =
-    ["malformed", "version", "out_of_bounds", "too_large", "invalid_dot", "rate_limited", "unknown_kind"];
+pub const REFUSALS: [&str; 9] = [
+    "malformed",
+    "version",
+    "out_of_bounds",
+    "too_large",
+    "invalid_dot",
+    "rate_limited",
+    "unknown_kind",
+    "busy",
+    "departed_peer",
+];
 
 /// The registry's series.
 #[derive(Clone)]

@@ -90,6 +90,10 @@ impl Default for EventualConfig {
 /// (bypassing the capacity bound: owed once per registration). False if the process is gone.
 pub type RevokeSink = Arc<dyn Fn(NameRevoked) -> bool + Send + Sync>;
 
+/// Most gossip deltas waiting for the anti-entropy task because the state was busy when they
+/// arrived; beyond, they are dropped and counted (`busy`) and anti-entropy repairs them.
+const MAX_DEFERRED_DELTAS: usize = 4096;
+
 /// The granularity of the anti-entropy loop's clock.
 const LOOP_TICK: Duration = Duration::from_millis(50);
 
@@ -156,6 +160,9 @@ struct Shared {
     config: EventualConfig,
     /// A write could not be gossiped, or a peer came up: run a round early.
     round_wanted: AtomicBool,
+    /// Peers' deltas the gossip callback could not apply at once (state busy), bounded by
+    /// [`MAX_DEFERRED_DELTAS`]; the anti-entropy task applies them.
+    deferred: mpsc::Sender<Delta>,
 }
 
 /// One node's eventual tier. Cheap to clone.
@@ -207,6 +214,7 @@ impl EventualTier {
         let inbound = transport
             .subscribe(Class::Registry)
             .ok_or(RegistryError::Unavailable { reason: "the registry class already has a consumer".into() })?;
+        let (deferred_tx, deferred_rx) = mpsc::channel(MAX_DEFERRED_DELTAS);
         let shared = Arc::new(Shared {
             local: local.clone(),
             inner: Mutex::new(Inner {
@@ -223,12 +231,13 @@ impl EventualTier {
             metrics,
             config,
             round_wanted: AtomicBool::new(true),
+            deferred: deferred_tx,
         });
         membership
             .register_channel(CHANNEL_REGISTRY, Arc::new(Channel(Arc::downgrade(&shared))))
             .map_err(|error| RegistryError::Unavailable { reason: error.to_string() })?;
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(run(shared.clone(), inbound, stop_rx));
+        let task = tokio::spawn(run(shared.clone(), inbound, deferred_rx, stop_rx));
         Ok(Self { shared, stop, task: Arc::new(Mutex::new(Some(task))) })
     }
 
@@ -504,27 +513,59 @@ impl Shared {
                 return false;
             }
         };
-        let mut effects = Effects::default();
-        let changed = {
-            let mut inner = lock(&self.inner);
-            match inner.state.apply(&delta) {
-                Ok(outcome) if outcome.changed => {
-                    self.absorb_apply(&mut inner, outcome, &mut effects);
-                    true
+        // Never make the membership task wait behind a long merge (it must keep answering probes):
+        // when the state is busy, the anti-entropy task applies the delta instead, and this copy
+        // stops spreading here (anti-entropy carries it wherever else it is missing).
+        let mut inner = match self.inner.try_lock() {
+            Ok(inner) => inner,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                if self.deferred.try_send(delta).is_err() {
+                    self.metrics.refuse("busy");
                 }
-                Ok(_) => false,
-                Err(_) => {
-                    self.metrics.refuse("invalid_dot");
-                    return false;
-                }
+                return false;
             }
         };
+        let (changed, effects) = self.apply_delta(&mut inner, &delta);
+        drop(inner);
         self.metrics.delta(if changed { "received_new" } else { "received_stale" });
         if changed {
             self.apply_effects(effects);
             self.publish_gauges();
         }
         changed
+    }
+
+    /// Applies a peer's delta under the lock; whether it changed the state, and the effects.
+    fn apply_delta(&self, inner: &mut Inner, delta: &Delta) -> (bool, Effects) {
+        let mut effects = Effects::default();
+        let changed = {
+            match inner.state.apply(delta) {
+                Ok(outcome) if outcome.changed => {
+                    self.absorb_apply(inner, outcome, &mut effects);
+                    true
+                }
+                Ok(_) => false,
+                Err(_) => {
+                    self.metrics.refuse("invalid_dot");
+                    false
+                }
+            }
+        };
+        (changed, effects)
+    }
+
+    /// A delta the gossip callback deferred because the state was busy.
+    fn apply_deferred(&self, delta: Delta) {
+        let (changed, effects) = {
+            let mut inner = lock(&self.inner);
+            self.apply_delta(&mut inner, &delta)
+        };
+        self.metrics.delta(if changed { "received_new" } else { "received_stale" });
+        if changed {
+            self.apply_effects(effects);
+            self.publish_gauges();
+        }
     }
 
     /// The live peers in this node's membership view (alive or suspect).
@@ -618,6 +659,7 @@ impl Shared {
         let (ours, pull) = {
             let mut inner = lock(&self.inner);
             if inner.state.departed().any(|d| d == from) {
+                self.metrics.refuse("departed_peer");
                 return;
             }
             if self.rate_limited(&mut inner, &from.name, Instant::now()) {
@@ -638,23 +680,25 @@ impl Shared {
             }
             inner.peer_acked.insert(from.name.clone(), (from.clone(), acked));
             self.metrics.ae_rounds.with_label_values(&["repaired"]).inc();
-            let shards: Vec<ShardState> =
-                differing.iter().filter_map(|&shard| inner.state.shard_state(shard).ok()).collect();
             let id = inner.next_pull;
             inner.next_pull += 1;
             let pull = PullMsg { v: WIRE_VERSION, id, shards: differing.iter().map(|&s| s as u16).collect() };
-            (shards, pull)
+            (differing, pull)
         };
+        let ours = self.shard_states(ours.into_iter());
         self.send_shards(from, None, ours);
         self.send(from, KIND_PULL, wire::encode(&pull));
     }
 
     fn on_pull(&self, from: &NodeId, msg: PullMsg) {
-        let shards: Vec<ShardState> = {
-            let inner = lock(&self.inner);
-            msg.shards.iter().filter_map(|&shard| inner.state.shard_state(usize::from(shard)).ok()).collect()
-        };
+        let shards = self.shard_states(msg.shards.iter().map(|&shard| usize::from(shard)));
         self.send_shards(from, Some(msg.id), shards);
+    }
+
+    /// Copies of these shards, one lock hold per shard (shards are independent, so copies taken
+    /// a moment apart are as good as one cut: the receiver merges each on its own).
+    fn shard_states(&self, shards: impl Iterator<Item = usize>) -> Vec<ShardState> {
+        shards.filter_map(|shard| lock(&self.inner).state.shard_state(shard).ok()).collect()
     }
 
     /// Sends shards in frames of about [`MAX_SHARDS_FRAME_BYTES`]; the last frame says so.
@@ -680,12 +724,15 @@ impl Shared {
 
     fn on_shards(&self, from: &NodeId, msg: ShardsMsg) {
         let mut effects = Effects::default();
-        {
-            let mut inner = lock(&self.inner);
-            if inner.state.departed().any(|d| d == from) {
-                return;
-            }
-            for shard in &msg.shards {
+        if lock(&self.inner).state.departed().any(|d| d == from) {
+            self.metrics.refuse("departed_peer");
+            return;
+        }
+        // One lock hold per shard (about 1,500 dots at 100k names), so gossip and callers are
+        // never held up for a whole frame's merge.
+        for shard in &msg.shards {
+            {
+                let mut inner = lock(&self.inner);
                 match inner.state.merge_shard(shard) {
                     Ok(outcome) => {
                         if outcome.changed {
@@ -699,8 +746,8 @@ impl Shared {
                     }
                 }
             }
+            self.apply_effects(std::mem::take(&mut effects));
         }
-        self.apply_effects(effects);
         self.publish_gauges();
     }
 }
@@ -714,7 +761,12 @@ impl GossipChannel for Channel {
     }
 }
 
-async fn run(shared: Arc<Shared>, mut inbound: mpsc::Receiver<Inbound>, mut stop: watch::Receiver<bool>) {
+async fn run(
+    shared: Arc<Shared>,
+    mut inbound: mpsc::Receiver<Inbound>,
+    mut deferred: mpsc::Receiver<Delta>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(LOOP_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_round = Instant::now();
@@ -727,6 +779,7 @@ async fn run(shared: Arc<Shared>, mut inbound: mpsc::Receiver<Inbound>, mut stop
                 Some(frame) => shared.on_frame(frame),
                 None => return,
             },
+            Some(delta) = deferred.recv() => shared.apply_deferred(delta),
             _ = tick.tick() => {
                 let now = Instant::now();
                 let early = shared.round_wanted.load(Ordering::Relaxed)
