@@ -1163,12 +1163,13 @@ impl ScopeActor {
         if self.shared.transport.is_none() {
             return;
         }
-        let digest = self.shared.table.local_digest();
-        let mut names: Vec<String> =
-            self.peers.keys().filter(|name| !self.awaiting.contains_key(*name)).cloned().collect();
-        names.sort();
-        for name in names {
-            self.send_message(&name, PgMessage::Digest(digest));
+        let message = PgMessage::Digest(self.shared.table.local_digest());
+        let name = message.name();
+        let names: Vec<String> = self.peers.keys().filter(|peer| !self.awaiting.contains_key(*peer)).cloned().collect();
+        if let Some(bytes) = encode(&self.frame(message)) {
+            for peer in names {
+                self.send_bytes(&peer, bytes.clone(), name);
+            }
         }
         let due: Vec<String> =
             self.repairs.iter_mut().filter_map(|(name, repair)| repair.on_tick().then(|| name.clone())).collect();
