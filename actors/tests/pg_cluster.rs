@@ -25,8 +25,9 @@ use cohort_cluster::{FaultInjector, MemberAddrs, MemberInfo, NodeId};
 use prometheus::Registry;
 
 /// How long a test waits for a behaviour before failing. Nothing waits for a timer of the
-/// product's longer than a second (anti-entropy, at 30 s, is never what a test relies on unless
-/// it sets a short period), so this is only a margin for a loaded CI machine.
+/// product's longer than a few seconds (the full-state anti-entropy, at 30 s, is never what a test
+/// relies on unless it sets a short period; digests come every 2 s), so this is only a margin for
+/// a loaded CI machine.
 const DEADLINE: Duration = Duration::from_secs(30);
 
 // ---- a fake process table ----
@@ -199,10 +200,11 @@ thread_local! {
 /// The non-zero pg and internode counters of every node of this test: what a timed-out wait
 /// prints, so a failure says which frames were dropped, refused or never sent.
 fn diagnostics() -> String {
-    const FAMILIES: [&str; 7] = [
+    const FAMILIES: [&str; 8] = [
         "cohort_pg_frames_rejected_total",
         "cohort_pg_frames_total",
         "cohort_pg_syncs_total",
+        "cohort_pg_digest_checks_total",
         "cohort_internode_dropped_total",
         "cohort_internode_handshake_failures_total",
         "cohort_internode_frame_errors_total",
@@ -688,9 +690,60 @@ async fn broadcast_reaches_every_member_once_with_one_frame_per_remote_node() {
 
 // ---- anti-entropy ----
 
+/// A period no test lasts: the anti-entropy given it is off.
+const NEVER: Duration = Duration::from_secs(3_600);
+
+/// The bug the chaos runner found (`lossy-network`): frames dropped while the link stays up were
+/// repaired only by the full-state round robin, `peers × 30 s` later. Digests repair a lost join
+/// and a lost leave with the full-state anti-entropy off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_and_a_leave_lost_on_a_live_link_are_repaired_by_digests() {
+    let config =
+        PgConfig { anti_entropy_interval: NEVER, digest_interval: Duration::from_millis(100), ..PgConfig::default() };
+    let nodes = cluster(&["a", "b", "c"], config).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let (early, lost) = (a.host.spawn(1), a.host.spawn(2));
+    a.scope().join(&group("g"), &[early.clone()]).unwrap();
+    eventually("b and c are in sync", || members(b, "g") == [early.clone()] && members(c, "g") == [early.clone()])
+        .await;
+    let in_sync = |n: &Node| n.metric("cohort_pg_digest_checks_total", &[("result", "in_sync")]);
+    eventually("b has compared a's digest with its view", || in_sync(b) >= 1.0).await;
+
+    let mut rule = FaultRule::new("b", Direction::Out);
+    rule.drop = 1.0;
+    a.faults.install(FaultRules { rules: vec![rule] }).unwrap();
+    let dropped =
+        |n: &Node| n.metric("cohort_internode_dropped_total", &[("class", "pg"), ("reason", "fault_injected")]);
+    let before = dropped(a);
+    a.scope().join(&group("g"), &[lost.clone()]).unwrap();
+    a.scope().leave(&group("g"), &[early.clone()]).unwrap();
+    eventually("c sees the join and the leave", || members(c, "g") == [lost.clone()]).await;
+    eventually("a's frames to b were dropped on the live link", || dropped(a) > before).await;
+    assert_eq!(members(b, "g"), [early.clone()], "b missed both");
+
+    a.faults.clear().unwrap();
+    eventually("digests repaired b", || members(b, "g") == [lost.clone()]).await;
+    let pulls = |n: &Node| {
+        n.metric("cohort_pg_digest_checks_total", &[("result", "pull")])
+            + n.metric("cohort_pg_digest_checks_total", &[("result", "deferred_pull")])
+    };
+    assert!(pulls(b) >= 1.0, "b pulled a's state on a digest mismatch{}", diagnostics());
+    for node in &nodes {
+        assert_eq!(node.metric("cohort_pg_syncs_total", &[("reason", "anti_entropy")]), 0.0);
+    }
+    // In sync again: b's later digests from a match.
+    let matched = in_sync(b);
+    eventually("b's view of a matches a's digest again", || in_sync(b) > matched).await;
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anti_entropy_repairs_a_join_lost_on_the_wire() {
-    let config = PgConfig { anti_entropy_interval: Duration::from_millis(200), ..PgConfig::default() };
+    // Digests off: the full-state backstop alone repairs.
+    let config =
+        PgConfig { anti_entropy_interval: Duration::from_millis(200), digest_interval: NEVER, ..PgConfig::default() };
     let nodes = cluster(&["a", "b"], config).await;
     let (a, b) = (&nodes[0], &nodes[1]);
     let early = a.host.spawn(1);
@@ -719,8 +772,8 @@ async fn anti_entropy_repairs_a_join_lost_on_the_wire() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_queue_overflow_schedules_a_resync_that_repairs_the_peer() {
-    // Long anti-entropy: only the resync can repair within the deadline.
-    let config = PgConfig { resync_delay: Duration::from_millis(50), ..PgConfig::default() };
+    // Long anti-entropy, no digests: only the resync can repair within the deadline.
+    let config = PgConfig { resync_delay: Duration::from_millis(50), digest_interval: NEVER, ..PgConfig::default() };
     let mut tiny = transport_config();
     tiny.queue.capacity.pg = 1;
     let a = start_node_with("a", config.clone(), tiny).await;
@@ -756,7 +809,7 @@ async fn pg_queue_overflow_schedules_a_resync_that_repairs_the_peer() {
 /// unanswered discover until the answer arrives, so both converge with anti-entropy off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_discover_answer_is_repaired_by_discovering_again() {
-    let config = PgConfig { anti_entropy_interval: Duration::from_secs(3_600), ..PgConfig::default() };
+    let config = PgConfig { anti_entropy_interval: NEVER, digest_interval: NEVER, ..PgConfig::default() };
     let a = start_node("a", config.clone()).await;
     let b = start_node("b", config).await;
     let early = a.host.spawn(1);
@@ -794,7 +847,7 @@ fn restarts(node: &Node, scope: &str) -> f64 {
 /// it), monitors of the crashed incarnation are closed, new ones work, broadcast works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_scope_restarts_and_resynchronises_with_its_peers() {
-    let config = PgConfig { anti_entropy_interval: Duration::from_secs(3_600), ..PgConfig::default() };
+    let config = PgConfig { anti_entropy_interval: NEVER, digest_interval: NEVER, ..PgConfig::default() };
     let nodes = cluster(&["a", "b"], config).await;
     let (a, b) = (&nodes[0], &nodes[1]);
     let g = group("g");

@@ -64,6 +64,21 @@ pub(crate) mod sync_reason {
     pub const ALL: [&str; 4] = [CONNECT, ANTI_ENTROPY, RESYNC, RESTART];
 }
 
+/// Results of `cohort_pg_digest_checks_total{result}`: what a peer's digest led to.
+pub(crate) mod digest_check {
+    /// It matched our view of the peer.
+    pub const IN_SYNC: &str = "in_sync";
+    /// It differed (or we hold nothing of the peer): a discover was sent to pull its full state.
+    pub const PULL: &str = "pull";
+    /// It differed within the rate limit: pulled when the limit allows, unless a later one matches.
+    pub const DEFERRED: &str = "deferred";
+    /// A deferred mismatch was pulled at our digest tick (counted apart from `pull`, which counts
+    /// digests; the two sum to the pulls sent).
+    pub const DEFERRED_PULL: &str = "deferred_pull";
+    /// Every result.
+    pub const ALL: [&str; 4] = [IN_SYNC, PULL, DEFERRED, DEFERRED_PULL];
+}
+
 /// Results of `cohort_pg_broadcast_deliveries_total{result}`.
 pub(crate) mod delivery {
     /// Delivered to a local mailbox (on the sending or a receiving node).
@@ -94,6 +109,7 @@ pub(crate) struct PgMetrics {
     pub frames: IntCounterVec,
     pub rejected: IntCounterVec,
     pub syncs: IntCounterVec,
+    pub digest_checks: IntCounterVec,
     pub monitors: IntGauge,
     pub monitor_overflow: IntCounter,
     pub deliveries: IntCounterVec,
@@ -127,6 +143,13 @@ impl PgMetrics {
             Opts::new("cohort_pg_syncs_total", "Full-state syncs sent to a peer, by reason"),
             &["reason"],
         )?;
+        let digest_checks = IntCounterVec::new(
+            Opts::new(
+                "cohort_pg_digest_checks_total",
+                "Peer membership digests received and what they led to (in_sync, pull, deferred, deferred_pull)",
+            ),
+            &["result"],
+        )?;
         let monitors = IntGauge::new("cohort_pg_monitors", "Live group and scope monitors")?;
         let monitor_overflow = IntCounter::new(
             "cohort_pg_monitor_overflow_total",
@@ -143,6 +166,7 @@ impl PgMetrics {
         registry.register(Box::new(frames.clone()))?;
         registry.register(Box::new(rejected.clone()))?;
         registry.register(Box::new(syncs.clone()))?;
+        registry.register(Box::new(digest_checks.clone()))?;
         registry.register(Box::new(monitors.clone()))?;
         registry.register(Box::new(monitor_overflow.clone()))?;
         registry.register(Box::new(deliveries.clone()))?;
@@ -160,6 +184,9 @@ impl PgMetrics {
         for reason in sync_reason::ALL {
             syncs.with_label_values(&[reason]);
         }
+        for result in digest_check::ALL {
+            digest_checks.with_label_values(&[result]);
+        }
         for result in delivery::ALL {
             deliveries.with_label_values(&[result]);
         }
@@ -174,6 +201,7 @@ impl PgMetrics {
             frames,
             rejected,
             syncs,
+            digest_checks,
             monitors,
             monitor_overflow,
             deliveries,
@@ -193,6 +221,11 @@ impl PgMetrics {
     /// Counts a frame in a direction (`"in"` or `"out"`).
     pub fn frame(&self, message: &'static str, direction: &'static str) {
         self.frames.with_label_values(&[message, direction]).inc();
+    }
+
+    /// Counts what a peer's digest led to.
+    pub fn digest_check(&self, result: &'static str) {
+        self.digest_checks.with_label_values(&[result]).inc();
     }
 
     /// Counts a broadcast delivery result.

@@ -10,14 +10,18 @@
 //!   lock-free; peers' batches, syncs, node-downs and process exits are applied by the scope actor.
 //!   Every change is appended, in per-group order, to an event outbox the actor drains to notify
 //!   monitors and tell peers.
-//! - [`wire`]: the versioned peer messages (discover, sync, join, leave) and their size bounds.
+//! - [`wire`]: the versioned peer messages (discover, sync, join, leave, digest) and their size bounds.
+//! - [`digest`]: [`MembershipDigest`], the incremental multiset hash of one node's memberships that
+//!   peers exchange every few seconds, and [`DigestRepair`], the per-peer rule that turns a
+//!   mismatch into a rate-limited pull of the peer's full state.
 //!
 //!
 //! And the I/O around them:
 //!
 //! - [`scope`]: the [`Scope`] handle (join, leave, reads, monitors, broadcast) and the scope actor,
 //!   one tokio task per scope per node that drains the event outbox to monitors and peers, answers
-//!   discovers, applies syncs and peer batches, and runs anti-entropy.
+//!   discovers, applies syncs and peer batches, and runs anti-entropy (digests to every peer
+//!   every 2 s, a full-state push to one peer every 30 s as a backstop).
 //! - [`service`]: [`PgService`], one per node: creates scopes on first use, routes inbound pg frames
 //!   by scope, applies membership changes and process exits to every scope, owns the metrics.
 //!
@@ -32,11 +36,14 @@
 //!   `[Pid ! Msg || Pid <- get_members(G)]` sends once per join occurrence);
 //! - a node that comes up is sent our full state unasked (and asked for its own with a discover,
 //!   re-sent until its full state arrives), so a one-sided down/up heals without Erlang's
-//!   discover-back; frames from a node membership does not consider up are ignored, and periodic
-//!   anti-entropy repairs frames lost on the wire;
+//!   discover-back; frames from a node membership does not consider up are ignored, and
+//!   anti-entropy repairs frames lost on the wire (Erlang relies on the distribution link never
+//!   losing a message): every scope sends each peer a digest of its own memberships every 2 s, and
+//!   a peer whose view differs pulls the full state (see [`digest`]);
 //! - a scope's actor is supervised: a crashed one is restarted, re-synchronises with every peer
 //!   and closes its monitors (see [`scope`], "Restarts").
 
+pub mod digest;
 mod metrics;
 pub mod scope;
 pub mod service;
@@ -44,8 +51,9 @@ pub mod snapshot;
 pub mod state;
 pub mod wire;
 
+pub use digest::{DigestRepair, DigestVerdict, MembershipDigest};
 pub use scope::{BroadcastRefusal, BroadcastReport, MAX_REFUSALS_REPORTED, Monitor, MonitorTarget, PgEvent, Scope};
-pub use service::{DEFAULT_SCOPE, MAX_SCOPES, PgConfig, PgService, PgStartError, ScopeHealth};
+pub use service::{DEFAULT_DIGEST_INTERVAL, DEFAULT_SCOPE, MAX_SCOPES, PgConfig, PgService, PgStartError, ScopeHealth};
 pub use snapshot::{Members, ScopeTable, SyncReport};
 pub use state::{Event, EventKind, Group, GroupSnapshot, NodeState, Origin, multiset_diff};
 

@@ -10,13 +10,28 @@
 //!   owns all of the scope's I/O and peer state: it drains the table's event
 //!   outbox, dispatches events to monitors, sends local changes to peers (one `Batch` frame per peer
 //!   per drain), answers `Discover` with its full state, applies peers' syncs and batches, runs
-//!   anti-entropy and resyncs peers whose pg queue overflowed.
+//!   anti-entropy (digests, and the full-state backstop) and resyncs peers whose pg queue
+//!   overflowed.
 //!
 //! # Wake-ups
 //! Writers call `Notify::notify_one` after each write (a stored permit if the actor is busy, so no
 //! wake-up is lost). The actor loops: take pending membership work, flush the outbox, then wait for
 //! the first of: its stop signal, a monitor command, an inbound frame (routed by the service), the notify,
-//! the anti-entropy tick, the resync deadline.
+//! the anti-entropy tick, the digest tick, the resync deadline.
+//!
+//! # Anti-entropy: digests every 2 s, full state every 30 s
+//! A pg frame can be lost while the link stays up (a fault injected on a live link, a frame
+//! written into a connection that then dies). Every `digest_interval` the actor sends each peer
+//! that answered it (not awaiting, see below) a `Digest`: the [`MembershipDigest`] of its local
+//! memberships as drained so far ([`ScopeTable::local_digest`]). It is queued behind every batch
+//! of those drained events on the same ordered pg queue, so a receiver that lost nothing holds
+//! exactly that digest for us when it reads it ([`ScopeTable::peer_digest`]). On a mismatch the
+//! receiver pulls our full state with a `Discover`, rate-limited by its [`DigestRepair`] for us (at
+//! most one pull per peer per period; a deferred mismatch is pulled at its own digest tick). So a
+//! lost join or leave is repaired within about two periods, and a lost pull or sync is simply
+//! detected again by the next digest. Every `anti_entropy_interval` the actor still pushes its full
+//! state to one peer (round robin): a backstop for what digests cannot see (a hash collision, a
+//! peer of an older build that sends none).
 //!
 //! # Consistency with snapshots (the seq/version design of [`ScopeTable`])
 //! A monitor or a peer that is given a snapshot must then see exactly the events the snapshot does
@@ -49,7 +64,8 @@
 //! as *awaiting* until a complete sync from it arrives, and re-sends the discover after
 //! `resync_delay`, doubling up to the anti-entropy period. The peer runs the same rule, so each
 //! side ends up holding the other's full state. A peer that does not run this scope never
-//! answers: it gets one discover per anti-entropy period (counted there as `unknown_scope`).
+//! answers: it gets one discover per anti-entropy period (counted there as `unknown_scope`), and
+//! no digests (those go only to peers that answered).
 //!
 //! # Restarts (SPEC 6.1: restarted and re-synchronised, not silently lost)
 //! The actor runs under a supervisor; a crash (a panic: a bug) starts a new incarnation from
@@ -58,7 +74,9 @@
 //! monitors registry, the pending membership work, and the mailbox (the receivers of commands and
 //! routed frames: whatever was queued and not yet taken is served by the next incarnation).
 //! Everything else is per incarnation and starts empty: peer states and cuts, sync assemblers,
-//! the replay ring, pending resyncs.
+//! the replay ring, pending resyncs, digest repair states. The local digest lives in the table:
+//! it counts the events drained by any incarnation, including those a crash lost before sending
+//! (the restart's full syncs carry them).
 //!
 //! What a crash can lose is what the dying incarnation had taken and not finished: events drained
 //! from the outbox and not yet dispatched or sent, a routed frame or a sync half applied. So a
@@ -78,7 +96,10 @@
 //!   from a node are applied only while it is an up member (checked under the service's member
 //!   lock, which `member_down` holds while removing the node's members, so a late frame can never
 //!   re-add a node that went down).
-//! - To a peer, a full sync always precedes the batches that follow it (one ordered pg queue).
+//! - To a peer, a full sync always precedes the batches that follow it (one ordered pg queue), and
+//!   a digest follows the batches of every event it counts.
+//! - A persistent digest mismatch with one peer costs at most one full sync per digest period
+//!   (fewer when its syncs are refused by our bounds: see [`DigestRepair`]).
 //! - Every channel and buffer is bounded: commands, routed frames, monitor channels (a full one
 //!   drops that monitor, counted), the replay ring, events per drain, drains per wake-up.
 
@@ -96,7 +117,8 @@ use tokio::sync::{Mutex as AsyncMutex, Notify, mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::PgError;
-use super::metrics::{PgMetrics, delivery, reject, sync_reason};
+use super::digest::{DigestRepair, DigestVerdict, MembershipDigest};
+use super::metrics::{PgMetrics, delivery, digest_check, reject, sync_reason};
 use super::service::PgConfig;
 use super::snapshot::{Members, ScopeTable};
 use super::state::{Event, EventKind, Group, GroupSnapshot};
@@ -765,6 +787,7 @@ impl ScopeRunner {
             pull: HashSet::new(),
             resync_at: None,
             awaiting: HashMap::new(),
+            repairs: HashMap::new(),
         };
         if start > 0 {
             actor.restarted();
@@ -799,6 +822,9 @@ struct ScopeActor {
     /// Peers we sent a discover whose full state has not arrived yet: when the discover is
     /// re-sent (see the module docs, "Connecting").
     awaiting: HashMap<String, Awaiting>,
+    /// Per peer that sent us a digest, the rate limit of pulls from it (bounded by the up members:
+    /// entries are removed when the peer goes down).
+    repairs: HashMap<String, DigestRepair>,
 }
 
 /// A discover not answered yet.
@@ -814,6 +840,9 @@ impl ScopeActor {
         let period = self.shared.config.anti_entropy_interval.max(Duration::from_millis(1));
         let mut anti_entropy = tokio::time::interval_at(Instant::now() + period, period);
         anti_entropy.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let digest_period = self.shared.config.digest_interval.max(Duration::from_millis(1));
+        let mut digests = tokio::time::interval_at(Instant::now() + digest_period, digest_period);
+        digests.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             if self.shared.crash_requested.swap(false, Ordering::AcqRel) {
                 self.crash_for_test(mailbox);
@@ -841,6 +870,7 @@ impl ScopeActor {
                 },
                 () = shared.notify.notified() => {}
                 _ = anti_entropy.tick() => self.anti_entropy(),
+                _ = digests.tick() => self.digest_round(),
                 () = timer_due => self.run_timers(),
             }
         }
@@ -902,6 +932,7 @@ impl ScopeActor {
             self.resync.remove(name);
             self.pull.remove(name);
             self.awaiting.remove(name);
+            self.repairs.remove(name);
         }
         if !work.connect.is_empty() {
             let up: Vec<NodeId> = {
@@ -1126,6 +1157,51 @@ impl ScopeActor {
         self.send_sync(&name, sync_reason::ANTI_ENTROPY);
     }
 
+    /// The digest tick: our digest to every peer that answered us, then the pulls whose rate
+    /// limit just expired (see the module docs, "Anti-entropy").
+    fn digest_round(&mut self) {
+        if self.shared.transport.is_none() {
+            return;
+        }
+        let message = PgMessage::Digest(self.shared.table.local_digest());
+        let name = message.name();
+        let names: Vec<String> = self.peers.keys().filter(|peer| !self.awaiting.contains_key(*peer)).cloned().collect();
+        if let Some(bytes) = encode(&self.frame(message)) {
+            for peer in names {
+                self.send_bytes(&peer, bytes.clone(), name);
+            }
+        }
+        let due: Vec<String> =
+            self.repairs.iter_mut().filter_map(|(name, repair)| repair.on_tick().then(|| name.clone())).collect();
+        for name in due {
+            self.shared.metrics.digest_check(digest_check::DEFERRED_PULL);
+            self.send_message(&name, PgMessage::Discover);
+        }
+    }
+
+    /// A peer's digest: compared with what we hold of it; a mismatch pulls its full state (the
+    /// answer to our discover), within the peer's rate limit.
+    fn check_digest(&mut self, from: &NodeId, digest: MembershipDigest) {
+        let held = self.shared.table.peer_digest(from);
+        let repair = self.repairs.entry(from.name.clone()).or_default();
+        match repair.on_digest(held == Some(digest)) {
+            DigestVerdict::InSync => self.shared.metrics.digest_check(digest_check::IN_SYNC),
+            DigestVerdict::Deferred => self.shared.metrics.digest_check(digest_check::DEFERRED),
+            DigestVerdict::Pull => {
+                self.shared.metrics.digest_check(digest_check::PULL);
+                tracing::debug!(scope = %self.shared.name, peer = %from, ?held, theirs = ?digest, "pg digest mismatch; pulling the peer's state");
+                self.send_message(&from.name, PgMessage::Discover);
+            }
+        }
+    }
+
+    /// Backoff cap of digest pulls, in digest periods: the full-state backstop's period.
+    fn max_digest_backoff(&self) -> u32 {
+        let config = &self.shared.config;
+        let periods = config.anti_entropy_interval.as_millis() / config.digest_interval.as_millis().max(1);
+        u32::try_from(periods).unwrap_or(u32::MAX).max(1)
+    }
+
     fn schedule_resync(&mut self) {
         if self.resync_at.is_none() {
             self.resync_at = Some(Instant::now() + self.shared.config.resync_delay);
@@ -1214,7 +1290,13 @@ impl ScopeActor {
                     Ok(Some(state)) => {
                         // Its full state arrived (applied or refused): our discover is answered.
                         self.awaiting.remove(&from.name);
-                        match table.sync_peer(&from, state) {
+                        let result = table.sync_peer(&from, state);
+                        let refused = !matches!(result, Ok(report) if report.groups_refused == 0);
+                        let max_backoff = self.max_digest_backoff();
+                        if let Some(repair) = self.repairs.get_mut(&from.name) {
+                            repair.on_sync(refused, max_backoff);
+                        }
+                        match result {
                             Ok(report) => {
                                 if report.groups_refused > 0 {
                                     tracing::debug!(scope = %self.shared.name, peer = %from, refused = report.groups_refused, "pg sync partly refused by bounds");
@@ -1240,6 +1322,10 @@ impl ScopeActor {
             PgMessage::Broadcast { group, payload } => {
                 let mut report = BroadcastReport::default();
                 self.shared.fan_out_local(group.as_str(), &payload.0, &mut report);
+                true
+            }
+            PgMessage::Digest(digest) => {
+                self.check_digest(&from, digest);
                 true
             }
         };

@@ -59,10 +59,18 @@ pub const DEFAULT_SCOPE: &str = "default";
 /// bug that derives scope names from data is refused ([`PgError::TooManyScopes`]).
 pub const MAX_SCOPES: usize = 64;
 
-/// Default period of anti-entropy: each scope sends its full local state to one peer (round robin
-/// from a random start), so a lost frame is repaired within `peers × 30 s` at worst while the
-/// steady cost stays one sync per scope per 30 s.
+/// Default period of the full-state backstop: each scope sends its full local state to one peer
+/// (round robin from a random start). Lost frames are repaired by the digests
+/// ([`DEFAULT_DIGEST_INTERVAL`]); this push is only for what digests cannot see (a hash collision,
+/// a peer that sends no digests), so its steady cost stays one sync per scope per 30 s.
 pub const DEFAULT_ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Default period of the digest exchange: each scope sends every peer that answered it a
+/// [`MembershipDigest`](super::MembershipDigest) of its own memberships (one frame of ~60 bytes
+/// per peer per period); a peer whose view differs pulls the full state, at most once per period
+/// (see the `digest` module). 2 s repairs a frame lost on a live link within a few seconds, well
+/// inside a chaos settle window, for 0.5 small frames per peer per second per scope.
+pub const DEFAULT_DIGEST_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Default restart intensity of a scope's supervisor: more than 3 crashes within 10 s and the
 /// scope gives up (escalates). Each restart costs a full sync with every peer, so a crash loop is
@@ -106,8 +114,10 @@ pub const DEFAULT_SCOPE_INBOUND_CAPACITY: usize = 1_024;
 pub struct PgConfig {
     /// Bounds of every scope table.
     pub limits: ScopeLimits,
-    /// Anti-entropy period ([`DEFAULT_ANTI_ENTROPY_INTERVAL`]).
+    /// Full-state backstop period ([`DEFAULT_ANTI_ENTROPY_INTERVAL`]).
     pub anti_entropy_interval: Duration,
+    /// Digest exchange period ([`DEFAULT_DIGEST_INTERVAL`]); also the unit of the pull rate limit.
+    pub digest_interval: Duration,
     /// Resync delay ([`DEFAULT_RESYNC_DELAY`]).
     pub resync_delay: Duration,
     /// Events buffered per monitor ([`DEFAULT_MONITOR_CAPACITY`]).
@@ -125,6 +135,7 @@ impl Default for PgConfig {
         Self {
             limits: ScopeLimits::default(),
             anti_entropy_interval: DEFAULT_ANTI_ENTROPY_INTERVAL,
+            digest_interval: DEFAULT_DIGEST_INTERVAL,
             resync_delay: DEFAULT_RESYNC_DELAY,
             monitor_capacity: DEFAULT_MONITOR_CAPACITY,
             max_monitors_per_scope: DEFAULT_MAX_MONITORS_PER_SCOPE,

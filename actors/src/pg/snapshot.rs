@@ -37,8 +37,17 @@
 //! - `local_index: DashMap<u64, Vec<Group>>`: for each local pid, one entry per join occurrence,
 //!   newest last (Erlang's per-process group list), so `process_exit` touches only the pid's groups
 //!   and leaving the newest group is O(1).
-//! - `peers`: per peer node name, its incarnation and the groups it may have members in, so a sync
-//!   or a node-down touches only those groups. Only the scope actor writes peer state.
+//! - `peers`: per peer node name, its incarnation, the groups it may have members in (so a sync
+//!   or a node-down touches only those groups) and the [`MembershipDigest`] of exactly what the
+//!   table holds of it, kept by every change to its members (under the peers lock, from the delta
+//!   the change computed), so answering a peer's digest costs one lookup. Only the scope actor
+//!   writes peer state.
+//! - The local digest ([`ScopeTable::local_digest`]) is the [`MembershipDigest`] of the local
+//!   memberships whose events have been **drained**: kept by [`ScopeTable::pop_event`], not by the
+//!   writers, so the join/leave hot path pays nothing for it, and it is exactly what peers have been
+//!   sent (a digest sent after a drain is consistent with the batches queued before it, whatever
+//!   writers do meanwhile). With an empty outbox it equals the digest of
+//!   [`ScopeTable::local_state`] (every change of a local membership is one local event).
 //!
 //! # Trade-offs
 //! - Copy-on-write: every change to a group copies its member array (O(group size), cloning each
@@ -75,6 +84,7 @@ use crossbeam::queue::SegQueue;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
+use super::digest::MembershipDigest;
 use super::state::{Event, EventKind, Group, GroupSnapshot, NodeState, Origin, multiset_diff};
 use super::{PgError, ScopeLimits};
 use crate::pid::Pid;
@@ -129,10 +139,14 @@ struct GroupSlot {
     published: ArcSwap<GroupSnapshot>,
 }
 
-/// A peer scope: its current incarnation and the groups it may have members in (a superset).
+/// A peer scope: its current incarnation, the groups it may have members in (a superset), and
+/// the digest of its members held here.
 struct Peer {
     incarnation: u64,
     groups: HashSet<Group>,
+    /// Invariant: the [`MembershipDigest`] of every membership in the table whose pid is hosted by
+    /// exactly this peer (name and incarnation).
+    digest: MembershipDigest,
 }
 
 /// The next value of a group and what changed; events are emitted leave first, then join.
@@ -193,6 +207,8 @@ pub struct ScopeTable {
     peers: Mutex<HashMap<String, Peer>>,
     outbox: SegQueue<Event>,
     pending: AtomicUsize,
+    /// The digest of the local memberships whose events were drained (see the module docs).
+    drained_digest: Mutex<MembershipDigest>,
     /// The next event's `seq`; starts at 1 so version 0 means "never changed".
     next_seq: AtomicU64,
     empty: Arc<GroupSnapshot>,
@@ -216,6 +232,7 @@ impl ScopeTable {
             peers: Mutex::new(HashMap::new()),
             outbox: SegQueue::new(),
             pending: AtomicUsize::new(0),
+            drained_digest: Mutex::new(MembershipDigest::EMPTY),
             next_seq: AtomicU64::new(1),
             empty: Arc::new(GroupSnapshot::empty()),
         }
@@ -339,10 +356,10 @@ impl ScopeTable {
         let previous = std::mem::take(&mut peer.groups);
         let mut report = SyncReport::default();
         for group in previous.iter().filter(|group| !state.contains_key(*group)) {
-            self.replace_node_members(group, from, &[], &mut report);
+            self.replace_node_members(group, from, &[], &mut report, &mut peer.digest);
         }
         for (group, pids) in &state {
-            self.replace_node_members(group, from, pids, &mut report);
+            self.replace_node_members(group, from, pids, &mut report, &mut peer.digest);
         }
         peer.groups = state.into_keys().collect();
         Ok(report)
@@ -368,6 +385,7 @@ impl ScopeTable {
             Ok(Some(Transition { next: current.join_remote(pids), left: Vec::new(), joined: pids.to_vec() }))
         })?;
         peer.groups.insert(group.clone());
+        peer.digest = peer.digest.plus(MembershipDigest::of_group(group, pids));
         Ok(version)
     }
 
@@ -376,11 +394,29 @@ impl ScopeTable {
     pub fn remote_leave(&self, from: &NodeId, group: &Group, pids: &[Pid]) -> Result<u64, PgError> {
         self.check_peer_batch(from, pids)?;
         let mut peers = lock(&self.peers);
-        known_peer(&mut peers, from)?;
-        self.update(group, false, Origin::Remote, |current| {
+        let peer = known_peer(&mut peers, from)?;
+        let mut delta = MembershipDigest::EMPTY;
+        let version = self.update(group, false, Origin::Remote, |current| {
             let (next, left) = current.leave_remote(pids);
+            delta = MembershipDigest::delta(group, &left, &[]);
             Ok((!left.is_empty()).then_some(Transition { next, left, joined: Vec::new() }))
-        })
+        })?;
+        peer.digest = peer.digest.plus(delta);
+        Ok(version)
+    }
+
+    /// The [`MembershipDigest`] of what this table holds of peer `node` (exact incarnation), to
+    /// compare with the digest the peer sends of its own memberships; `None` if `node` is not a
+    /// known peer (we hold nothing of it: a digest from it calls for a full sync). O(1).
+    pub fn peer_digest(&self, node: &NodeId) -> Option<MembershipDigest> {
+        lock(&self.peers).get(&node.name).filter(|peer| peer.incarnation == node.incarnation).map(|peer| peer.digest)
+    }
+
+    /// The [`MembershipDigest`] of this node's memberships as far as their events have been drained
+    /// ([`ScopeTable::pop_event`]): what peers have been told. Equal to the digest of
+    /// [`ScopeTable::local_state`] whenever the outbox is empty. O(1).
+    pub fn local_digest(&self) -> MembershipDigest {
+        *lock(&self.drained_digest)
     }
 
     /// Membership reported `node` down or left: removes every member hosted by it or by an older
@@ -506,10 +542,19 @@ impl ScopeTable {
 
     // ---- the event outbox (the scope actor) ----
 
-    /// The oldest undrained event; per group, events come out in `seq` order.
+    /// The oldest undrained event; per group, events come out in `seq` order. A local event is
+    /// added to [`ScopeTable::local_digest`].
     pub fn pop_event(&self) -> Option<Event> {
         let event = self.outbox.pop()?;
         self.pending.fetch_sub(1, Ordering::Relaxed);
+        if event.origin == Origin::Local {
+            let delta = match event.kind {
+                EventKind::Join => MembershipDigest::delta(&event.group, &[], &event.pids),
+                EventKind::Leave => MembershipDigest::delta(&event.group, &event.pids, &[]),
+            };
+            let mut digest = lock(&self.drained_digest);
+            *digest = digest.plus(delta);
+        }
         Some(event)
     }
 
@@ -695,9 +740,11 @@ impl ScopeTable {
                 self.drop_peer(peers, &older);
             }
         }
-        Ok(peers
-            .entry(node.name.clone())
-            .or_insert_with(|| Peer { incarnation: node.incarnation, groups: HashSet::new() }))
+        Ok(peers.entry(node.name.clone()).or_insert_with(|| Peer {
+            incarnation: node.incarnation,
+            groups: HashSet::new(),
+            digest: MembershipDigest::EMPTY,
+        }))
     }
 
     fn drop_peer(&self, peers: &mut HashMap<String, Peer>, node: &NodeId) -> usize {
@@ -720,8 +767,16 @@ impl ScopeTable {
         changed
     }
 
-    /// Sets what `node` has in `group` to `pids` (one group of a sync).
-    fn replace_node_members(&self, group: &Group, node: &NodeId, pids: &[Pid], report: &mut SyncReport) {
+    /// Sets what `node` has in `group` to `pids` (one group of a sync), keeping `digest` (the
+    /// node's, see [`Peer::digest`]) equal to what is held.
+    fn replace_node_members(
+        &self,
+        group: &Group,
+        node: &NodeId,
+        pids: &[Pid],
+        report: &mut SyncReport,
+        digest: &mut MembershipDigest,
+    ) {
         let max = self.limits.max_members_per_group;
         let (mut changed, mut refused) = (false, false);
         let result = self.update(group, !pids.is_empty(), Origin::Remote, |current| {
@@ -735,12 +790,15 @@ impl ScopeTable {
                 }
                 changed = true;
                 let (next, left) = current.leave_remote(&left);
+                *digest = digest.plus(MembershipDigest::delta(group, &left, &[]));
                 return Ok(Some(Transition { next, left, joined: Vec::new() }));
             }
             if left.is_empty() && joined.is_empty() {
                 return Ok(None);
             }
             changed = true;
+            // `update` commits whatever `Some` this returns: the delta is applied exactly then.
+            *digest = digest.plus(MembershipDigest::delta(group, &left, &joined));
             Ok(Some(Transition { next: current.with_node_members(node, pids), left, joined }))
         });
         // The only error is the group bound refusing to create the group.

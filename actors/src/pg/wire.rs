@@ -5,7 +5,14 @@
 //! local change in order, batched as one [`PgMessage::Batch`] per drain of its scope actor (the
 //! single `Join`/`Leave` messages are still accepted). [`PgMessage::Broadcast`] carries one group
 //! message to a node, which delivers it to its own local members. The receiver applies a sync as the difference against
-//! what it held for the sender ([`super::ScopeTable::sync_peer`]).
+//! what it held for the sender ([`super::ScopeTable::sync_peer`]). [`PgMessage::Digest`] is the
+//! periodic anti-entropy: the sender's [`MembershipDigest`], which the receiver compares with its
+//! view of the sender, answering a mismatch with a `Discover` (see [`super::digest`]).
+//!
+//! Compatibility: a message added to [`PgMessage`] (as `Digest` was) keeps [`PG_WIRE_VERSION`], so
+//! a mixed cluster keeps exchanging everything else; an older build fails to decode the new
+//! message and drops it, counted as `cohort_pg_frames_rejected_total{reason="decode"}`, never a
+//! panic (and a peer that sends no digests is still repaired by the full-state backstop).
 //!
 //! Every frame carries [`PG_WIRE_VERSION`]. Payloads are MessagePack (rmp-serde) inside a transport
 //! frame whose size is checked before allocation (at most 16 MiB), so decoding allocates at most a
@@ -19,6 +26,7 @@ use bytes::Bytes;
 use cohort_cluster::NodeId;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::digest::MembershipDigest;
 use super::state::{Event, EventKind, Group, NodeState, Origin};
 use super::{MAX_GROUPS_PER_SCOPE, MAX_PIDS_PER_BATCH};
 use crate::pid::{MAX_NODE_NAME_BYTES, Pid, is_valid_node_name};
@@ -104,10 +112,14 @@ pub enum PgMessage {
         /// [`MAX_BROADCAST_BYTES`]).
         payload: WireBytes,
     },
+    /// The digest of the sender's own memberships in this scope, sent to every peer every
+    /// digest period. Fixed size; the receiver pulls a full sync if its view differs.
+    Digest(MembershipDigest),
 }
 
 impl PgMessage {
-    /// A bounded label for metrics: `discover`, `sync`, `join`, `leave`, `batch`, `broadcast`.
+    /// A bounded label for metrics: `discover`, `sync`, `join`, `leave`, `batch`, `broadcast`,
+    /// `digest`.
     pub const fn name(&self) -> &'static str {
         match self {
             PgMessage::Discover => "discover",
@@ -116,11 +128,12 @@ impl PgMessage {
             PgMessage::Leave { .. } => "leave",
             PgMessage::Batch(_) => "batch",
             PgMessage::Broadcast { .. } => "broadcast",
+            PgMessage::Digest(_) => "digest",
         }
     }
 
     /// Every value of [`PgMessage::name`], for exporting counters at 0.
-    pub const NAMES: [&'static str; 6] = ["discover", "sync", "join", "leave", "batch", "broadcast"];
+    pub const NAMES: [&'static str; 7] = ["discover", "sync", "join", "leave", "batch", "broadcast", "digest"];
 }
 
 /// One join or leave inside a [`PgMessage::Batch`].
@@ -302,7 +315,7 @@ impl PgFrame {
             return Err(WireError::BadNodeName);
         }
         match &self.message {
-            PgMessage::Discover => Ok(()),
+            PgMessage::Discover | PgMessage::Digest(_) => Ok(()),
             PgMessage::Join { pids, .. } | PgMessage::Leave { pids, .. } => {
                 if pids.is_empty() || pids.len() > MAX_PIDS_PER_BATCH {
                     return Err(WireError::BadBatch { len: pids.len(), max: MAX_PIDS_PER_BATCH });
@@ -458,6 +471,7 @@ mod tests {
             PgMessage::Join { group: group("g"), pids: vec![pid.clone(), pid.clone()] },
             PgMessage::Leave { group: group("g"), pids: vec![pid.clone()] },
             PgMessage::Sync(SyncChunk { sync_id: 1, index: 0, last: true, groups: vec![(group("g"), vec![pid])] }),
+            PgMessage::Digest(MembershipDigest { hash: u64::MAX, memberships: 3 }),
         ];
         for message in messages {
             let frame = PgFrame::new("default", node(), message);
@@ -483,6 +497,39 @@ mod tests {
         let bad = Pid::new(NodeId::new("bad name", 1), 1);
         let frame = PgFrame::new("default", node(), PgMessage::Join { group: group("g"), pids: vec![bad] });
         assert_eq!(frame.validate(), Err(WireError::BadNodeName));
+    }
+
+    /// What an older build does with a message it does not know (how `Digest` reaches a build
+    /// from before it): a decode error, which the router counts, not a panic; and it is refused
+    /// here the same way, via a made-up variant.
+    #[test]
+    fn an_unknown_message_is_a_decode_error_not_a_panic() {
+        #[derive(Serialize)]
+        enum FutureMessage {
+            Gossip(u64),
+        }
+        #[derive(Serialize)]
+        struct FutureFrame {
+            version: u16,
+            scope: String,
+            from: NodeId,
+            message: FutureMessage,
+        }
+        let future = FutureFrame {
+            version: PG_WIRE_VERSION,
+            scope: "default".into(),
+            from: node(),
+            message: FutureMessage::Gossip(1),
+        };
+        let bytes = rmp_serde::to_vec(&future).unwrap();
+        assert!(rmp_serde::from_slice::<PgFrame>(&bytes).is_err());
+        // A digest frame is small: a few dozen bytes beside the scope name and the sender.
+        let digest = PgFrame::new(
+            "default",
+            node(),
+            PgMessage::Digest(MembershipDigest { hash: u64::MAX, memberships: 1 << 40 }),
+        );
+        assert!(rmp_serde::to_vec(&digest).unwrap().len() < 64);
     }
 
     #[test]
