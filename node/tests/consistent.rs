@@ -141,3 +141,185 @@ async fn a_name_registered_on_a_follower_is_visible_everywhere_with_one_token() 
         wait_gone(u, "svc").await;
     }
 }
+
+#[tokio::test]
+async fn two_concurrent_registrations_of_one_name_exactly_one_wins() {
+    let c = cluster("consistent-race", "memory").await;
+    let (a, b) = (spawn(&c.urls[1]).await, spawn(&c.urls[2]).await);
+    let (first, second) = tokio::join!(register(&c.urls[1], "lock", &a), register(&c.urls[2], "lock", &b));
+    let outcomes = [(first.0, first.1.clone()), (second.0, second.1.clone())];
+    let winners: Vec<_> = outcomes.iter().filter(|(s, _)| *s == 200).collect();
+    let losers: Vec<_> = outcomes.iter().filter(|(s, _)| *s == 409).collect();
+    assert_eq!((winners.len(), losers.len()), (1, 1), "{outcomes:?}");
+    assert_eq!(losers[0].1["error"], "AlreadyRegistered", "{outcomes:?}");
+    let token = winners[0].1["fence_token"].as_u64().unwrap();
+    let winner_pid = if first.0 == 200 { &a } else { &b };
+    for u in &c.urls {
+        wait_visible(u, "lock", winner_pid, token).await;
+    }
+    // A retry by the loser is refused the same way; the winner's own retry keeps its token.
+    let loser_pid = if first.0 == 200 { (&c.urls[2], &b) } else { (&c.urls[1], &a) };
+    let (status, j) = register(loser_pid.0, "lock", loser_pid.1).await;
+    assert_eq!((status, j["error"].as_str()), (409, Some("AlreadyRegistered")), "{j}");
+    let winner_url = if first.0 == 200 { &c.urls[1] } else { &c.urls[2] };
+    let (status, j) = register(winner_url, "lock", winner_pid).await;
+    assert_eq!((status, j["fence_token"].as_u64()), (200, Some(token)), "{j}");
+    // SPEC 7: the eventual tier refuses a name the consistent tier holds.
+    let other = spawn(&c.urls[0]).await;
+    let (status, j) =
+        post(&c.urls[0], "/admin/probe/register", json!({"tier": "eventual", "name": "lock", "pid": other})).await;
+    assert_eq!((status, j["error"].as_str()), (409, Some("AlreadyRegistered")), "{j}");
+}
+
+#[tokio::test]
+async fn an_isolated_node_refuses_strong_and_bounded_and_serves_best_effort_marked_stale() {
+    let c = cluster("consistent-isolated", "memory").await;
+    let leader = wait_for_voters(&c.urls, 3).await;
+    let pid = spawn(&c.urls[0]).await;
+    let (status, j) = register(&c.urls[0], "cfg", &pid).await;
+    assert_eq!(status, 200, "{j}");
+    let token = j["fence_token"].as_u64().unwrap();
+    let victim = (0..3).find(|i| format!("n{i}") != leader).unwrap();
+    for u in &c.urls {
+        wait_visible(u, "cfg", &pid, token).await;
+    }
+    // Cut the victim off from both peers, gossip and internode alike.
+    let peers: Vec<Value> = (0..3)
+        .filter(|i| *i != victim)
+        .map(|i| json!({"peer": format!("n{i}"), "direction": "both", "drop": 1.0}))
+        .collect();
+    let (status, j) = post(&c.urls[victim], "/admin/faults", json!({ "rules": peers })).await;
+    assert_eq!(status, 200, "{j}");
+    let url = &c.urls[victim];
+    let mode = wait_for(WITHIN, "the victim notices it lost the quorum", || async {
+        let planes = get(url, "/admin/planes").await.json();
+        let mode = planes["control"]["degraded_mode"].as_str()?.to_string();
+        matches!(mode.as_str(), "view_only" | "root_unavailable").then_some(mode)
+    })
+    .await;
+    // No silent downgrade: Strong and Bounded are refused with a reason...
+    let (status, j) = lookup(url, "cfg", "strong").await;
+    assert_eq!(status, 503, "{j}");
+    assert!(matches!(j["error"].as_str(), Some("Unavailable" | "NotLeader")), "{j}");
+    let (status, j) = lookup(url, "cfg", "bounded").await;
+    assert_eq!((status, j["error"].as_str()), (503, Some("Unavailable")), "{j}");
+    // ...while BestEffort answers from the local view and says it is degraded.
+    let (status, j) = lookup(url, "cfg", "best_effort").await;
+    assert_eq!((status, j["pid"].as_str(), j["fence_token"].as_u64()), (200, Some(pid.as_str()), Some(token)), "{j}");
+    let served_mode = j["witness"]["degraded_mode"].as_str().unwrap();
+    assert!(matches!(served_mode, "view_only" | "root_unavailable"), "{j} (planes said {mode})");
+    assert_eq!(j["witness"]["served_freshness"], "best_effort");
+    // The majority side keeps committing.
+    let majority = (0..3).find(|i| *i != victim).unwrap();
+    let other = spawn(&c.urls[majority]).await;
+    wait_for(WITHIN, "a write on the majority side", || async {
+        (register(&c.urls[majority], "after-cut", &other).await.0 == 200).then_some(())
+    })
+    .await;
+    let (status, _) = lookup(url, "after-cut", "best_effort").await;
+    assert_eq!(status, 404, "the isolated node cannot have seen the new name");
+}
+
+#[tokio::test]
+async fn killing_the_leader_elects_a_new_one_and_writes_continue() {
+    let mut c = cluster("consistent-leader-loss", "memory").await;
+    let leader = wait_for_voters(&c.urls, 3).await;
+    let dead = index_of(&c, &leader);
+    c.procs[dead].signal(libc::SIGKILL);
+    c.procs[dead].wait_exit(Duration::from_secs(10)).await;
+    let alive: Vec<String> = (0..3).filter(|i| *i != dead).map(|i| c.urls[i].clone()).collect();
+    let new_leader = wait_for(WITHIN, "a new leader among the survivors", || async {
+        let mut seen: Option<String> = None;
+        for u in &alive {
+            let l = raft(u).await["leader"].as_str()?.to_string();
+            if l == leader || seen.as_ref().is_some_and(|s| *s != l) {
+                return None;
+            }
+            seen = Some(l);
+        }
+        seen
+    })
+    .await;
+    assert_ne!(new_leader, leader);
+    let pid = spawn(&alive[0]).await;
+    let token = wait_for(WITHIN, "a write after the leader loss", || async {
+        let (status, j) = register(&alive[0], "after-loss", &pid).await;
+        (status == 200).then(|| j["fence_token"].as_u64()).flatten()
+    })
+    .await;
+    for u in &alive {
+        wait_visible(u, "after-loss", &pid, token).await;
+    }
+    let metrics = get(&alive[0], "/metrics").await.body;
+    assert!(metric_sum(&metrics, "cohort_raft_leader_changes_total") >= 2.0, "{metrics}");
+}
+
+#[tokio::test]
+async fn a_stale_fencing_token_is_refused_where_the_message_lands() {
+    let c = cluster("consistent-fence", "memory").await;
+    let holder = spawn(&c.urls[1]).await;
+    let (status, j) = register(&c.urls[1], "writer", &holder).await;
+    assert_eq!(status, 200, "{j}");
+    let t1 = j["fence_token"].as_u64().unwrap();
+    wait_visible(&c.urls[0], "writer", &holder, t1).await;
+    let received = |u: String| async move { get(&u, "/admin/probe/stats").await.json()["received_total"].as_u64().unwrap() };
+    let rejections = |u: String| async move {
+        metric_sum(&get(&u, "/metrics").await.body, "cohort_registry_fence_rejections_total") as u64
+    };
+    // The current token is delivered across nodes.
+    let (status, j) = post(&c.urls[0], "/admin/probe/send", json!({"name": "writer", "fence_token": t1})).await;
+    assert_eq!(status, 200, "{j}");
+    wait_for(WITHIN, "the fenced send delivered", || async { (received(c.urls[1].clone()).await == 1).then_some(()) })
+        .await;
+    // A stale token is refused on the receiving node, counted, and not delivered.
+    let (status, j) = post(&c.urls[0], "/admin/probe/send", json!({"name": "writer", "fence_token": t1 - 1})).await;
+    assert_eq!(status, 200, "remote fenced sends are fire-and-forget: {j}");
+    wait_for(WITHIN, "the stale send refused on the holder's node", || async {
+        (rejections(c.urls[1].clone()).await >= 1).then_some(())
+    })
+    .await;
+    // A new registration of the name makes the old token stale; a local stale send is refused
+    // synchronously with the SPEC word.
+    assert_eq!(
+        post(&c.urls[1], "/admin/probe/unregister", json!({"tier": "consistent", "name": "writer", "pid": holder}))
+            .await
+            .0,
+        200
+    );
+    let (status, j) = register(&c.urls[1], "writer", &holder).await;
+    assert_eq!(status, 200, "{j}");
+    let t2 = j["fence_token"].as_u64().unwrap();
+    assert!(t2 > t1, "tokens grow: {t1} then {t2}");
+    let (status, j) = post(&c.urls[1], "/admin/probe/send", json!({"name": "writer", "fence_token": t1})).await;
+    assert_eq!((status, j["error"].as_str()), (409, Some("EpochMismatch")), "{j}");
+    let (status, _) = post(&c.urls[1], "/admin/probe/send", json!({"name": "writer"})).await;
+    assert_eq!(status, 200, "a plain send carries the current token");
+    wait_for(WITHIN, "the current-token sends delivered", || async {
+        (received(c.urls[1].clone()).await == 2).then_some(())
+    })
+    .await;
+    assert!(rejections(c.urls[1].clone()).await >= 2);
+    let planes = get(&c.urls[1], "/admin/planes").await.json();
+    assert!(planes["execution"]["admission"]["EpochMismatch"].as_u64().unwrap() >= 2, "{planes}");
+}
+
+#[tokio::test]
+async fn a_removed_node_s_names_disappear_everywhere() {
+    let mut c = cluster("consistent-removed", "memory").await;
+    let leader = wait_for_voters(&c.urls, 3).await;
+    let victim = (0..3).find(|i| format!("n{i}") != leader).unwrap();
+    let pid = spawn(&c.urls[victim]).await;
+    let (status, j) = register(&c.urls[victim], "on-victim", &pid).await;
+    assert_eq!(status, 200, "{j}");
+    let token = j["fence_token"].as_u64().unwrap();
+    let alive: Vec<String> = (0..3).filter(|i| *i != victim).map(|i| c.urls[i].clone()).collect();
+    for u in &alive {
+        wait_visible(u, "on-victim", &pid, token).await;
+    }
+    c.procs[victim].signal(libc::SIGKILL);
+    c.procs[victim].wait_exit(Duration::from_secs(10)).await;
+    // Membership declares it down; the leader commits RemoveByNode.
+    for u in &alive {
+        wait_gone(u, "on-victim").await;
+    }
+}
