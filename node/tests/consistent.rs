@@ -323,3 +323,82 @@ async fn a_removed_node_s_names_disappear_everywhere() {
         wait_gone(u, "on-victim").await;
     }
 }
+
+/// Starts `cohort node` named `name` with its data in `dir` (kept across restarts).
+fn start_node(name: &str, dir: &std::path::Path, secret: &std::path::Path, seed: Option<&str>) -> common::Proc {
+    let mut args: Vec<String> = [
+        "node",
+        "--name",
+        name,
+        "--http",
+        "127.0.0.1:0",
+        "--gossip",
+        "127.0.0.1:0",
+        "--internode",
+        "127.0.0.1:0",
+        "--admin-token",
+        TOKEN,
+        "--chaos",
+        "--log-filter",
+        "warn",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(["--data-dir".into(), dir.join(name).display().to_string()]);
+    args.extend(["--cluster-secret-file".into(), secret.display().to_string()]);
+    if let Some(seed) = seed {
+        args.extend(["--seeds".into(), seed.to_string()]);
+    }
+    common::Proc::spawn(&common::as_strs(&args))
+}
+
+#[tokio::test]
+async fn a_killed_node_restarts_recovered_from_its_durable_log_and_catches_up() {
+    let dir = std::env::temp_dir().join(format!("cohort-consistent-durable-{}-{}", std::process::id(), common::rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef").unwrap();
+    let mut procs = vec![start_node("n0", &dir, &secret, None)];
+    let first = procs[0].wait_stdout("cohort node listening", Duration::from_secs(20)).await;
+    let seed = common::field(&first, "gossip").unwrap();
+    let mut urls = vec![common::field(&first, "http").unwrap()];
+    for name in ["n1", "n2"] {
+        let p = start_node(name, &dir, &secret, Some(&seed));
+        urls.push(p.node_url().await);
+        procs.push(p);
+    }
+    wait_for_voters(&urls, 3).await;
+    let pid = spawn(&urls[0]).await;
+    let (status, j) = register(&urls[0], "before", &pid).await;
+    assert_eq!(status, 200, "{j}");
+    let token = j["fence_token"].as_u64().unwrap();
+    wait_visible(&urls[2], "before", &pid, token).await;
+    let applied_before = raft(&urls[2]).await["applied_index"].as_u64().unwrap();
+
+    // SIGKILL n2 (no graceful anything), write while it is down, restart it on the same data dir.
+    procs[2].signal(libc::SIGKILL);
+    procs[2].wait_exit(Duration::from_secs(10)).await;
+    let other = spawn(&urls[1]).await;
+    let late = wait_for(WITHIN, "a write while n2 is down", || async {
+        let (status, j) = register(&urls[1], "while-down", &other).await;
+        (status == 200).then(|| j["fence_token"].as_u64()).flatten()
+    })
+    .await;
+    let restarted = start_node("n2", &dir, &secret, Some(&seed));
+    let url = restarted.node_url().await;
+    procs[2] = restarted;
+    let planes = get(&url, "/admin/planes").await.json();
+    assert_eq!(planes["execution"]["restart_state"]["state"], "recovered", "{planes}");
+    assert!(
+        planes["execution"]["restart_state"]["applied_index"].as_u64().unwrap() >= applied_before,
+        "recovers at least what it had applied ({applied_before}): {planes}"
+    );
+    // It keeps its recorded raft id and catches up with what it missed.
+    wait_visible(&url, "while-down", &other, late).await;
+    wait_visible(&url, "before", &pid, token).await;
+    wait_for(WITHIN, "the restarted node fresh at bounded freshness", || async {
+        (lookup(&url, "while-down", "bounded").await.0 == 200).then_some(())
+    })
+    .await;
+}
