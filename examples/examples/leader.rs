@@ -86,7 +86,11 @@ impl Actor for Worker {
     type State = (String, Journal);
     type Arguments = (String, Journal);
 
-    async fn pre_start(&self, _: ActorRef<WorkerMsg>, args: Self::Arguments) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _: ActorRef<WorkerMsg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
         Ok(args)
     }
 
@@ -186,7 +190,10 @@ pub async fn run() -> anyhow::Result<Story> {
     println!("the leader on {first_name} pauses; its lease is revoked (the name is unregistered) ...");
     nodes[first].registry().unregister_consistent("leader").await?;
     let second_token = loop {
-        match nodes[second].registry().register_consistent("leader", if second == 0 { &on_earth } else { &on_mars }).await
+        match nodes[second]
+            .registry()
+            .register_consistent("leader", if second == 0 { &on_earth } else { &on_mars })
+            .await
         {
             Ok(done) => break done.fence_token,
             Err(RegistryError::AlreadyRegistered { .. }) => tokio::time::sleep(Duration::from_millis(20)).await,

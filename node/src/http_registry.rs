@@ -127,8 +127,9 @@ pub(crate) async fn lookup(
         }
         let freshness = match query.freshness.as_deref() {
             None => Freshness::BestEffort,
-            Some(f) => Freshness::parse(f)
-                .ok_or_else(|| ApiError::bad_request(format!("freshness: `{f}` is not strong, bounded or best_effort")))?,
+            Some(f) => Freshness::parse(f).ok_or_else(|| {
+                ApiError::bad_request(format!("freshness: `{f}` is not strong, bounded or best_effort"))
+            })?,
         };
         let mut request = ReadRequest::new(freshness);
         if let Some(lag) = query.max_root_lag {

@@ -262,7 +262,8 @@ async fn a_stale_fencing_token_is_refused_where_the_message_lands() {
     assert_eq!(status, 200, "{j}");
     let t1 = j["fence_token"].as_u64().unwrap();
     wait_visible(&c.urls[0], "writer", &holder, t1).await;
-    let received = |u: String| async move { get(&u, "/admin/probe/stats").await.json()["received_total"].as_u64().unwrap() };
+    let received =
+        |u: String| async move { get(&u, "/admin/probe/stats").await.json()["received_total"].as_u64().unwrap() };
     let rejections = |u: String| async move {
         metric_sum(&get(&u, "/metrics").await.body, "cohort_registry_fence_rejections_total") as u64
     };
@@ -355,7 +356,11 @@ fn start_node(name: &str, dir: &std::path::Path, secret: &std::path::Path, seed:
 
 #[tokio::test]
 async fn a_killed_node_restarts_recovered_from_its_durable_log_and_catches_up() {
-    let dir = std::env::temp_dir().join(format!("cohort-consistent-durable-{}-{}", std::process::id(), common::rand_suffix()));
+    let dir = std::env::temp_dir().join(format!(
+        "cohort-consistent-durable-{}-{}",
+        std::process::id(),
+        common::rand_suffix()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let secret = dir.join("secret");
     std::fs::write(&secret, "0123456789abcdef0123456789abcdef").unwrap();

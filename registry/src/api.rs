@@ -26,8 +26,8 @@ use cohort_cluster::{MemberInfo, MembershipEvent};
 use ractor::Message;
 use serde::{Deserialize, Serialize};
 
-use crate::consistent::fsm::{Command, CommandResult, MAX_NAME_BYTES, Proposal, RequestId};
 use crate::consistent::freshness::ReadRejection;
+use crate::consistent::fsm::{Command, CommandResult, MAX_NAME_BYTES, Proposal, RequestId};
 use crate::consistent::metrics::ConsistentMetrics;
 use crate::consistent::service::{ConsistentConfig, ConsistentTier, ReadError};
 use crate::consistent::{Admission, ReadRequest, ReadWitness, RootToken};
@@ -464,7 +464,11 @@ impl Registry {
     }
 
     /// [`Registry::register_consistent`] by pid (a live process of this node).
-    pub async fn register_consistent_pid(&self, name: &str, pid: &Pid) -> Result<ConsistentRegistration, RegistryError> {
+    pub async fn register_consistent_pid(
+        &self,
+        name: &str,
+        pid: &Pid,
+    ) -> Result<ConsistentRegistration, RegistryError> {
         let request_id = self.consistent_request_id()?;
         self.register_consistent_with(name, pid, request_id).await
     }
@@ -507,7 +511,9 @@ impl Registry {
                 return Err(RegistryError::AlreadyRegistered { tier: Tier::Consistent, pid: owner });
             }
             CommandResult::OwnerDeparted => return Err(RegistryError::NotHosted { pid: pid.clone() }),
-            CommandResult::TooManyNames { max } => return Err(RegistryError::TooManyNames { tier: Tier::Consistent, max }),
+            CommandResult::TooManyNames { max } => {
+                return Err(RegistryError::TooManyNames { tier: Tier::Consistent, max });
+            }
             CommandResult::Malformed { reason } => return Err(RegistryError::InvalidName { reason }),
             other => return Err(RegistryError::Unavailable { reason: format!("unexpected result {other:?}") }),
         };
@@ -553,7 +559,11 @@ impl Registry {
         let result = async {
             let answer = self.consistent_tier()?.read(name, request).await.map_err(RegistryError::from_read)?;
             let registration = answer.registration.ok_or(RegistryError::NotFound)?;
-            Ok(ConsistentAnswer { pid: registration.pid, fence_token: registration.fence_token, witness: answer.witness })
+            Ok(ConsistentAnswer {
+                pid: registration.pid,
+                fence_token: registration.fence_token,
+                witness: answer.witness,
+            })
         }
         .await;
         self.metrics.operation(

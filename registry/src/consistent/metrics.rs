@@ -181,13 +181,21 @@ impl ConsistentMetrics {
     }
 
     /// Advances the counters that mirror the core's cumulative stats and sets the gauges.
-    pub(crate) fn observe_core(&self, before: &CoreStats, now: &CoreStats, store_before: &StoreStats, store: &StoreStats) {
+    pub(crate) fn observe_core(
+        &self,
+        before: &CoreStats,
+        now: &CoreStats,
+        store_before: &StoreStats,
+        store: &StoreStats,
+    ) {
         let gauge = |g: &IntGauge, v: u64| g.set(i64::try_from(v).unwrap_or(i64::MAX));
         gauge(&self.term, now.term);
         gauge(&self.commit_index, now.commit_index);
         gauge(&self.applied_index, now.applied_index);
         self.leader_changes.inc_by(now.leader_changes.saturating_sub(before.leader_changes));
-        self.snapshots.with_label_values(&["created"]).inc_by(now.snapshots_created.saturating_sub(before.snapshots_created));
+        self.snapshots
+            .with_label_values(&["created"])
+            .inc_by(now.snapshots_created.saturating_sub(before.snapshots_created));
         self.snapshots
             .with_label_values(&["installed"])
             .inc_by(now.snapshots_installed.saturating_sub(before.snapshots_installed));
@@ -205,7 +213,10 @@ impl ConsistentMetrics {
 
     /// Write counts by outcome, for `/admin/planes`.
     pub fn outcome_counts(&self) -> Vec<(&'static str, u64)> {
-        ExecutionOutcome::ALL.iter().map(|o| (o.as_str(), self.proposals.with_label_values(&[o.as_str()]).get())).collect()
+        ExecutionOutcome::ALL
+            .iter()
+            .map(|o| (o.as_str(), self.proposals.with_label_values(&[o.as_str()]).get()))
+            .collect()
     }
 
     /// Fence rejections so far.

@@ -480,7 +480,8 @@ impl ConsistentTier {
     /// refuses it here (`ReadIndexPending`, or `NotLeader`/`Unavailable` off the leader).
     pub fn read_local(&self, name: &str, request: ReadRequest) -> Result<ReadAnswer, ReadRejection> {
         let view = read_view(&self.shared.view);
-        let result = decide(&request, &view.control).map(|witness| ReadAnswer { registration: view.names.get(name).cloned(), witness });
+        let result = decide(&request, &view.control)
+            .map(|witness| ReadAnswer { registration: view.names.get(name).cloned(), witness });
         drop(view);
         self.shared.metrics.read(request.freshness, result.as_ref().map_or_else(|e| e.reason(), |_| "ok"));
         result
@@ -1146,8 +1147,13 @@ impl Actor {
             voters: conf.voters.iter().copied().collect(),
             learners: conf.learners.iter().copied().collect(),
         };
-        let plan =
-            ladder::reconcile(&members, &config, self.core.raft_id(), self.config.max_voters, self.core.next_transition_id());
+        let plan = ladder::reconcile(
+            &members,
+            &config,
+            self.core.raft_id(),
+            self.config.max_voters,
+            self.core.next_transition_id(),
+        );
         let Some(first) = plan.into_iter().next() else { return };
         if let Some(step) = first.steps.first()
             && step.kind == ConfStepKind::Promote
@@ -1170,7 +1176,8 @@ impl Actor {
         let local = self.shared.local.clone();
         let mut departed: BTreeSet<NodeId> = BTreeSet::new();
         for row in rows.iter() {
-            if matches!(row.state, MemberState::Down | MemberState::Left) && !self.core.fsm().is_departed(&row.info.id) {
+            if matches!(row.state, MemberState::Down | MemberState::Left) && !self.core.fsm().is_departed(&row.info.id)
+            {
                 departed.insert(row.info.id.clone());
             }
         }
@@ -1189,7 +1196,9 @@ impl Actor {
             }
         }
         for node in departed {
-            if node == local || self.removing.contains(&node) || self.pending.len() >= super::core::MAX_PENDING_PROPOSALS
+            if node == local
+                || self.removing.contains(&node)
+                || self.pending.len() >= super::core::MAX_PENDING_PROPOSALS
             {
                 continue;
             }
