@@ -3,7 +3,8 @@
 //! latency, with the raft log in memory and durable (redb, one fsync per batched Ready).
 //!
 //! Run: `cargo bench -p cohort --bench consistent` (prints a Markdown table). `BENCH_PIPELINED=N`
-//! changes the pipelined workload (default 20,000 registrations, 1,024 in flight).
+//! changes the pipelined workload (default 20,000 registrations, 1,024 in flight);
+//! `BENCH_MODES=memory` (or `durable`) runs one storage mode only.
 //!
 //! Setup: 3 real `Node`s (membership over UDP, transport over TCP on 127.0.0.1, the raft actor on
 //! its own thread per node) in this one OS process, on a tokio runtime with 2 worker threads (the
@@ -141,7 +142,11 @@ async fn main() {
     let total: usize = std::env::var("BENCH_PIPELINED").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
     let mut rows = Vec::new();
     let mut rates = Vec::new();
+    let modes = std::env::var("BENCH_MODES").unwrap_or_else(|_| "memory,durable".into());
     for (storage, label) in [(RaftStorage::Memory, "memory"), (RaftStorage::Durable, "durable")] {
+        if !modes.split(',').any(|m| m == label) {
+            continue;
+        }
         let nodes = cluster(storage).await;
         let leader = leader_index(&nodes);
         let follower = (leader + 1) % nodes.len();

@@ -28,10 +28,11 @@
 //!   while names remain) for node incarnations membership declares down or left or that a newer
 //!   incarnation replaced.
 //!
-//! Invariants: the actor is the only owner of the core (one thread, its own current-thread
-//! runtime, so a storage fsync never stalls the node's shared runtime); every queue and map here
-//! has a named bound; the published view is updated before a caller is answered, so a caller
-//! reads its own write on this node.
+//! Invariants: the actor is the only owner of the core. In durable mode it runs on a thread of its
+//! own (a current-thread runtime), so a storage fsync never stalls the node's shared runtime; in
+//! memory mode nothing blocks and it is a task of the node's runtime (cheaper wake-ups); every
+//! queue and map here has a named bound; the published view is updated before a caller is
+//! answered, so a caller reads its own write on this node.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -400,7 +401,17 @@ impl ConsistentTier {
             stop: Mutex::new(Some(stop_tx)),
             done: Mutex::new(Some(done_rx)),
         });
+        let durable = matches!(config.storage, StorageMode::Durable(_));
         let actor = Actor::new(core, shared.clone(), membership, transport, config);
+        if !durable && let Ok(handle) = tokio::runtime::Handle::try_current() {
+            // Nothing blocks in memory mode: the actor is a task of the node's runtime, where
+            // waking it (and the transport tasks it feeds) costs no thread hand-off.
+            handle.spawn(async move {
+                actor.run(rx, inbound, stop_rx).await;
+                let _ = done_tx.send(());
+            });
+            return Ok(Self { shared });
+        }
         std::thread::Builder::new()
             .name(format!("raft-{}", local.name))
             .spawn(move || {
