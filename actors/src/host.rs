@@ -65,6 +65,16 @@ pub trait ExitHook: Send + Sync + 'static {
     fn on_exit(&self, pid: &Pid, reason: &ExitReason);
 }
 
+/// Decides whether a send by name that carries a fencing token may be delivered (SPEC 7: a
+/// receiver refuses a stale token with `EpochMismatch`). The consistent registry tier implements
+/// it with its view of the name; the process runtime asks it for every fenced delivery on the
+/// receiving node, so a stale holder's messages are refused where they would land.
+pub trait FenceGuard: Send + Sync + 'static {
+    /// Whether `target` holds `name` under `fence_token` in this node's view. A refusal is counted
+    /// by the implementation. Must not block.
+    fn admit(&self, name: &str, fence_token: u64, target: &Pid) -> bool;
+}
+
 /// Why a local delivery failed. Maps onto SPEC 8's `Admission` vocabulary.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DeliveryError {

@@ -43,7 +43,7 @@ pub mod pid;
 pub mod process;
 pub mod supervisor;
 
-pub use host::{DeliveryError, ExitHook, ExitReason, ProcessHost};
+pub use host::{DeliveryError, ExitHook, ExitReason, FenceGuard, ProcessHost};
 pub use pg::{Group, PgError, ScopeTable};
 pub use pid::{Pid, PidParseError};
 pub use process::{Down, ExitSignal, MonitorRef, ProcessConfig, ProcessRef, Processes};

@@ -78,6 +78,47 @@ pub struct Config {
     pub processes: ProcessesConfig,
     /// The name registry.
     pub registry: RegistryConfig,
+    /// The consistent tier's raft group.
+    pub raft: RaftSection,
+}
+
+/// How the raft log is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RaftStorage {
+    /// redb under `<data_dir>/raft`: survives restarts (`RestartState::Recovered`).
+    Durable,
+    /// In memory: lost at exit. For tests and benchmarks.
+    Memory,
+}
+
+/// The consistent tier's raft group (SPEC 7, `[raft]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftSection {
+    /// Most voters: 1, 3 or 5 (5). Every other node is a learner.
+    pub max_voters: usize,
+    /// `durable` (redb under `<data_dir>/raft`) or `memory`.
+    pub storage: RaftStorage,
+    /// The raft tick in milliseconds (100): elections take 10-20 ticks, heartbeats every 2.
+    pub tick_interval_ms: u64,
+    /// How long a consistent write may take, retries included, in milliseconds (5000).
+    pub request_timeout_ms: u64,
+    /// Whether this node starts a one-voter group on a clean store. Unset: only a node without
+    /// `seeds` does (see docs/consistent.md).
+    pub bootstrap: Option<bool>,
+}
+
+impl Default for RaftSection {
+    fn default() -> Self {
+        Self {
+            max_voters: 5,
+            storage: RaftStorage::Durable,
+            tick_interval_ms: 100,
+            request_timeout_ms: 5_000,
+            bootstrap: None,
+        }
+    }
 }
 
 /// The name registry (SPEC 7).
@@ -134,6 +175,7 @@ impl Default for Config {
             shutdown: ShutdownConfig::default(),
             processes: ProcessesConfig::default(),
             registry: RegistryConfig::default(),
+            raft: RaftSection::default(),
         }
     }
 }
@@ -431,6 +473,20 @@ impl Config {
         if !(50..=600_000).contains(&self.registry.anti_entropy_interval_ms) {
             return Err(ConfigError::invalid("registry.anti_entropy_interval_ms", "must be between 50 and 600000"));
         }
+        if cohort_registry::consistent::ladder::MaxVoters::new(self.raft.max_voters).is_err() {
+            return Err(ConfigError::invalid("raft.max_voters", "must be 1, 3 or 5"));
+        }
+        if !(10..=10_000).contains(&self.raft.tick_interval_ms) {
+            return Err(ConfigError::invalid("raft.tick_interval_ms", "must be between 10 and 10000"));
+        }
+        if !(100..=600_000).contains(&self.raft.request_timeout_ms)
+            || self.raft.request_timeout_ms < 5 * self.raft.tick_interval_ms
+        {
+            return Err(ConfigError::invalid(
+                "raft.request_timeout_ms",
+                "must be between 100 and 600000 and at least 5 raft ticks",
+            ));
+        }
         if !(1..=65_536).contains(&self.http.max_in_flight) {
             return Err(ConfigError::invalid("http.max_in_flight", "must be between 1 and 65536"));
         }
@@ -672,6 +728,17 @@ timeout_ms = 2000
         std::fs::write(&good, "0123456789abcdef0123\n").unwrap();
         assert_eq!(read_cluster_secret(&good).unwrap(), b"0123456789abcdef0123");
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn raft_section_parses_and_validates() {
+        let c = parse("[raft]\nmax_voters = 3\nstorage = \"memory\"\ntick_interval_ms = 50\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!((c.raft.max_voters, c.raft.storage, c.raft.tick_interval_ms), (3, RaftStorage::Memory, 50));
+        let c = parse("[raft]\nmax_voters = 4\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("raft.max_voters"));
+        let err = parse("[raft]\nstorage = \"disk\"\n").unwrap_err().to_string();
+        assert!(err.contains("raft.storage"), "{err}");
     }
 
     #[test]

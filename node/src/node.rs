@@ -9,7 +9,8 @@
 //! Invariants: everything a node holds (health registry, metrics registry, listeners, subsystems)
 //! is owned by its `Node` value, never by a process-global, so several nodes can run in one process.
 //!
-//! Start order: `membership`, `transport`, `processes`, `pg`, `registry`, `supervisor` (an OTP-style
+//! Start order: `membership`, `transport`, `processes`, `pg`, `registry` (local, eventual and
+//! consistent tiers: the raft actor runs on its own thread), `supervisor` (an OTP-style
 //! one_for_one supervisor over the node's restartable loops: the runtime `watchdog` and the `cluster`
 //! pump from membership events to transport peers, remote monitors, pg scopes and the registry),
 //! `http`. Stop order is the
@@ -33,6 +34,8 @@ use cohort_cluster::membership::Membership;
 use cohort_cluster::net::transport::Transport;
 use cohort_cluster::{FaultInjector, MemberAddrs, NodeId};
 use cohort_registry::Registry;
+use cohort_registry::consistent::ladder::MaxVoters;
+use cohort_registry::consistent::service::{ConsistentConfig, StorageMode};
 use cohort_registry::eventual::EventualConfig;
 
 use crate::cluster_subsystems::{self as cluster, ClusterStartError, Followers};
@@ -53,6 +56,26 @@ pub const WATCHDOG_MAX_SILENCE: Duration = Duration::from_secs(5);
 pub const NODE_RESTART_INTENSITY: RestartIntensity = RestartIntensity::new(5, Duration::from_secs(10));
 /// Boot grace of node-level health checks.
 pub const BOOT_GRACE: Duration = Duration::from_secs(10);
+/// Boot grace of the `raft` liveness check: a joining node waits for the leader to add it, and a
+/// voter of a group that lost its quorum waits for the rest of the group to come back.
+pub const RAFT_BOOT_GRACE: Duration = Duration::from_secs(30);
+/// The raft log's directory under `data_dir`.
+pub const RAFT_DIR: &str = "raft";
+
+/// The consistent tier's settings from the node's config.
+pub fn consistent_config(config: &Config) -> ConsistentConfig {
+    ConsistentConfig {
+        storage: match config.raft.storage {
+            crate::config::RaftStorage::Durable => StorageMode::Durable(config.data_dir.join(RAFT_DIR)),
+            crate::config::RaftStorage::Memory => StorageMode::Memory,
+        },
+        max_voters: MaxVoters::new(config.raft.max_voters).unwrap_or_default(),
+        tick: Duration::from_millis(config.raft.tick_interval_ms),
+        request_timeout: Duration::from_millis(config.raft.request_timeout_ms),
+        reconcile_debounce: Duration::from_secs(1),
+        bootstrap: config.raft.bootstrap.unwrap_or(config.seeds.is_empty()) && config.raft_eligible,
+    }
+}
 
 /// The bound addresses of a node (real ports, also when the config asked for port 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -257,8 +280,16 @@ impl Node {
                 gossip_deltas: config.registry.gossip_deltas,
                 ..EventualConfig::default()
             },
+            Some(consistent_config(&config)),
         )
         .map_err(|e| StartError::Registry(e.to_string()))?;
+        if let Some(consistent) = registry.consistent() {
+            let consistent = consistent.clone();
+            health.register("raft", RAFT_BOOT_GRACE, move |now| {
+                let verdict = consistent.health(now);
+                CheckResult { ok: verdict.ok, detail: verdict.detail }
+            })?;
+        }
         let probes = config.chaos.enabled.then(|| Probes::new(processes.clone()));
         let mut node = Self {
             id,

@@ -2,9 +2,17 @@
 //! [`RegistryError`] and the [`NameRevoked`] notice.
 //!
 //! Role: the node owns one [`Registry`]; it holds the local tier's table, the eventual tier's
-//! handle and (with issue 6) the consistent tier's. It is the process table's exit hook for all
-//! tiers, and the one place that resolves a name: `local -> consistent -> eventual`, or the tier
-//! named by the caller.
+//! handle and the consistent tier's. It is the process table's exit hook for all tiers (a
+//! consistent name of an exited process is removed by a committed `RemoveByPid`), the fence guard
+//! of its node (a send by consistent name carries the fencing token, checked where it lands), and
+//! the one place that resolves a name: `local -> consistent -> eventual`, or the tier named by the
+//! caller.
+//!
+//! Consistent-tier writes commit through raft, so they are `async`
+//! ([`Registry::register_consistent`], [`Registry::unregister_consistent`]); the synchronous
+//! [`Registry::register`] refuses `Tier::Consistent` with a pointer to them. The default lookup
+//! ([`Registry::lookup`]) reads the consistent tier's local view (`BestEffort`); a caller that
+//! needs a freshness guarantee and the witness uses [`Registry::lookup_consistent`].
 
 use std::fmt;
 use std::str::FromStr;
@@ -18,6 +26,11 @@ use cohort_cluster::{MemberInfo, MembershipEvent};
 use ractor::Message;
 use serde::{Deserialize, Serialize};
 
+use crate::consistent::freshness::ReadRejection;
+use crate::consistent::fsm::{Command, CommandResult, MAX_NAME_BYTES, Proposal, RequestId};
+use crate::consistent::metrics::ConsistentMetrics;
+use crate::consistent::service::{ConsistentConfig, ConsistentTier, ReadError};
+use crate::consistent::{Admission, ReadRequest, ReadWitness, RootToken};
 use crate::eventual::{EventualConfig, EventualTier, RevokeSink};
 use crate::local::LocalTable;
 use crate::metrics::RegistryMetrics;
@@ -135,6 +148,73 @@ pub enum RegistryError {
     /// A send by name was refused after the lookup (SPEC 8 Admission words).
     #[error("{0}")]
     Send(#[from] cohort_actors::process::SendError),
+    /// A consistent write found no reachable leader before its deadline.
+    #[error("NotLeader: no raft leader reachable (last known: {leader_hint:?})")]
+    NotLeader {
+        /// The leader this node last knew of.
+        leader_hint: Option<String>,
+    },
+    /// A consistent write did not apply within its deadline; retry with the same request id.
+    #[error("TimedOut: the write did not apply within its deadline (retry with the same request id)")]
+    TimedOut,
+    /// A bounded queue of the consistent tier is full.
+    #[error("QueueSaturated: the {class} queue is full")]
+    QueueSaturated {
+        /// Which queue.
+        class: String,
+    },
+    /// The tier is shutting down.
+    #[error("Canceled: the consistent tier is stopping")]
+    Canceled,
+    /// A consistent read could not be served at the freshness asked for (SPEC 8: no silent
+    /// downgrade); `rejection.reason()` names why.
+    #[error("{}: {rejection}", rejection.reason())]
+    ReadRefused {
+        /// Why.
+        rejection: ReadRejection,
+    },
+}
+
+impl RegistryError {
+    fn from_admission(admission: Admission) -> Self {
+        match admission {
+            Admission::NotLeader { leader_hint } => Self::NotLeader { leader_hint },
+            Admission::TimedOut => Self::TimedOut,
+            Admission::QueueSaturated { class } => Self::QueueSaturated { class },
+            Admission::Canceled => Self::Canceled,
+            other => Self::Unavailable { reason: other.to_string() },
+        }
+    }
+
+    fn from_read(error: ReadError) -> Self {
+        match error {
+            ReadError::Rejected(rejection) => Self::ReadRefused { rejection },
+            ReadError::Refused(admission) => Self::from_admission(admission),
+        }
+    }
+}
+
+/// A committed consistent registration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsistentRegistration {
+    /// The fencing token: the log index that applied the registration (monotonic per cluster).
+    pub fence_token: u64,
+    /// The RootToken of the entry that answered (read-your-writes: pass it as
+    /// `required_root_token`).
+    pub root_token: RootToken,
+    /// Whether the answer came from the request-id cache (a retry of an applied request).
+    pub duplicate: bool,
+}
+
+/// A consistent-tier lookup answer with its SPEC 8 witness.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsistentAnswer {
+    /// The owner.
+    pub pid: Pid,
+    /// Its fencing token.
+    pub fence_token: u64,
+    /// How fresh the answer is.
+    pub witness: ReadWitness,
 }
 
 impl RegistryError {
@@ -150,6 +230,11 @@ impl RegistryError {
             RegistryError::UnknownTier { .. } => "UnknownTier",
             RegistryError::Unavailable { .. } => "Unavailable",
             RegistryError::Send(error) => error.admission(),
+            RegistryError::NotLeader { .. } => "NotLeader",
+            RegistryError::TimedOut => "TimedOut",
+            RegistryError::QueueSaturated { .. } => "QueueSaturated",
+            RegistryError::Canceled => "Canceled",
+            RegistryError::ReadRefused { rejection } => rejection.reason(),
         }
     }
 
@@ -162,7 +247,11 @@ impl RegistryError {
             RegistryError::NotFound => "not_found",
             RegistryError::InvalidName { .. } | RegistryError::UnknownTier { .. } => "invalid_name",
             RegistryError::TooManyNames { .. } => "too_many_names",
-            RegistryError::Unavailable { .. } | RegistryError::Send(_) => "unavailable",
+            RegistryError::Unavailable { .. } | RegistryError::Send(_) | RegistryError::Canceled => "unavailable",
+            RegistryError::NotLeader { .. } => "not_leader",
+            RegistryError::TimedOut => "timed_out",
+            RegistryError::QueueSaturated { .. } => "queue_saturated",
+            RegistryError::ReadRefused { .. } => "read_refused",
         }
     }
 }
@@ -173,6 +262,13 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 fn consistent_unavailable() -> RegistryError {
     RegistryError::Unavailable { reason: "the consistent tier is not running on this node".into() }
+}
+
+fn consistent_is_async() -> RegistryError {
+    RegistryError::Unavailable {
+        reason: "consistent writes commit through raft: use Registry::register_consistent / unregister_consistent"
+            .into(),
+    }
 }
 
 /// One node's registry: every tier behind one API. Cheap to clone.
@@ -200,6 +296,7 @@ fn consistent_unavailable() -> RegistryError {
 pub struct Registry {
     local: Arc<Mutex<LocalTable>>,
     eventual: EventualTier,
+    consistent: Option<ConsistentTier>,
     processes: Processes,
     metrics: RegistryMetrics,
 }
@@ -213,6 +310,7 @@ impl fmt::Debug for Registry {
 struct Hook {
     local: Arc<Mutex<LocalTable>>,
     eventual: EventualTier,
+    consistent: Option<ConsistentTier>,
     metrics: RegistryMetrics,
 }
 
@@ -227,6 +325,9 @@ impl ExitHook for Hook {
             removed
         };
         let eventual = self.eventual.remove_pid(pid);
+        if let Some(consistent) = &self.consistent {
+            consistent.remove_pid(pid);
+        }
         if local + eventual > 0 {
             tracing::debug!(%pid, local, eventual, "registry: names of an exited process removed");
         }
@@ -235,25 +336,46 @@ impl ExitHook for Hook {
 
 impl Registry {
     /// Starts the registry of a node: registers its metrics, starts the eventual tier (gossip
-    /// channel, `registry` transport class, anti-entropy task) and installs the exit hook.
+    /// channel, `registry` transport class, anti-entropy task), the consistent tier when
+    /// `consistent` is given (raft actor, `raft` transport class, the node's fence guard) and
+    /// installs the exit hook.
     pub fn start(
         processes: Processes,
         membership: Membership,
         transport: Transport,
         registry: &prometheus::Registry,
         config: EventualConfig,
+        consistent: Option<ConsistentConfig>,
     ) -> Result<Self, RegistryError> {
         let metrics = RegistryMetrics::register(registry)
             .map_err(|error| RegistryError::Unavailable { reason: format!("metrics: {error}") })?;
         let host: Arc<dyn ProcessHost> = Arc::new(processes.clone());
+        let consistent = match consistent {
+            Some(config) => {
+                let consistent_metrics = ConsistentMetrics::register(registry)
+                    .map_err(|error| RegistryError::Unavailable { reason: format!("metrics: {error}") })?;
+                let tier = ConsistentTier::start(
+                    processes.node().clone(),
+                    membership.clone(),
+                    transport.clone(),
+                    consistent_metrics,
+                    config,
+                )
+                .map_err(|error| RegistryError::Unavailable { reason: format!("consistent tier: {error}") })?;
+                processes.set_fence_guard(Arc::new(tier.clone()));
+                Some(tier)
+            }
+            None => None,
+        };
         let eventual = EventualTier::start(host, membership, transport, metrics.clone(), config)?;
         let local = Arc::new(Mutex::new(LocalTable::new()));
         processes.add_exit_hook(Arc::new(Hook {
             local: local.clone(),
             eventual: eventual.clone(),
+            consistent: consistent.clone(),
             metrics: metrics.clone(),
         }));
-        Ok(Self { local, eventual, processes, metrics })
+        Ok(Self { local, eventual, consistent, processes, metrics })
     }
 
     /// Registers `process` under `name` in `tier`. In the eventual tier, the process is told with
@@ -277,7 +399,7 @@ impl Registry {
         let result = match tier {
             Tier::Local => self.register_local(name, pid),
             Tier::Eventual => self.register_eventual(name, pid, sink),
-            Tier::Consistent => Err(consistent_unavailable()),
+            Tier::Consistent => Err(consistent_is_async()),
         };
         let label = match &result {
             Ok(()) => "ok",
@@ -311,7 +433,157 @@ impl Registry {
         if let Some(holder) = lock(&self.local).lookup(name) {
             return Err(RegistryError::AlreadyRegistered { tier: Tier::Local, pid: holder.clone() });
         }
+        if let Some(holder) = self.consistent.as_ref().and_then(|c| c.lookup(name)) {
+            return Err(RegistryError::AlreadyRegistered { tier: Tier::Consistent, pid: holder.pid });
+        }
         self.eventual.register(name, pid, 0, sink)
+    }
+
+    fn consistent_tier(&self) -> Result<&ConsistentTier, RegistryError> {
+        self.consistent.as_ref().ok_or_else(consistent_unavailable)
+    }
+
+    /// The consistent tier, when it runs on this node.
+    pub fn consistent(&self) -> Option<&ConsistentTier> {
+        self.consistent.as_ref()
+    }
+
+    /// A fresh request id for [`Registry::register_consistent_with`] (keep it to retry).
+    pub fn consistent_request_id(&self) -> Result<RequestId, RegistryError> {
+        Ok(self.consistent_tier()?.next_request_id())
+    }
+
+    /// Registers `process` under `name` in the consistent tier: one raft commit; first committed
+    /// wins. Returns the fencing token. Waits at most the tier's request timeout.
+    pub async fn register_consistent<M: Message>(
+        &self,
+        name: &str,
+        process: &ProcessRef<M>,
+    ) -> Result<ConsistentRegistration, RegistryError> {
+        self.register_consistent_pid(name, process.pid()).await
+    }
+
+    /// [`Registry::register_consistent`] by pid (a live process of this node).
+    pub async fn register_consistent_pid(
+        &self,
+        name: &str,
+        pid: &Pid,
+    ) -> Result<ConsistentRegistration, RegistryError> {
+        let request_id = self.consistent_request_id()?;
+        self.register_consistent_with(name, pid, request_id).await
+    }
+
+    /// [`Registry::register_consistent_pid`] with the caller's request id: a retry with the same
+    /// id (after `TimedOut`, or a lost answer) returns the first result and the same token.
+    pub async fn register_consistent_with(
+        &self,
+        name: &str,
+        pid: &Pid,
+        request_id: RequestId,
+    ) -> Result<ConsistentRegistration, RegistryError> {
+        let result = self.do_register_consistent(name, pid, request_id).await;
+        let label = match &result {
+            Ok(_) => "ok",
+            Err(error) => error.result_label(),
+        };
+        self.metrics.operation(Tier::Consistent, "register", label);
+        result
+    }
+
+    async fn do_register_consistent(
+        &self,
+        name: &str,
+        pid: &Pid,
+        request_id: RequestId,
+    ) -> Result<ConsistentRegistration, RegistryError> {
+        let tier = self.consistent_tier()?;
+        if name.is_empty() || name.len() > MAX_NAME_BYTES {
+            return Err(RegistryError::InvalidName { reason: format!("a name must be 1-{MAX_NAME_BYTES} bytes") });
+        }
+        if pid.node != *self.processes.node() || !self.processes.is_hosted(pid) {
+            return Err(RegistryError::NotHosted { pid: pid.clone() });
+        }
+        let proposal = Proposal::new(request_id, Command::Register { name: name.to_string(), pid: pid.clone() });
+        let applied = tier.propose(proposal).await.map_err(RegistryError::from_admission)?;
+        let fence_token = match applied.result {
+            CommandResult::Registered { fence_token } => fence_token,
+            CommandResult::AlreadyRegistered { owner, .. } => {
+                return Err(RegistryError::AlreadyRegistered { tier: Tier::Consistent, pid: owner });
+            }
+            CommandResult::OwnerDeparted => return Err(RegistryError::NotHosted { pid: pid.clone() }),
+            CommandResult::TooManyNames { max } => {
+                return Err(RegistryError::TooManyNames { tier: Tier::Consistent, max });
+            }
+            CommandResult::Malformed { reason } => return Err(RegistryError::InvalidName { reason }),
+            other => return Err(RegistryError::Unavailable { reason: format!("unexpected result {other:?}") }),
+        };
+        if !self.processes.is_hosted(pid) {
+            // It exited while the write was in flight; its exit hook may have run before the name
+            // was in this node's view, so remove it now (SPEC 7: removed when the process exits).
+            tier.remove_pid(pid);
+            return Err(RegistryError::NotHosted { pid: pid.clone() });
+        }
+        Ok(ConsistentRegistration { fence_token, root_token: applied.token, duplicate: applied.duplicate })
+    }
+
+    /// Removes this node's consistent registration of `name` (one raft commit); returns the pid
+    /// that held it.
+    pub async fn unregister_consistent(&self, name: &str) -> Result<Pid, RegistryError> {
+        let result = async {
+            let tier = self.consistent_tier()?;
+            let holder = tier.lookup(name).ok_or(RegistryError::NotRegistered { tier: Tier::Consistent })?;
+            if holder.pid.node != *self.processes.node() {
+                return Err(RegistryError::NotRegistered { tier: Tier::Consistent });
+            }
+            let proposal = Proposal::new(
+                tier.next_request_id(),
+                Command::Unregister { name: name.to_string(), pid: holder.pid.clone() },
+            );
+            match tier.propose(proposal).await.map_err(RegistryError::from_admission)?.result {
+                CommandResult::Unregistered => Ok(holder.pid),
+                _ => Err(RegistryError::NotRegistered { tier: Tier::Consistent }),
+            }
+        }
+        .await;
+        self.metrics.operation(
+            Tier::Consistent,
+            "unregister",
+            result.as_ref().map_or_else(RegistryError::result_label, |_| "ok"),
+        );
+        result
+    }
+
+    /// Resolves `name` in the consistent tier at the freshness `request` asks for, with the
+    /// witness (SPEC 8). `Strong` asks the leader's ReadIndex; the others read this node's view.
+    pub async fn lookup_consistent(&self, name: &str, request: ReadRequest) -> Result<ConsistentAnswer, RegistryError> {
+        let result = async {
+            let answer = self.consistent_tier()?.read(name, request).await.map_err(RegistryError::from_read)?;
+            let registration = answer.registration.ok_or(RegistryError::NotFound)?;
+            Ok(ConsistentAnswer {
+                pid: registration.pid,
+                fence_token: registration.fence_token,
+                witness: answer.witness,
+            })
+        }
+        .await;
+        self.metrics.operation(
+            Tier::Consistent,
+            "lookup",
+            result.as_ref().map_or_else(RegistryError::result_label, |_| "ok"),
+        );
+        result
+    }
+
+    /// Sends `message` to the holder of consistent `name` carrying `fence_token` (the token the
+    /// caller holds, e.g. from its own registration): the node hosting the holder refuses it with
+    /// `EpochMismatch` unless the token is the name's current one there.
+    pub fn send_fenced<M>(&self, name: &str, fence_token: u64, message: M) -> Result<Pid, RegistryError>
+    where
+        M: Message + Serialize,
+    {
+        let holder = self.consistent_tier()?.lookup(name).ok_or(RegistryError::NotFound)?;
+        self.processes.send_fenced(&holder.pid, name, fence_token, message)?;
+        Ok(holder.pid)
     }
 
     /// Removes this node's registration of `name` from `tier`; returns the pid that held it.
@@ -324,13 +596,13 @@ impl Registry {
                 removed
             }
             Tier::Eventual => self.eventual.unregister(name, None),
-            Tier::Consistent => Err(consistent_unavailable()),
+            Tier::Consistent => Err(consistent_is_async()),
         };
         self.metrics.operation(tier, "unregister", result.as_ref().map_or_else(RegistryError::result_label, |_| "ok"));
         result
     }
 
-    /// Resolves `name`: local, then consistent, then eventual.
+    /// Resolves `name`: local, then consistent (this node's view: `BestEffort`), then eventual.
     pub fn lookup(&self, name: &str) -> Option<(Tier, Pid)> {
         let found = Tier::ALL.into_iter().find_map(|tier| self.resolve(tier, name).map(|pid| (tier, pid)));
         let tier = found.as_ref().map_or(Tier::Local, |(tier, _)| *tier);
@@ -341,7 +613,7 @@ impl Registry {
     /// Resolves `name` in `tier` only.
     pub fn lookup_in(&self, tier: Tier, name: &str) -> Result<Pid, RegistryError> {
         let result = match tier {
-            Tier::Consistent => Err(consistent_unavailable()),
+            Tier::Consistent if self.consistent.is_none() => Err(consistent_unavailable()),
             tier => self.resolve(tier, name).ok_or(RegistryError::NotFound),
         };
         self.metrics.operation(tier, "lookup", result.as_ref().map_or_else(RegistryError::result_label, |_| "ok"));
@@ -352,16 +624,24 @@ impl Registry {
         match tier {
             Tier::Local => lock(&self.local).lookup(name).cloned(),
             Tier::Eventual => self.eventual.lookup(name),
-            Tier::Consistent => None,
+            Tier::Consistent => self.consistent.as_ref().and_then(|c| c.lookup(name)).map(|reg| reg.pid),
         }
     }
 
     /// Sends `message` to the process registered under `name` (resolved as [`Registry::lookup`]),
-    /// locally or across the cluster.
+    /// locally or across the cluster. A consistent name's send carries the fencing token this
+    /// node resolved it with; the node hosting the holder refuses it (`EpochMismatch`) if the
+    /// registration changed meanwhile.
     pub fn send<M>(&self, name: &str, message: M) -> Result<Pid, RegistryError>
     where
         M: Message + Serialize,
     {
+        if lock(&self.local).lookup(name).is_none()
+            && let Some(holder) = self.consistent.as_ref().and_then(|c| c.lookup(name))
+        {
+            self.processes.send_fenced(&holder.pid, name, holder.fence_token, message)?;
+            return Ok(holder.pid);
+        }
         let (_, pid) = self.lookup(name).ok_or(RegistryError::NotFound)?;
         self.processes.send_to(&pid, message)?;
         Ok(pid)
@@ -372,7 +652,9 @@ impl Registry {
         match tier {
             Tier::Local => Ok(lock(&self.local).list()),
             Tier::Eventual => Ok(self.eventual.list()),
-            Tier::Consistent => Err(consistent_unavailable()),
+            Tier::Consistent => {
+                Ok(self.consistent_tier()?.list().0.into_iter().map(|(name, reg)| (name, reg.pid)).collect())
+            }
         }
     }
 
@@ -393,6 +675,9 @@ impl Registry {
 
     /// Stops the tiers' tasks.
     pub async fn shutdown(&self) {
+        if let Some(consistent) = &self.consistent {
+            consistent.shutdown().await;
+        }
         self.eventual.shutdown().await;
     }
 }

@@ -1,8 +1,8 @@
 //! # cohort-registry: the three name tiers
 //!
 //! Owns (SPEC sections 7 and 8) the `local` tier ([`local`]), the `eventual` tier (a CRDT spread
-//! by gossip, [`eventual`]), the `consistent` tier (Raft with fencing tokens, [`consistent`], being
-//! built), and one lookup API across them ([`Registry`]).
+//! by gossip, [`eventual`]), the `consistent` tier (Raft with fencing tokens, [`consistent`]), and
+//! one lookup API across them ([`Registry`]).
 //!
 //! Invariants: lookup resolves `local -> consistent -> eventual` unless a tier is named; a name is
 //! registered in the eventual tier only if the local (and consistent) tier of this node does not
@@ -30,4 +30,4 @@ pub mod eventual;
 pub mod local;
 pub mod metrics;
 
-pub use api::{NameRevoked, Registry, RegistryError, Tier};
+pub use api::{ConsistentAnswer, ConsistentRegistration, NameRevoked, Registry, RegistryError, Tier};

@@ -10,7 +10,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registr
 use crate::Tier;
 
 /// Results an operation is counted under.
-pub const RESULTS: [&str; 9] = [
+pub const RESULTS: [&str; 13] = [
     "ok",
     "already_registered",
     "not_hosted",
@@ -20,6 +20,10 @@ pub const RESULTS: [&str; 9] = [
     "too_many_names",
     "held_in_other_tier",
     "unavailable",
+    "not_leader",
+    "timed_out",
+    "queue_saturated",
+    "read_refused",
 ];
 
 /// Operations counted.

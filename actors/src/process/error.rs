@@ -43,6 +43,15 @@ pub enum SendError {
     /// The node (its process runtime or transport) is shutting down. `Admission::Canceled`.
     #[error("Canceled: the node is shutting down")]
     Canceled,
+    /// A send by name carried a fencing token that is not the name's current one in this node's
+    /// view (`Admission::EpochMismatch`): the sender holds a stale registration.
+    #[error("EpochMismatch: fencing token {fence_token} is not the current one of {name:?}")]
+    EpochMismatch {
+        /// The name the send addressed.
+        name: String,
+        /// The token it carried.
+        fence_token: u64,
+    },
 }
 
 impl SendError {
@@ -53,6 +62,7 @@ impl SendError {
             SendError::NotHosted(_) => "NotHosted",
             SendError::MailboxFull(_) | SendError::QueueSaturated { .. } => "QueueSaturated",
             SendError::Canceled => "Canceled",
+            SendError::EpochMismatch { .. } => "EpochMismatch",
             SendError::Undecodable(_) | SendError::Unencodable(_) | SendError::TooLarge { .. } => "Rejected",
         }
     }

@@ -24,7 +24,9 @@ pub(crate) const INBOUND_MALFORMED: &str = "malformed";
 pub(crate) const INBOUND_NOT_HOSTED: &str = "not_hosted";
 pub(crate) const INBOUND_MAILBOX_FULL: &str = "mailbox_full";
 pub(crate) const INBOUND_FORGED: &str = "forged";
-const INBOUND_REASONS: [&str; 4] = [INBOUND_MALFORMED, INBOUND_NOT_HOSTED, INBOUND_MAILBOX_FULL, INBOUND_FORGED];
+pub(crate) const INBOUND_EPOCH_MISMATCH: &str = "epoch_mismatch";
+const INBOUND_REASONS: [&str; 5] =
+    [INBOUND_MALFORMED, INBOUND_NOT_HOSTED, INBOUND_MAILBOX_FULL, INBOUND_FORGED, INBOUND_EPOCH_MISMATCH];
 
 /// Why a monitor was refused (the `reason` label of `cohort_process_monitor_refused_total`).
 pub(crate) const MONITOR_PROCESS_LIMIT: &str = "process_limit";

@@ -199,6 +199,28 @@ impl Processes {
         self.shared.send_to(pid, message)
     }
 
+    /// Sends `message` to `pid` as the holder of consistent-tier `name` under `fence_token`
+    /// (SPEC 7): the node hosting `pid` delivers it only if its [`FenceGuard`] admits the token,
+    /// and otherwise refuses it (`EpochMismatch`: returned here for a local target, dropped and
+    /// counted on arrival for a remote one, fire-and-forget like every remote send).
+    ///
+    /// [`FenceGuard`]: crate::FenceGuard
+    pub fn send_fenced<M: Message + Serialize>(
+        &self,
+        pid: &Pid,
+        name: &str,
+        fence_token: u64,
+        message: M,
+    ) -> Result<(), SendError> {
+        self.shared.send_fenced(pid, name, fence_token, message)
+    }
+
+    /// Installs the node's fence guard (the consistent registry tier); once per node: a second
+    /// call is ignored and returns false. Until one is installed every fenced send is refused.
+    pub fn set_fence_guard(&self, guard: std::sync::Arc<dyn crate::FenceGuard>) -> bool {
+        self.shared.set_fence_guard(guard)
+    }
+
     /// The typed handle of a local process whose message type is `M`.
     pub fn lookup<M: Message>(&self, pid: &Pid) -> Option<ProcessRef<M>> {
         self.shared.lookup(pid)

@@ -38,10 +38,10 @@ use super::metrics::{self, Metrics};
 use super::monitor::{Down, MonitorRef, MonitorTable, Refusal};
 use super::supervisor::{Observed, SupervisorMsg, exit_reason};
 use super::wire::{
-    self, DemonitorRequest, DownNotice, KIND_DEMONITOR, KIND_DOWN, KIND_MONITOR, KIND_SEND, MonitorRequest,
-    PROCESS_WIRE_VERSION,
+    self, DemonitorRequest, DownNotice, KIND_DEMONITOR, KIND_DOWN, KIND_MONITOR, KIND_SEND, KIND_SEND_FENCED,
+    MAX_FENCED_NAME_BYTES, MonitorRequest, PROCESS_WIRE_VERSION,
 };
-use crate::host::{DeliveryError, ExitHook, ExitReason};
+use crate::host::{DeliveryError, ExitHook, ExitReason, FenceGuard};
 use crate::pid::Pid;
 
 /// Puts a [`Down`] into a watcher's mailbox (never refused for capacity).
@@ -129,6 +129,7 @@ pub(crate) struct Shared {
     live: AtomicUsize,
     next_local: AtomicU64,
     hooks: ArcSwap<Vec<Arc<dyn ExitHook>>>,
+    fence_guard: OnceLock<Arc<dyn FenceGuard>>,
     monitors: Mutex<MonitorTable<DownSink>>,
     pub(crate) metrics: Metrics,
     supervisor: OnceLock<ActorRef<SupervisorMsg>>,
@@ -151,6 +152,7 @@ impl Shared {
             live: AtomicUsize::new(0),
             next_local: AtomicU64::new(0),
             hooks: ArcSwap::from_pointee(Vec::new()),
+            fence_guard: OnceLock::new(),
             monitors: Mutex::new(monitors),
             metrics,
             supervisor: OnceLock::new(),
@@ -386,6 +388,71 @@ impl Shared {
         result
     }
 
+    /// Installs the fence guard (once per node; later calls are ignored and return false).
+    pub(crate) fn set_fence_guard(&self, guard: Arc<dyn FenceGuard>) -> bool {
+        self.fence_guard.set(guard).is_ok()
+    }
+
+    fn fence_admits(&self, name: &str, fence_token: u64, pid: &Pid) -> bool {
+        // Without a guard nobody can vouch for the token: refusing is the safe side.
+        self.fence_guard.get().is_some_and(|guard| guard.admit(name, fence_token, pid))
+    }
+
+    /// A send by consistent-tier name carrying its fencing token: checked by the fence guard of
+    /// the node that hosts `pid` (here for a local target, on arrival for a remote one).
+    pub(crate) fn send_fenced<M: Message + Serialize>(
+        &self,
+        pid: &Pid,
+        name: &str,
+        fence_token: u64,
+        message: M,
+    ) -> Result<(), SendError> {
+        if name.is_empty() || name.len() > MAX_FENCED_NAME_BYTES {
+            return Err(SendError::Unencodable(format!("a fenced name must be 1-{MAX_FENCED_NAME_BYTES} bytes")));
+        }
+        if pid.node == self.node {
+            if !self.fence_admits(name, fence_token, pid) {
+                self.metrics.inbound_dropped(metrics::INBOUND_EPOCH_MISMATCH);
+                return Err(SendError::EpochMismatch { name: name.to_string(), fence_token });
+            }
+            return self.send_to(pid, message);
+        }
+        if self.reachability(&pid.node).is_some() {
+            return Err(SendError::NotHosted(pid.clone()));
+        }
+        let Some(transport) = &self.transport else { return Err(SendError::NotHosted(pid.clone())) };
+        let frame = wire::encode_send_fenced(pid, name, fence_token, &message)
+            .map_err(|e| SendError::Unencodable(e.to_string()))?;
+        let result = transport
+            .send(&pid.node.name, Class::User, KIND_SEND_FENCED, frame)
+            .map(|_| ())
+            .map_err(|e| SendError::from_transport(e, pid));
+        self.metrics.remote_send(match &result {
+            Ok(()) => metrics::REMOTE_QUEUED,
+            Err(SendError::QueueSaturated { .. }) => metrics::REMOTE_QUEUE_SATURATED,
+            Err(SendError::TooLarge { .. }) => metrics::REMOTE_TOO_LARGE,
+            Err(SendError::Canceled) => metrics::REMOTE_CANCELED,
+            Err(_) => metrics::REMOTE_NOT_HOSTED,
+        });
+        result
+    }
+
+    fn on_fenced_send_frame(&self, from: &NodeId, payload: &Bytes) {
+        let frame = match wire::decode_send_fenced(payload) {
+            Ok(frame) => frame,
+            Err(error) => return self.drop_frame(from, KIND_SEND_FENCED, metrics::INBOUND_MALFORMED, &error),
+        };
+        let pid = Pid::new(NodeId::new(self.node.name.clone(), frame.send.incarnation), frame.send.local);
+        if !self.fence_admits(&frame.name, frame.fence_token, &pid) {
+            return self.metrics.inbound_dropped(metrics::INBOUND_EPOCH_MISMATCH);
+        }
+        match self.deliver_local(&pid, &frame.send.message) {
+            Ok(()) | Err(DeliveryError::Undecodable(_)) => {}
+            Err(DeliveryError::NotHosted(_)) => self.metrics.inbound_dropped(metrics::INBOUND_NOT_HOSTED),
+            Err(DeliveryError::MailboxFull(_)) => self.metrics.inbound_dropped(metrics::INBOUND_MAILBOX_FULL),
+        }
+    }
+
     fn send_remote<M: Serialize>(&self, pid: &Pid, message: &M) -> Result<(), SendError> {
         if pid.node.name == self.node.name || self.reachability(&pid.node).is_some() {
             return Err(SendError::NotHosted(pid.clone()));
@@ -594,6 +661,7 @@ impl Shared {
         self.update_peer(&from.name, |peer| peer.seen = peer.seen.max(from.incarnation));
         match kind {
             KIND_SEND => self.on_send_frame(&from, &payload),
+            KIND_SEND_FENCED => self.on_fenced_send_frame(&from, &payload),
             KIND_MONITOR => match wire::decode_control::<MonitorRequest>(&payload) {
                 Ok(request) => self.on_monitor_request(&from, request),
                 Err(error) => self.drop_frame(&from, kind, metrics::INBOUND_MALFORMED, &error),

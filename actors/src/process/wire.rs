@@ -6,6 +6,7 @@
 //! | [`KIND_MONITOR`] | [`MonitorRequest`] (rmp-serde) | watcher's node → target's node |
 //! | [`KIND_DEMONITOR`] | [`DemonitorRequest`] (rmp-serde) | watcher's node → target's node |
 //! | [`KIND_DOWN`] | [`DownNotice`] (rmp-serde) | target's node → watcher's node |
+//! | [`KIND_SEND_FENCED`] | `[version u8][incarnation u64 BE][local u64 BE][fence u64 BE][name_len u16 BE][name][rmp-serde message]` | sender → target's node |
 //!
 //! The message of a send is not re-encoded inside an envelope: the fixed 17-byte header is followed
 //! by the caller's rmp-serde bytes, which the receiver hands, zero-copy, to the target's decoder.
@@ -32,6 +33,12 @@ pub const KIND_MONITOR: u8 = 2;
 pub const KIND_DEMONITOR: u8 = 3;
 /// Kind of a DOWN notice frame.
 pub const KIND_DOWN: u8 = 4;
+
+/// Kind of a send by consistent-tier name that carries its fencing token (SPEC 7).
+pub const KIND_SEND_FENCED: u8 = 5;
+
+/// Longest name in a [`KIND_SEND_FENCED`] frame, in bytes (the registry's name bound).
+pub const MAX_FENCED_NAME_BYTES: usize = 255;
 
 /// Version byte of [`KIND_SEND`] frames built by this code.
 pub const SEND_WIRE_VERSION: u8 = 1;
@@ -113,6 +120,57 @@ pub fn decode_send(frame: &Bytes) -> Result<SendFrame, WireError> {
         incarnation: u64::from_be_bytes(incarnation),
         local: u64::from_be_bytes(local),
         message: frame.slice(SEND_HEADER_BYTES..),
+    })
+}
+
+/// Builds a [`KIND_SEND_FENCED`] frame. `name` must be at most [`MAX_FENCED_NAME_BYTES`].
+pub fn encode_send_fenced<M: Serialize>(
+    target: &Pid,
+    name: &str,
+    fence_token: u64,
+    message: &M,
+) -> Result<Bytes, rmp_serde::encode::Error> {
+    let mut frame = BytesMut::with_capacity(SEND_HEADER_BYTES + 10 + name.len() + 64);
+    frame.put_u8(SEND_WIRE_VERSION);
+    frame.put_u64(target.node.incarnation);
+    frame.put_u64(target.local);
+    frame.put_u64(fence_token);
+    frame.put_u16(name.len() as u16);
+    frame.put_slice(name.as_bytes());
+    let mut writer = frame.writer();
+    rmp_serde::encode::write(&mut writer, message)?;
+    Ok(writer.into_inner().freeze())
+}
+
+/// A decoded [`KIND_SEND_FENCED`] frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FencedSendFrame {
+    /// Target and message.
+    pub send: SendFrame,
+    /// The consistent-tier name the sender resolved.
+    pub name: String,
+    /// The fencing token it resolved it with.
+    pub fence_token: u64,
+}
+
+/// Splits a [`KIND_SEND_FENCED`] frame, checking every length before use.
+pub fn decode_send_fenced(frame: &Bytes) -> Result<FencedSendFrame, WireError> {
+    const FIXED: usize = SEND_HEADER_BYTES + 8 + 2;
+    if frame.len() < FIXED {
+        return Err(WireError::TooShort { len: frame.len() });
+    }
+    let header = decode_send(&frame.slice(..SEND_HEADER_BYTES))?;
+    let mut token = [0u8; 8];
+    token.copy_from_slice(&frame[SEND_HEADER_BYTES..SEND_HEADER_BYTES + 8]);
+    let name_len = usize::from(u16::from_be_bytes([frame[SEND_HEADER_BYTES + 8], frame[SEND_HEADER_BYTES + 9]]));
+    if name_len == 0 || name_len > MAX_FENCED_NAME_BYTES || frame.len() < FIXED + name_len {
+        return Err(WireError::OutOfBounds);
+    }
+    let name = std::str::from_utf8(&frame[FIXED..FIXED + name_len]).map_err(|_| WireError::OutOfBounds)?.to_string();
+    Ok(FencedSendFrame {
+        send: SendFrame { message: frame.slice(FIXED + name_len..), ..header },
+        name,
+        fence_token: u64::from_be_bytes(token),
     })
 }
 
@@ -225,6 +283,22 @@ mod tests {
 
     fn pid(name: &str, incarnation: u64, local: u64) -> Pid {
         Pid::new(NodeId::new(name, incarnation), local)
+    }
+
+    #[test]
+    fn fenced_send_frame_round_trips_and_refuses_bad_lengths() {
+        let target = pid("b", 7, 42);
+        let frame = encode_send_fenced(&target, "leader", 99, &("write", 1u8)).unwrap();
+        let decoded = decode_send_fenced(&frame).unwrap();
+        assert_eq!((decoded.name.as_str(), decoded.fence_token), ("leader", 99));
+        assert_eq!((decoded.send.incarnation, decoded.send.local), (7, 42));
+        let message: (String, u8) = rmp_serde::from_slice(&decoded.send.message).unwrap();
+        assert_eq!(message, ("write".to_string(), 1));
+        // A name length pointing past the end, and a truncated header, are refused.
+        let mut bad = frame.to_vec();
+        bad[SEND_HEADER_BYTES + 8] = 0xFF;
+        assert_eq!(decode_send_fenced(&Bytes::from(bad)), Err(WireError::OutOfBounds));
+        assert!(matches!(decode_send_fenced(&frame.slice(..20)), Err(WireError::TooShort { .. })));
     }
 
     #[test]

@@ -330,8 +330,19 @@ pub struct RaftCore {
     last_snapshot_index: u64,
     snapshot_due: bool,
     removed: bool,
+    view_reset: bool,
     out: ReadyOutput,
     stats: CoreStats,
+}
+
+/// What changed in the registry view since the last [`RaftCore::take_view_changes`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ViewChanges {
+    /// The view was replaced (snapshot installed, or too many changes to list): rebuild a mirror
+    /// from [`RegistryFsm::names`].
+    pub reset: bool,
+    /// Names whose registration changed (look each up again), when not `reset`.
+    pub names: Vec<String>,
 }
 
 fn discard_logger() -> slog::Logger {
@@ -433,6 +444,7 @@ impl RaftCore {
             last_snapshot_index: snap_meta.index,
             snapshot_due: false,
             removed: false,
+            view_reset: true,
             out: ReadyOutput::default(),
             stats: CoreStats::default(),
             cfg,
@@ -442,6 +454,27 @@ impl RaftCore {
     /// This node's raft id (the recorded one for a recovered store).
     pub fn raft_id(&self) -> u64 {
         self.raft_id
+    }
+
+    /// Names changed since the last call (for an owner that mirrors the view for lock-free reads).
+    pub fn take_view_changes(&mut self) -> ViewChanges {
+        let touched = self.fsm.take_touched();
+        let reset = std::mem::take(&mut self.view_reset) || touched.is_none();
+        ViewChanges { reset, names: if reset { Vec::new() } else { touched.unwrap_or_default() } }
+    }
+
+    /// The highest log index known to be replicated on `raft_id` (leader only; `None` elsewhere or
+    /// for an unknown id). The ladder promotes a learner only once it has caught up.
+    pub fn progress_matched(&self, raft_id: u64) -> Option<u64> {
+        if !self.is_leader() {
+            return None;
+        }
+        self.node.raft.prs().get(raft_id).map(|p| p.matched)
+    }
+
+    /// The index of the last entry in this node's log.
+    pub fn last_index(&self) -> u64 {
+        self.node.raft.raft_log.last_index()
     }
 
     /// What the durable state looked like at boot.
@@ -788,6 +821,7 @@ impl RaftCore {
                 self.view_valid = false;
             }
         }
+        self.view_reset = true;
         self.conf_state = meta.get_conf_state().clone();
         self.applied_term = meta.term;
         self.last_snapshot_index = meta.index;

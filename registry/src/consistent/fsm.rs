@@ -346,7 +346,15 @@ pub struct RegistryFsm {
     departed_order: VecDeque<NodeId>,
     members: BTreeMap<u64, NodeId>,
     stats: FsmStats,
+    /// Names whose registration changed since the last [`RegistryFsm::take_touched`] (local, not
+    /// replicated): the owner mirrors the view for lock-free reads from them.
+    touched: Vec<String>,
+    touched_overflow: bool,
 }
+
+/// Names tracked by [`RegistryFsm::take_touched`] between two calls; beyond it the caller is told
+/// to rebuild its mirror from [`RegistryFsm::names`] instead (one `Ready` rarely touches more).
+pub const MAX_TOUCHED: usize = 65_536;
 
 impl Default for RegistryFsm {
     fn default() -> Self {
@@ -368,7 +376,37 @@ impl RegistryFsm {
             departed_order: VecDeque::new(),
             members: BTreeMap::new(),
             stats: FsmStats::default(),
+            touched: Vec::new(),
+            touched_overflow: false,
         }
+    }
+
+    /// The names whose registration changed since the last call, or `None` when more than
+    /// [`MAX_TOUCHED`] did (rebuild from [`RegistryFsm::names`]).
+    pub fn take_touched(&mut self) -> Option<Vec<String>> {
+        let names = std::mem::take(&mut self.touched);
+        if std::mem::take(&mut self.touched_overflow) { None } else { Some(names) }
+    }
+
+    fn touch(&mut self, name: &str) {
+        if self.touched.len() >= MAX_TOUCHED {
+            self.touched_overflow = true;
+            self.touched.clear();
+        } else if !self.touched_overflow {
+            self.touched.push(name.to_string());
+        }
+    }
+
+    /// The distinct nodes whose processes hold names (the leader checks them against membership).
+    pub fn owner_nodes(&self) -> Vec<NodeId> {
+        let mut nodes: Vec<NodeId> = Vec::new();
+        for pid in self.by_pid.keys() {
+            if nodes.last() != Some(&pid.node) {
+                nodes.push(pid.node.clone());
+            }
+        }
+        nodes.dedup();
+        nodes
     }
 
     /// The token of the last applied entry.
@@ -558,11 +596,13 @@ impl RegistryFsm {
             return CommandResult::TooManyNames { max: self.limits.max_names };
         }
         self.by_pid.entry(pid.clone()).or_default().insert(name.clone());
+        self.touch(&name);
         self.names.insert(name, Registration { pid, fence_token: index });
         CommandResult::Registered { fence_token: index }
     }
 
     fn remove_name(&mut self, name: &str) {
+        self.touch(name);
         if let Some(reg) = self.names.remove(name)
             && let Some(set) = self.by_pid.get_mut(&reg.pid)
         {

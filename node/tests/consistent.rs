@@ -1,0 +1,409 @@
+//! The consistent name tier on real `cohort node` processes, through the admin API (SPEC 7, 8,
+//! 9.2): leader election and the voter ladder, registration visible everywhere with one fencing
+//! token, first-committed-wins races, isolation (no silent downgrade), leader loss, a durable
+//! restart (`RestartState::Recovered`), stale fencing tokens, and a removed node's names.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Cluster, get, metric_sum, wait_for};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "consistent-test-token-0123456789";
+
+/// Elections, ladder steps and SWIM failure detection take seconds; CI runs several clusters at
+/// once on 2 cores.
+const WITHIN: Duration = Duration::from_secs(60);
+
+fn config_file(storage: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("cohort-consistent-{}-{}", std::process::id(), common::rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("node.toml");
+    std::fs::write(&path, format!("[raft]\nstorage = \"{storage}\"\n")).unwrap();
+    path.display().to_string()
+}
+
+async fn cluster(prefix: &str, storage: &str) -> Cluster {
+    let config = config_file(storage);
+    let c = common::chaos_cluster_with(prefix, 3, TOKEN, &["--config", &config]).await;
+    wait_for_voters(&c.urls, 3).await;
+    c
+}
+
+async fn post(url: &str, path: &str, body: Value) -> (u16, Value) {
+    common::post_json(url, path, TOKEN, body).await
+}
+
+async fn raft(url: &str) -> Value {
+    get(url, "/admin/raft").await.json()
+}
+
+/// Waits until every node in `urls` reports the same leader and `voters` voters; returns the
+/// leader's name.
+async fn wait_for_voters(urls: &[String], voters: usize) -> String {
+    wait_for(WITHIN, &format!("one leader and {voters} voters on every node"), || async {
+        let mut leader: Option<String> = None;
+        for u in urls {
+            let r = raft(u).await;
+            let this = r["leader"].as_str()?.to_string();
+            if r["voters"].as_array()?.len() != voters || leader.as_ref().is_some_and(|l| *l != this) {
+                return None;
+            }
+            leader = Some(this);
+        }
+        leader
+    })
+    .await
+}
+
+fn index_of(c: &Cluster, name: &str) -> usize {
+    name.trim_start_matches('n').parse::<usize>().unwrap_or_else(|_| panic!("node name {name}")).min(c.urls.len() - 1)
+}
+
+async fn spawn(url: &str) -> String {
+    let (status, j) = post(url, "/admin/probe/spawn", json!({ "count": 1 })).await;
+    assert_eq!(status, 200, "{j}");
+    j["pids"][0].as_str().unwrap().to_string()
+}
+
+async fn register(url: &str, name: &str, pid: &str) -> (u16, Value) {
+    post(url, "/admin/probe/register", json!({"tier": "consistent", "name": name, "pid": pid})).await
+}
+
+/// The consistent lookup of `name` on `url` at `freshness` (status, body).
+async fn lookup(url: &str, name: &str, freshness: &str) -> (u16, Value) {
+    let a = get(url, &format!("/admin/registry/lookup/{name}?tier=consistent&freshness={freshness}")).await;
+    (a.status, a.json())
+}
+
+async fn wait_visible(url: &str, name: &str, pid: &str, token: u64) {
+    wait_for(WITHIN, &format!("{name} -> {pid} at token {token} on {url}"), || async {
+        let (status, j) = lookup(url, name, "best_effort").await;
+        (status == 200 && j["pid"] == pid && j["fence_token"] == token).then_some(())
+    })
+    .await;
+}
+
+async fn wait_gone(url: &str, name: &str) {
+    wait_for(WITHIN, &format!("{name} gone on {url}"), || async {
+        (lookup(url, name, "best_effort").await.0 == 404).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_name_registered_on_a_follower_is_visible_everywhere_with_one_token() {
+    let c = cluster("consistent-visible", "memory").await;
+    let leader = wait_for_voters(&c.urls, 3).await;
+    let follower = (0..3).find(|i| format!("n{i}") != leader).unwrap();
+    let pid = spawn(&c.urls[follower]).await;
+    let (status, j) = register(&c.urls[follower], "svc", &pid).await;
+    assert_eq!(status, 200, "{j}");
+    let token = j["fence_token"].as_u64().expect("a fencing token");
+    assert!(token > 0);
+    // Read-your-writes on the writing node at once, at Bounded freshness.
+    let (status, j) = lookup(&c.urls[follower], "svc", "bounded").await;
+    assert_eq!((status, j["fence_token"].as_u64()), (200, Some(token)), "{j}");
+    assert_eq!(j["witness"]["served_freshness"], "bounded");
+    for u in &c.urls {
+        wait_visible(u, "svc", &pid, token).await;
+    }
+    // Strong is served by the leader, with the same token, and refused elsewhere with its hint.
+    let leader_url = &c.urls[index_of(&c, &leader)];
+    let (status, j) = lookup(leader_url, "svc", "strong").await;
+    assert_eq!((status, j["fence_token"].as_u64()), (200, Some(token)), "{j}");
+    assert_eq!((j["witness"]["served_by_leader"].as_bool(), j["witness"]["root_lag"].as_u64()), (Some(true), Some(0)));
+    let (status, j) = lookup(&c.urls[follower], "svc", "strong").await;
+    assert_eq!((status, j["error"].as_str()), (503, Some("NotLeader")), "{j}");
+    assert!(j["detail"].as_str().unwrap().contains(&leader), "{j}");
+
+    // The listing, the planes and the metrics agree.
+    let listed = get(&c.urls[0], "/admin/registry/consistent").await.json();
+    assert_eq!(listed["names"], json!([{"name": "svc", "pid": pid, "fence_token": token}]));
+    let planes = get(&c.urls[follower], "/admin/planes").await.json();
+    assert_eq!(planes["execution"]["restart_state"]["state"], "clean");
+    assert!(planes["execution"]["admission"]["Accepted"].as_u64().unwrap() >= 1, "{planes}");
+    assert!(planes["execution"]["outcomes"]["applied"].as_u64().unwrap() >= 1, "{planes}");
+    assert!(planes["control"]["root_token"]["index"].as_u64().unwrap() >= token, "{planes}");
+    let metrics = get(&c.urls[follower], "/metrics").await.body;
+    assert!(metric_sum(&metrics, "cohort_raft_term") >= 1.0, "{metrics}");
+    assert_eq!(metric_sum(&metrics, "cohort_registry_fence_rejections_total"), 0.0);
+    common::promtool_check(&metrics);
+    // /livez passes with the raft check on a voter.
+    let live = get(&c.urls[follower], "/livez").await;
+    assert_eq!(live.status, 200, "{}", live.body);
+    assert!(live.body.contains("\"raft\""), "{}", live.body);
+
+    // Owner exit removes the name everywhere (a committed RemoveByPid).
+    assert_eq!(post(&c.urls[follower], "/admin/probe/exit", json!({"pids": [pid], "reason": "kill"})).await.0, 200);
+    for u in &c.urls {
+        wait_gone(u, "svc").await;
+    }
+}
+
+#[tokio::test]
+async fn two_concurrent_registrations_of_one_name_exactly_one_wins() {
+    let c = cluster("consistent-race", "memory").await;
+    let (a, b) = (spawn(&c.urls[1]).await, spawn(&c.urls[2]).await);
+    let (first, second) = tokio::join!(register(&c.urls[1], "lock", &a), register(&c.urls[2], "lock", &b));
+    let outcomes = [(first.0, first.1.clone()), (second.0, second.1.clone())];
+    let winners: Vec<_> = outcomes.iter().filter(|(s, _)| *s == 200).collect();
+    let losers: Vec<_> = outcomes.iter().filter(|(s, _)| *s == 409).collect();
+    assert_eq!((winners.len(), losers.len()), (1, 1), "{outcomes:?}");
+    assert_eq!(losers[0].1["error"], "AlreadyRegistered", "{outcomes:?}");
+    let token = winners[0].1["fence_token"].as_u64().unwrap();
+    let winner_pid = if first.0 == 200 { &a } else { &b };
+    for u in &c.urls {
+        wait_visible(u, "lock", winner_pid, token).await;
+    }
+    // A retry by the loser is refused the same way; the winner's own retry keeps its token.
+    let loser_pid = if first.0 == 200 { (&c.urls[2], &b) } else { (&c.urls[1], &a) };
+    let (status, j) = register(loser_pid.0, "lock", loser_pid.1).await;
+    assert_eq!((status, j["error"].as_str()), (409, Some("AlreadyRegistered")), "{j}");
+    let winner_url = if first.0 == 200 { &c.urls[1] } else { &c.urls[2] };
+    let (status, j) = register(winner_url, "lock", winner_pid).await;
+    assert_eq!((status, j["fence_token"].as_u64()), (200, Some(token)), "{j}");
+    // SPEC 7: the eventual tier refuses a name the consistent tier holds.
+    let other = spawn(&c.urls[0]).await;
+    let (status, j) =
+        post(&c.urls[0], "/admin/probe/register", json!({"tier": "eventual", "name": "lock", "pid": other})).await;
+    assert_eq!((status, j["error"].as_str()), (409, Some("AlreadyRegistered")), "{j}");
+}
+
+#[tokio::test]
+async fn an_isolated_node_refuses_strong_and_bounded_and_serves_best_effort_marked_stale() {
+    let c = cluster("consistent-isolated", "memory").await;
+    let leader = wait_for_voters(&c.urls, 3).await;
+    let pid = spawn(&c.urls[0]).await;
+    let (status, j) = register(&c.urls[0], "cfg", &pid).await;
+    assert_eq!(status, 200, "{j}");
+    let token = j["fence_token"].as_u64().unwrap();
+    let victim = (0..3).find(|i| format!("n{i}") != leader).unwrap();
+    for u in &c.urls {
+        wait_visible(u, "cfg", &pid, token).await;
+    }
+    // Cut the victim off from both peers, gossip and internode alike.
+    let peers: Vec<Value> = (0..3)
+        .filter(|i| *i != victim)
+        .map(|i| json!({"peer": format!("n{i}"), "direction": "both", "drop": 1.0}))
+        .collect();
+    let (status, j) = post(&c.urls[victim], "/admin/faults", json!({ "rules": peers })).await;
+    assert_eq!(status, 200, "{j}");
+    let url = &c.urls[victim];
+    let mode = wait_for(WITHIN, "the victim notices it lost the quorum", || async {
+        let planes = get(url, "/admin/planes").await.json();
+        let mode = planes["control"]["degraded_mode"].as_str()?.to_string();
+        matches!(mode.as_str(), "view_only" | "root_unavailable").then_some(mode)
+    })
+    .await;
+    // No silent downgrade: Strong and Bounded are refused with a reason...
+    let (status, j) = lookup(url, "cfg", "strong").await;
+    assert_eq!(status, 503, "{j}");
+    assert!(matches!(j["error"].as_str(), Some("Unavailable" | "NotLeader")), "{j}");
+    let (status, j) = lookup(url, "cfg", "bounded").await;
+    assert_eq!((status, j["error"].as_str()), (503, Some("Unavailable")), "{j}");
+    // ...while BestEffort answers from the local view and says it is degraded.
+    let (status, j) = lookup(url, "cfg", "best_effort").await;
+    assert_eq!((status, j["pid"].as_str(), j["fence_token"].as_u64()), (200, Some(pid.as_str()), Some(token)), "{j}");
+    let served_mode = j["witness"]["degraded_mode"].as_str().unwrap();
+    assert!(matches!(served_mode, "view_only" | "root_unavailable"), "{j} (planes said {mode})");
+    assert_eq!(j["witness"]["served_freshness"], "best_effort");
+    // The majority side keeps committing.
+    let majority = (0..3).find(|i| *i != victim).unwrap();
+    let other = spawn(&c.urls[majority]).await;
+    wait_for(WITHIN, "a write on the majority side", || async {
+        (register(&c.urls[majority], "after-cut", &other).await.0 == 200).then_some(())
+    })
+    .await;
+    let (status, _) = lookup(url, "after-cut", "best_effort").await;
+    assert_eq!(status, 404, "the isolated node cannot have seen the new name");
+}
+
+#[tokio::test]
+async fn killing_the_leader_elects_a_new_one_and_writes_continue() {
+    let mut c = cluster("consistent-leader-loss", "memory").await;
+    let leader = wait_for_voters(&c.urls, 3).await;
+    let dead = index_of(&c, &leader);
+    c.procs[dead].signal(libc::SIGKILL);
+    c.procs[dead].wait_exit(Duration::from_secs(10)).await;
+    let alive: Vec<String> = (0..3).filter(|i| *i != dead).map(|i| c.urls[i].clone()).collect();
+    let new_leader = wait_for(WITHIN, "a new leader among the survivors", || async {
+        let mut seen: Option<String> = None;
+        for u in &alive {
+            let l = raft(u).await["leader"].as_str()?.to_string();
+            if l == leader || seen.as_ref().is_some_and(|s| *s != l) {
+                return None;
+            }
+            seen = Some(l);
+        }
+        seen
+    })
+    .await;
+    assert_ne!(new_leader, leader);
+    let pid = spawn(&alive[0]).await;
+    let token = wait_for(WITHIN, "a write after the leader loss", || async {
+        let (status, j) = register(&alive[0], "after-loss", &pid).await;
+        (status == 200).then(|| j["fence_token"].as_u64()).flatten()
+    })
+    .await;
+    for u in &alive {
+        wait_visible(u, "after-loss", &pid, token).await;
+    }
+    let metrics = get(&alive[0], "/metrics").await.body;
+    assert!(metric_sum(&metrics, "cohort_raft_leader_changes_total") >= 2.0, "{metrics}");
+}
+
+#[tokio::test]
+async fn a_stale_fencing_token_is_refused_where_the_message_lands() {
+    let c = cluster("consistent-fence", "memory").await;
+    let holder = spawn(&c.urls[1]).await;
+    let (status, j) = register(&c.urls[1], "writer", &holder).await;
+    assert_eq!(status, 200, "{j}");
+    let t1 = j["fence_token"].as_u64().unwrap();
+    wait_visible(&c.urls[0], "writer", &holder, t1).await;
+    let received =
+        |u: String| async move { get(&u, "/admin/probe/stats").await.json()["received_total"].as_u64().unwrap() };
+    let rejections = |u: String| async move {
+        metric_sum(&get(&u, "/metrics").await.body, "cohort_registry_fence_rejections_total") as u64
+    };
+    // The current token is delivered across nodes.
+    let (status, j) = post(&c.urls[0], "/admin/probe/send", json!({"name": "writer", "fence_token": t1})).await;
+    assert_eq!(status, 200, "{j}");
+    wait_for(WITHIN, "the fenced send delivered", || async { (received(c.urls[1].clone()).await == 1).then_some(()) })
+        .await;
+    // A stale token is refused on the receiving node, counted, and not delivered.
+    let (status, j) = post(&c.urls[0], "/admin/probe/send", json!({"name": "writer", "fence_token": t1 - 1})).await;
+    assert_eq!(status, 200, "remote fenced sends are fire-and-forget: {j}");
+    wait_for(WITHIN, "the stale send refused on the holder's node", || async {
+        (rejections(c.urls[1].clone()).await >= 1).then_some(())
+    })
+    .await;
+    // A new registration of the name makes the old token stale; a local stale send is refused
+    // synchronously with the SPEC word.
+    assert_eq!(
+        post(&c.urls[1], "/admin/probe/unregister", json!({"tier": "consistent", "name": "writer", "pid": holder}))
+            .await
+            .0,
+        200
+    );
+    let (status, j) = register(&c.urls[1], "writer", &holder).await;
+    assert_eq!(status, 200, "{j}");
+    let t2 = j["fence_token"].as_u64().unwrap();
+    assert!(t2 > t1, "tokens grow: {t1} then {t2}");
+    let (status, j) = post(&c.urls[1], "/admin/probe/send", json!({"name": "writer", "fence_token": t1})).await;
+    assert_eq!((status, j["error"].as_str()), (409, Some("EpochMismatch")), "{j}");
+    let (status, _) = post(&c.urls[1], "/admin/probe/send", json!({"name": "writer"})).await;
+    assert_eq!(status, 200, "a plain send carries the current token");
+    wait_for(WITHIN, "the current-token sends delivered", || async {
+        (received(c.urls[1].clone()).await == 2).then_some(())
+    })
+    .await;
+    assert!(rejections(c.urls[1].clone()).await >= 2);
+    let planes = get(&c.urls[1], "/admin/planes").await.json();
+    assert!(planes["execution"]["admission"]["EpochMismatch"].as_u64().unwrap() >= 2, "{planes}");
+}
+
+#[tokio::test]
+async fn a_removed_node_s_names_disappear_everywhere() {
+    let mut c = cluster("consistent-removed", "memory").await;
+    let leader = wait_for_voters(&c.urls, 3).await;
+    let victim = (0..3).find(|i| format!("n{i}") != leader).unwrap();
+    let pid = spawn(&c.urls[victim]).await;
+    let (status, j) = register(&c.urls[victim], "on-victim", &pid).await;
+    assert_eq!(status, 200, "{j}");
+    let token = j["fence_token"].as_u64().unwrap();
+    let alive: Vec<String> = (0..3).filter(|i| *i != victim).map(|i| c.urls[i].clone()).collect();
+    for u in &alive {
+        wait_visible(u, "on-victim", &pid, token).await;
+    }
+    c.procs[victim].signal(libc::SIGKILL);
+    c.procs[victim].wait_exit(Duration::from_secs(10)).await;
+    // Membership declares it down; the leader commits RemoveByNode.
+    for u in &alive {
+        wait_gone(u, "on-victim").await;
+    }
+}
+
+/// Starts `cohort node` named `name` with its data in `dir` (kept across restarts).
+fn start_node(name: &str, dir: &std::path::Path, secret: &std::path::Path, seed: Option<&str>) -> common::Proc {
+    let mut args: Vec<String> = [
+        "node",
+        "--name",
+        name,
+        "--http",
+        "127.0.0.1:0",
+        "--gossip",
+        "127.0.0.1:0",
+        "--internode",
+        "127.0.0.1:0",
+        "--admin-token",
+        TOKEN,
+        "--chaos",
+        "--log-filter",
+        "warn",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(["--data-dir".into(), dir.join(name).display().to_string()]);
+    args.extend(["--cluster-secret-file".into(), secret.display().to_string()]);
+    if let Some(seed) = seed {
+        args.extend(["--seeds".into(), seed.to_string()]);
+    }
+    common::Proc::spawn(&common::as_strs(&args))
+}
+
+#[tokio::test]
+async fn a_killed_node_restarts_recovered_from_its_durable_log_and_catches_up() {
+    let dir = std::env::temp_dir().join(format!(
+        "cohort-consistent-durable-{}-{}",
+        std::process::id(),
+        common::rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef").unwrap();
+    let mut procs = vec![start_node("n0", &dir, &secret, None)];
+    let first = procs[0].wait_stdout("cohort node listening", Duration::from_secs(20)).await;
+    let seed = common::field(&first, "gossip").unwrap();
+    let mut urls = vec![common::field(&first, "http").unwrap()];
+    for name in ["n1", "n2"] {
+        let p = start_node(name, &dir, &secret, Some(&seed));
+        urls.push(p.node_url().await);
+        procs.push(p);
+    }
+    wait_for_voters(&urls, 3).await;
+    let pid = spawn(&urls[0]).await;
+    let (status, j) = register(&urls[0], "before", &pid).await;
+    assert_eq!(status, 200, "{j}");
+    let token = j["fence_token"].as_u64().unwrap();
+    wait_visible(&urls[2], "before", &pid, token).await;
+    let applied_before = raft(&urls[2]).await["applied_index"].as_u64().unwrap();
+
+    // SIGKILL n2 (no graceful anything), write while it is down, restart it on the same data dir.
+    procs[2].signal(libc::SIGKILL);
+    procs[2].wait_exit(Duration::from_secs(10)).await;
+    let other = spawn(&urls[1]).await;
+    let late = wait_for(WITHIN, "a write while n2 is down", || async {
+        let (status, j) = register(&urls[1], "while-down", &other).await;
+        (status == 200).then(|| j["fence_token"].as_u64()).flatten()
+    })
+    .await;
+    let restarted = start_node("n2", &dir, &secret, Some(&seed));
+    let url = restarted.node_url().await;
+    procs[2] = restarted;
+    let planes = get(&url, "/admin/planes").await.json();
+    assert_eq!(planes["execution"]["restart_state"]["state"], "recovered", "{planes}");
+    assert!(
+        planes["execution"]["restart_state"]["applied_index"].as_u64().unwrap() >= applied_before,
+        "recovers at least what it had applied ({applied_before}): {planes}"
+    );
+    // It keeps its recorded raft id and catches up with what it missed.
+    wait_visible(&url, "while-down", &other, late).await;
+    wait_visible(&url, "before", &pid, token).await;
+    wait_for(WITHIN, "the restarted node fresh at bounded freshness", || async {
+        (lookup(&url, "while-down", "bounded").await.0 == 200).then_some(())
+    })
+    .await;
+}

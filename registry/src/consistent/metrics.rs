@@ -1,0 +1,226 @@
+//! The consistent tier's Prometheus series (SPEC 10): raft term and indices, leader changes,
+//! proposals by outcome, admissions by reason, reads by freshness and result, fence rejections,
+//! dropped raft frames, snapshots and storage writes.
+//!
+//! Invariants: registered once per node at boot, every labelled series present at 0 (the safety
+//! counters especially: fence rejections, dropped frames, admissions refused); labels are bounded
+//! enums (outcome, reason, freshness, result), never a name or a pid. Counters that mirror the raft
+//! core's cumulative stats are advanced by difference ([`ConsistentMetrics::observe_core`]).
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+use super::core::CoreStats;
+use super::planes::{Admission, ExecutionOutcome, Freshness};
+use super::storage::StoreStats;
+
+/// Results a consistent read is counted under: `ok`, the read refusals of the freshness decision,
+/// and the admissions a Strong read can end with.
+pub const READ_RESULTS: [&str; 9] = [
+    "ok",
+    "NotLeader",
+    "Unavailable",
+    "RootLagTooLarge",
+    "RequiredTokenNotCovered",
+    "ReadIndexPending",
+    "TimedOut",
+    "QueueSaturated",
+    "Canceled",
+];
+
+/// Why an incoming raft-class frame was dropped.
+pub const FRAME_DROPS: [&str; 6] = ["malformed", "too_large", "forged", "refused_by_raft", "unknown_kind", "no_route"];
+
+/// The consistent tier's series.
+#[derive(Clone)]
+pub struct ConsistentMetrics {
+    pub(crate) term: IntGauge,
+    pub(crate) commit_index: IntGauge,
+    pub(crate) applied_index: IntGauge,
+    pub(crate) is_leader: IntGauge,
+    pub(crate) voters: IntGauge,
+    pub(crate) leader_changes: IntCounter,
+    pub(crate) proposals: IntCounterVec,
+    pub(crate) admissions: IntCounterVec,
+    pub(crate) reads: IntCounterVec,
+    pub(crate) fence_rejections: IntCounter,
+    pub(crate) frames_dropped: IntCounterVec,
+    pub(crate) frames_sent_failed: IntCounter,
+    pub(crate) snapshots: IntCounterVec,
+    pub(crate) storage_writes: IntCounter,
+    pub(crate) conf_changes: IntCounter,
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec, prometheus::Error> {
+    IntCounterVec::new(Opts::new(name, help), labels)
+}
+
+impl ConsistentMetrics {
+    /// Creates and registers every series, at 0.
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let term = IntGauge::new("cohort_raft_term", "Current raft term seen by this node.")?;
+        let commit_index = IntGauge::new("cohort_raft_commit_index", "Highest raft log index known committed.")?;
+        let applied_index =
+            IntGauge::new("cohort_raft_applied_index", "Raft log index the registry view has applied (RootToken).")?;
+        let is_leader = IntGauge::new("cohort_raft_is_leader", "1 while this node leads the raft group.")?;
+        let voters = IntGauge::new("cohort_raft_voters", "Voters in the applied raft configuration.")?;
+        let leader_changes =
+            IntCounter::new("cohort_raft_leader_changes_total", "Changes of the raft leader seen by this node.")?;
+        let proposals = counter_vec(
+            "cohort_raft_proposals_total",
+            "Consistent-tier writes of this node by ExecutionOutcome reached (rejected, queued, proposed, committed, applied, failed).",
+            &["outcome"],
+        )?;
+        let admissions = counter_vec(
+            "cohort_raft_admissions_total",
+            "Execution-plane Admission verdicts of the consistent tier (writes and fenced sends), by reason.",
+            &["reason"],
+        )?;
+        let reads = counter_vec(
+            "cohort_raft_reads_total",
+            "Consistent-tier reads by requested freshness and result (ok or the refusal reason).",
+            &["freshness", "result"],
+        )?;
+        let fence_rejections = IntCounter::new(
+            "cohort_registry_fence_rejections_total",
+            "Sends by consistent name refused on this node because their fencing token was stale (EpochMismatch).",
+        )?;
+        let frames_dropped = counter_vec(
+            "cohort_raft_frames_dropped_total",
+            "Incoming raft-class frames dropped by reason (the node keeps running).",
+            &["reason"],
+        )?;
+        let frames_sent_failed = IntCounter::new(
+            "cohort_raft_frames_unsent_total",
+            "Outgoing raft messages the transport did not take (unknown peer, too large, shutting down).",
+        )?;
+        let snapshots = counter_vec(
+            "cohort_raft_snapshots_total",
+            "Registry snapshots created here or installed from the leader.",
+            &["kind"],
+        )?;
+        let storage_writes = IntCounter::new(
+            "cohort_raft_storage_writes_total",
+            "Raft storage write transactions (one per batched Ready: one fsync in durable mode).",
+        )?;
+        let conf_changes =
+            IntCounter::new("cohort_raft_conf_changes_total", "Raft configuration entries applied on this node.")?;
+        for collector in [
+            Box::new(term.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(commit_index.clone()),
+            Box::new(applied_index.clone()),
+            Box::new(is_leader.clone()),
+            Box::new(voters.clone()),
+            Box::new(leader_changes.clone()),
+            Box::new(proposals.clone()),
+            Box::new(admissions.clone()),
+            Box::new(reads.clone()),
+            Box::new(fence_rejections.clone()),
+            Box::new(frames_dropped.clone()),
+            Box::new(frames_sent_failed.clone()),
+            Box::new(snapshots.clone()),
+            Box::new(storage_writes.clone()),
+            Box::new(conf_changes.clone()),
+        ] {
+            registry.register(collector)?;
+        }
+        for outcome in ExecutionOutcome::ALL {
+            proposals.with_label_values(&[outcome.as_str()]).inc_by(0);
+        }
+        for reason in Admission::REASONS {
+            admissions.with_label_values(&[reason]).inc_by(0);
+        }
+        for freshness in Freshness::ALL {
+            for result in READ_RESULTS {
+                reads.with_label_values(&[freshness.as_str(), result]).inc_by(0);
+            }
+        }
+        for reason in FRAME_DROPS {
+            frames_dropped.with_label_values(&[reason]).inc_by(0);
+        }
+        for kind in ["created", "installed"] {
+            snapshots.with_label_values(&[kind]).inc_by(0);
+        }
+        Ok(Self {
+            term,
+            commit_index,
+            applied_index,
+            is_leader,
+            voters,
+            leader_changes,
+            proposals,
+            admissions,
+            reads,
+            fence_rejections,
+            frames_dropped,
+            frames_sent_failed,
+            snapshots,
+            storage_writes,
+            conf_changes,
+        })
+    }
+
+    /// Counts one admission verdict.
+    pub(crate) fn admission(&self, admission: &Admission) {
+        self.admissions.with_label_values(&[admission.reason()]).inc();
+    }
+
+    /// Counts one write reaching `outcome`.
+    pub(crate) fn outcome(&self, outcome: ExecutionOutcome) {
+        self.proposals.with_label_values(&[outcome.as_str()]).inc();
+    }
+
+    /// Counts one read.
+    pub(crate) fn read(&self, freshness: Freshness, result: &str) {
+        let result = if READ_RESULTS.contains(&result) { result } else { "Unavailable" };
+        self.reads.with_label_values(&[freshness.as_str(), result]).inc();
+    }
+
+    /// Counts one dropped incoming frame.
+    pub(crate) fn frame_dropped(&self, reason: &'static str) {
+        self.frames_dropped.with_label_values(&[reason]).inc();
+    }
+
+    /// Advances the counters that mirror the core's cumulative stats and sets the gauges.
+    pub(crate) fn observe_core(
+        &self,
+        before: &CoreStats,
+        now: &CoreStats,
+        store_before: &StoreStats,
+        store: &StoreStats,
+    ) {
+        let gauge = |g: &IntGauge, v: u64| g.set(i64::try_from(v).unwrap_or(i64::MAX));
+        gauge(&self.term, now.term);
+        gauge(&self.commit_index, now.commit_index);
+        gauge(&self.applied_index, now.applied_index);
+        self.leader_changes.inc_by(now.leader_changes.saturating_sub(before.leader_changes));
+        self.snapshots
+            .with_label_values(&["created"])
+            .inc_by(now.snapshots_created.saturating_sub(before.snapshots_created));
+        self.snapshots
+            .with_label_values(&["installed"])
+            .inc_by(now.snapshots_installed.saturating_sub(before.snapshots_installed));
+        self.frames_dropped
+            .with_label_values(&["refused_by_raft"])
+            .inc_by(now.messages_dropped.saturating_sub(before.messages_dropped));
+        self.conf_changes.inc_by(now.conf_changes_applied.saturating_sub(before.conf_changes_applied));
+        self.storage_writes.inc_by(store.writes.saturating_sub(store_before.writes));
+    }
+
+    /// Admission counts by reason, for `/admin/planes`.
+    pub fn admission_counts(&self) -> Vec<(&'static str, u64)> {
+        Admission::REASONS.iter().map(|r| (*r, self.admissions.with_label_values(&[r]).get())).collect()
+    }
+
+    /// Write counts by outcome, for `/admin/planes`.
+    pub fn outcome_counts(&self) -> Vec<(&'static str, u64)> {
+        ExecutionOutcome::ALL
+            .iter()
+            .map(|o| (o.as_str(), self.proposals.with_label_values(&[o.as_str()]).get()))
+            .collect()
+    }
+
+    /// Fence rejections so far.
+    pub fn fence_rejections(&self) -> u64 {
+        self.fence_rejections.get()
+    }
+}

@@ -1,0 +1,1280 @@
+//! The consistent tier's I/O side: [`ConsistentTier`] runs one raft actor that owns the node's
+//! [`RaftCore`], and publishes a read-only view of it for lock-free reads and the admin API.
+//!
+//! ```text
+//!  callers ──Cmd (bounded mailbox)──►┐
+//!  transport `raft` class ──frames──►├─► drain (≤ MAX_BATCH each) ─► core.handle_ready() ─► send
+//!  timer (tick) ─────────────────────┘      (one storage write per batch: group commit)     │
+//!                                     answers, view mirror, metrics ◄──────────────────────┘
+//! ```
+//!
+//! - Raft messages travel on the internode `raft` class as protobuf ([`KIND_RAFT_MESSAGE`]); a
+//!   frame is length-checked before parsing, and its `from` raft id must belong to the
+//!   authenticated sender. Raft ids are discovered with a small [`Hello`] ([`KIND_HELLO`]) every
+//!   node sends to every live peer each [`HELLO_INTERVAL`]: the leader learns a joining node's
+//!   raft id (a hash of its incarnation) and a restarted node's recorded id from it.
+//! - Writes: [`ConsistentTier::propose`] queues a [`Proposal`] with a deadline. Raft-rs forwards
+//!   a follower's or learner's proposal to the leader; when it fails (leader change, message lost)
+//!   the actor re-proposes it with the same request id until the deadline, so a retry that was in
+//!   fact committed returns the first result. With no leader known it waits (bounded by
+//!   [`MAX_WAITING`]); at the deadline the caller gets `NotLeader{leader_hint}` if no leader is
+//!   known, else `TimedOut`.
+//! - Reads: `Strong` goes through the actor (ReadIndex on the leader); `Bounded` and `BestEffort`
+//!   are served from the published view ([`ConsistentTier::read_local`]) with the same freshness
+//!   decision ([`super::freshness::decide`]) and witness.
+//! - The leader reconciles the voter set from membership with [`ladder::reconcile`] once
+//!   membership has been quiet for `reconcile_debounce`, one transition at a time, promoting a
+//!   learner only once it has caught up; and it commits `RemoveByNode` (in chunks, re-proposed
+//!   while names remain) for node incarnations membership declares down or left or that a newer
+//!   incarnation replaced.
+//!
+//! Invariants: the actor is the only owner of the core. In durable mode it runs on a thread of its
+//! own (a current-thread runtime), so a storage fsync never stalls the node's shared runtime; in
+//! memory mode nothing blocks and it is a task of the node's runtime (cheaper wake-ups); every
+//! queue and map here has a named bound; the published view is updated before a caller is
+//! answered, so a caller reads its own write on this node.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cohort_actors::{FenceGuard, Pid};
+use cohort_cluster::membership::Membership;
+use cohort_cluster::net::transport::{Inbound, Transport};
+use cohort_cluster::queue::Class;
+use cohort_cluster::{MemberState, NodeId};
+use protobuf::Message as _;
+use raft::eraftpb::Message;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use super::core::{CoreConfig, CoreError, CoreStats, ProposalId, ProposeError, RaftCore, ReadId, ReadyOutput};
+use super::freshness::{ControlView, RaftRole, ReadRejection, decide};
+use super::fsm::{Applied, Command, CommandResult, Proposal, Registration, RequestId};
+use super::ladder::{self, LadderMember, MaxVoters, RaftConfig};
+use super::metrics::ConsistentMetrics;
+use super::planes::{
+    Admission, CatchUpState, ConfStepKind, DegradedMode, ExecutionOutcome, Freshness, ReadRequest, ReadWitness,
+    RestartState, RootToken, Transition,
+};
+use super::storage::{LogBackend, MemoryBackend, RedbBackend, StoreStats};
+
+/// Raft-class frame kind: one protobuf-encoded raft `Message`.
+pub const KIND_RAFT_MESSAGE: u8 = 1;
+/// Raft-class frame kind: a [`Hello`] (rmp-serde).
+pub const KIND_HELLO: u8 = 2;
+
+/// Largest raft frame parsed, in bytes: the transport's frame bound. A registry snapshot larger
+/// than this cannot be sent (about 80k names at 200 bytes; see docs/consistent.md).
+pub const MAX_RAFT_FRAME_BYTES: usize = 16 * 1024 * 1024;
+
+/// Largest hello frame parsed, in bytes (a node name of 64 bytes and three integers).
+pub const MAX_HELLO_BYTES: usize = 512;
+
+/// Commands queued for the actor. At the 20k writes/s goal this is about 3 s of writes; beyond it
+/// a caller gets `QueueSaturated { class: "raft_mailbox" }`.
+pub const MAILBOX_CAPACITY: usize = 65_536;
+
+/// Commands and frames taken per loop turn before one `Ready` is handled: the group-commit batch.
+/// Large enough that a pipelined burst shares one fsync, small enough that a turn stays short.
+pub const MAX_BATCH: usize = 4_096;
+
+/// Proposals waiting for a leader to be known (`QueueSaturated { class: "raft_waiting" }` beyond).
+pub const MAX_WAITING: usize = 4_096;
+
+/// How often every node tells every live peer its raft id.
+pub const HELLO_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Raft ids remembered per peer (one per live node name): the transport's peer bound.
+pub const MAX_KNOWN_PEERS: usize = 1_024;
+
+/// A learner is promoted only once its log is within this many entries of the leader's.
+pub const PROMOTE_MAX_LAG: u64 = 64;
+
+/// How long a voter may go without quorum contact before `/livez` fails its raft check. Long
+/// enough to ride out elections and short partitions; a voter cut off this long needs a look.
+pub const RAFT_CONTACT_MAX_SILENCE: Duration = Duration::from_secs(30);
+
+/// How long the actor loop may be silent before `/livez` fails (it turns every tick).
+pub const RAFT_LOOP_MAX_SILENCE: Duration = Duration::from_secs(5);
+
+const HELLO_VERSION: u8 = 1;
+
+/// Where the raft log lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StorageMode {
+    /// redb under this directory (`<data_dir>/raft`).
+    Durable(PathBuf),
+    /// In memory: lost at exit (tests and benchmarks).
+    Memory,
+}
+
+impl StorageMode {
+    /// `durable` or `memory`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Durable(_) => "durable",
+            Self::Memory => "memory",
+        }
+    }
+}
+
+/// How the consistent tier runs.
+#[derive(Clone, Debug)]
+pub struct ConsistentConfig {
+    /// Where the log lives.
+    pub storage: StorageMode,
+    /// Most voters (1, 3 or 5).
+    pub max_voters: MaxVoters,
+    /// The raft tick (100 ms): elections take 10-20 ticks, heartbeats every 2.
+    pub tick: Duration,
+    /// How long a write may take, retries included, before its caller is answered (5 s).
+    pub request_timeout: Duration,
+    /// How long membership must be quiet before the leader changes the voter set (1 s): a node
+    /// that flaps is not added and removed on every flap.
+    pub reconcile_debounce: Duration,
+    /// Whether this node starts a one-voter group when its store is clean (the node without
+    /// seeds; see docs/consistent.md "Bootstrap").
+    pub bootstrap: bool,
+}
+
+impl Default for ConsistentConfig {
+    fn default() -> Self {
+        Self {
+            storage: StorageMode::Memory,
+            max_voters: MaxVoters::default(),
+            tick: Duration::from_millis(100),
+            request_timeout: Duration::from_secs(5),
+            reconcile_debounce: Duration::from_secs(1),
+            bootstrap: false,
+        }
+    }
+}
+
+/// Why the tier could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsistentStartError {
+    /// The durable store could not be opened, or its state is unusable (`RestartState::Fatal`).
+    #[error("raft storage: {0}")]
+    Storage(String),
+    /// The raft core refused to start.
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    /// The transport's raft class already has a consumer.
+    #[error("the raft transport class already has a consumer")]
+    ClassTaken,
+    /// The actor thread could not be started.
+    #[error("raft actor thread: {0}")]
+    Thread(String),
+}
+
+/// Why a Strong read (through the actor) was not served.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    /// The freshness decision refused it.
+    #[error(transparent)]
+    Rejected(#[from] ReadRejection),
+    /// The execution plane refused it (queue full, timed out, shutting down, lost leadership).
+    #[error("{0}")]
+    Refused(Admission),
+}
+
+impl ReadError {
+    /// The stable reason string.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Rejected(r) => r.reason(),
+            Self::Refused(a) => a.reason(),
+        }
+    }
+}
+
+/// A served read: the registration (if any) and the witness.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadAnswer {
+    /// The name's registration in the served view.
+    pub registration: Option<Registration>,
+    /// How fresh the view was.
+    pub witness: ReadWitness,
+}
+
+/// The raft-id announcement every node sends each live peer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Wire version.
+    pub v: u8,
+    /// The sender (must equal the transport's authenticated peer).
+    pub node: NodeId,
+    /// Its raft id (recorded in its store; a hash of its incarnation for a fresh store).
+    pub raft_id: u64,
+}
+
+/// `GET /admin/raft`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RaftStatus {
+    /// This node's raft id.
+    pub raft_id: u64,
+    /// Its role.
+    pub role: RaftRole,
+    /// Current term.
+    pub term: u64,
+    /// The leader's node name, if known.
+    pub leader: Option<String>,
+    /// Highest index known committed.
+    pub commit_index: u64,
+    /// Index the view applied.
+    pub applied_index: u64,
+    /// Voters (node names; a raft id when the address book does not know it).
+    pub voters: Vec<String>,
+    /// Learners.
+    pub learners: Vec<String>,
+    /// Milliseconds since this node last had quorum contact (`None`: never).
+    pub last_contact_ms: Option<u64>,
+    /// Whether a quorum is reachable now.
+    pub quorum_reachable: bool,
+    /// `durable` or `memory`.
+    pub storage: &'static str,
+}
+
+/// The control half of `GET /admin/planes`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ControlPlane {
+    /// What the view applied.
+    pub root_token: RootToken,
+    /// Newest committed token known.
+    pub current_root_token: RootToken,
+    /// `current - root`, in entries.
+    pub root_lag: u64,
+    /// Catch-up state.
+    pub catch_up_state: CatchUpState,
+    /// Degraded mode.
+    pub degraded_mode: DegradedMode,
+    /// The leader's name, if known.
+    pub leader: Option<String>,
+    /// Whether a quorum is reachable.
+    pub quorum_reachable: bool,
+    /// Recent configuration transitions, oldest first.
+    pub transitions: Vec<Transition>,
+}
+
+/// The execution half of `GET /admin/planes`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ExecutionPlane {
+    /// The durable state as found at boot.
+    pub restart_state: RestartState,
+    /// Admission verdicts by reason.
+    pub admission: std::collections::BTreeMap<&'static str, u64>,
+    /// Writes by outcome.
+    pub outcomes: std::collections::BTreeMap<&'static str, u64>,
+    /// Sends refused for a stale fencing token.
+    pub fence_rejections: u64,
+}
+
+/// `GET /admin/planes`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PlanesStatus {
+    /// Control plane.
+    pub control: ControlPlane,
+    /// Execution plane.
+    pub execution: ExecutionPlane,
+}
+
+/// The raft liveness check's verdict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaftHealth {
+    /// Whether it passes.
+    pub ok: bool,
+    /// Why.
+    pub detail: String,
+}
+
+type WriteReply = oneshot::Sender<Result<Applied, Admission>>;
+type ReadReply = oneshot::Sender<Result<ReadAnswer, ReadError>>;
+
+enum Cmd {
+    Propose { proposal: Proposal, reply: Option<WriteReply>, deadline: Instant },
+    StrongRead { name: String, request: ReadRequest, reply: ReadReply },
+}
+
+struct View {
+    names: HashMap<String, Registration>,
+    owners: HashMap<Pid, u32>,
+    control: ControlView,
+    status: RaftStatus,
+    transitions: Vec<Transition>,
+    is_voter: bool,
+    last_contact: Option<Instant>,
+    last_loop: Instant,
+}
+
+struct Shared {
+    local: NodeId,
+    tx: mpsc::Sender<Cmd>,
+    view: RwLock<View>,
+    seq: AtomicU64,
+    metrics: ConsistentMetrics,
+    restart_state: RestartState,
+    request_timeout: Duration,
+    stopped: AtomicBool,
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+    done: Mutex<Option<oneshot::Receiver<()>>>,
+}
+
+/// One node's consistent tier. Cheap to clone.
+#[derive(Clone)]
+pub struct ConsistentTier {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ConsistentTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsistentTier").field("local", &self.shared.local).finish_non_exhaustive()
+    }
+}
+
+fn read_view(lock: &RwLock<View>) -> RwLockReadGuard<'_, View> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl ConsistentTier {
+    /// Opens the store, starts the raft actor on its own thread and takes the transport's `raft`
+    /// class. A store whose state is unusable fails with [`ConsistentStartError::Storage`] (the
+    /// caller reports `RestartState::Fatal`).
+    pub fn start(
+        local: NodeId,
+        membership: Membership,
+        transport: Transport,
+        metrics: ConsistentMetrics,
+        config: ConsistentConfig,
+    ) -> Result<Self, ConsistentStartError> {
+        let backend: Box<dyn LogBackend> = match &config.storage {
+            StorageMode::Durable(dir) => {
+                Box::new(RedbBackend::open(dir).map_err(|e| ConsistentStartError::Storage(e.to_string()))?)
+            }
+            StorageMode::Memory => Box::new(MemoryBackend::new()),
+        };
+        let raft_id = ladder::raft_id_for(&local);
+        let mut core_config = CoreConfig::new(raft_id, local.clone());
+        // A forwarded proposal lost with its message is retried by the actor well within the
+        // caller's deadline: give each attempt about a third of it.
+        let ticks = (config.request_timeout.as_millis() / config.tick.as_millis().max(1)) as u64;
+        core_config.proposal_timeout_ticks = (ticks / 3).max(5);
+        let bootstrap = [(raft_id, local.clone())];
+        let mut core = RaftCore::open(backend, core_config, config.bootstrap.then_some(&bootstrap[..]))
+            .map_err(|e| ConsistentStartError::Storage(e.to_string()))?;
+        if core.restart_state() == &RestartState::Clean && config.bootstrap {
+            // The sole voter of a new group: lead at once instead of after an election timeout.
+            core.campaign()?;
+        }
+        let inbound = transport.subscribe(Class::Raft).ok_or(ConsistentStartError::ClassTaken)?;
+        let (tx, rx) = mpsc::channel(MAILBOX_CAPACITY);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let (done_tx, done_rx) = oneshot::channel();
+        let control = core.control_view(None);
+        let status = raft_status(&core, None, &config.storage);
+        let shared = Arc::new(Shared {
+            local: local.clone(),
+            tx,
+            view: RwLock::new(View {
+                names: HashMap::new(),
+                owners: HashMap::new(),
+                control,
+                status,
+                transitions: Vec::new(),
+                is_voter: false,
+                last_contact: None,
+                last_loop: Instant::now(),
+            }),
+            seq: AtomicU64::new(1),
+            metrics,
+            restart_state: core.restart_state().clone(),
+            request_timeout: config.request_timeout,
+            stopped: AtomicBool::new(false),
+            stop: Mutex::new(Some(stop_tx)),
+            done: Mutex::new(Some(done_rx)),
+        });
+        let durable = matches!(config.storage, StorageMode::Durable(_));
+        let actor = Actor::new(core, shared.clone(), membership, transport, config);
+        if !durable && let Ok(handle) = tokio::runtime::Handle::try_current() {
+            // Nothing blocks in memory mode: the actor is a task of the node's runtime, where
+            // waking it (and the transport tasks it feeds) costs no thread hand-off.
+            handle.spawn(async move {
+                actor.run(rx, inbound, stop_rx).await;
+                let _ = done_tx.send(());
+            });
+            return Ok(Self { shared });
+        }
+        std::thread::Builder::new()
+            .name(format!("raft-{}", local.name))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+                    Ok(rt) => rt,
+                    Err(error) => {
+                        tracing::error!(%error, "raft actor runtime did not start");
+                        let _ = done_tx.send(());
+                        return;
+                    }
+                };
+                runtime.block_on(actor.run(rx, inbound, stop_rx));
+                let _ = done_tx.send(());
+            })
+            .map_err(|e| ConsistentStartError::Thread(e.to_string()))?;
+        Ok(Self { shared })
+    }
+
+    /// This node.
+    pub fn local(&self) -> &NodeId {
+        &self.shared.local
+    }
+
+    /// A fresh request id of this node (a retry must reuse the id of its first attempt).
+    pub fn next_request_id(&self) -> RequestId {
+        RequestId::new(self.shared.local.clone(), self.shared.seq.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Commits `proposal` and returns what applying it did, or why it was not taken. Retries
+    /// (leader change, lost forward) are done inside with the same request id until
+    /// `request_timeout`. Cancel-safe: dropping the future leaves the write to finish or time out.
+    pub async fn propose(&self, proposal: Proposal) -> Result<Applied, Admission> {
+        let (reply, answer) = oneshot::channel();
+        let deadline = Instant::now() + self.shared.request_timeout;
+        self.enqueue(Cmd::Propose { proposal, reply: Some(reply), deadline })?;
+        match answer.await {
+            Ok(result) => result,
+            Err(_) => Err(Admission::Canceled),
+        }
+    }
+
+    fn enqueue(&self, cmd: Cmd) -> Result<(), Admission> {
+        let refusal = match self.shared.tx.try_send(cmd) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => Admission::QueueSaturated { class: "raft_mailbox".into() },
+            Err(mpsc::error::TrySendError::Closed(_)) => Admission::Canceled,
+        };
+        self.shared.metrics.admission(&refusal);
+        self.shared.metrics.outcome(ExecutionOutcome::Rejected);
+        Err(refusal)
+    }
+
+    /// Serves a read of `name` at the requested freshness: `Strong` through the actor (ReadIndex
+    /// on the leader), the others from the published view.
+    pub async fn read(&self, name: &str, request: ReadRequest) -> Result<ReadAnswer, ReadError> {
+        if request.freshness != Freshness::Strong {
+            return self.read_local(name, request).map_err(ReadError::Rejected);
+        }
+        let (reply, answer) = oneshot::channel();
+        let cmd = Cmd::StrongRead { name: name.to_string(), request, reply };
+        let result = match self.shared.tx.try_send(cmd) {
+            Ok(()) => answer.await.unwrap_or(Err(ReadError::Refused(Admission::Canceled))),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(ReadError::Refused(Admission::QueueSaturated { class: "raft_mailbox".into() }))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(ReadError::Refused(Admission::Canceled)),
+        };
+        // The actor counts the Strong reads it answers; refusals before it are counted here.
+        if let Err(e @ ReadError::Refused(Admission::QueueSaturated { .. } | Admission::Canceled)) = &result {
+            self.shared.metrics.read(Freshness::Strong, e.reason());
+        }
+        result
+    }
+
+    /// A `Bounded` or `BestEffort` read from the published view. A `Strong` read needs the
+    /// actor's ReadIndex ([`ConsistentTier::read`]): the published view has none, so the decision
+    /// refuses it here (`ReadIndexPending`, or `NotLeader`/`Unavailable` off the leader).
+    pub fn read_local(&self, name: &str, request: ReadRequest) -> Result<ReadAnswer, ReadRejection> {
+        let view = read_view(&self.shared.view);
+        let result = decide(&request, &view.control)
+            .map(|witness| ReadAnswer { registration: view.names.get(name).cloned(), witness });
+        drop(view);
+        self.shared.metrics.read(request.freshness, result.as_ref().map_or_else(|e| e.reason(), |_| "ok"));
+        result
+    }
+
+    /// The registration of `name` in this node's view, without a freshness decision (the
+    /// registry's default lookup order; `BestEffort`, see docs/consistent.md).
+    pub fn lookup(&self, name: &str) -> Option<Registration> {
+        read_view(&self.shared.view).names.get(name).cloned()
+    }
+
+    /// Every registration in this node's view, sorted by name, and the view's witness as a
+    /// `BestEffort` read.
+    pub fn list(&self) -> (Vec<(String, Registration)>, Option<ReadWitness>) {
+        let view = read_view(&self.shared.view);
+        let mut names: Vec<(String, Registration)> = view.names.iter().map(|(n, r)| (n.clone(), r.clone())).collect();
+        let witness = decide(&ReadRequest::new(Freshness::BestEffort), &view.control).ok();
+        drop(view);
+        names.sort_by(|a, b| a.0.cmp(&b.0));
+        (names, witness)
+    }
+
+    /// How many names the view holds.
+    pub fn len(&self) -> usize {
+        read_view(&self.shared.view).names.len()
+    }
+
+    /// Whether the view holds no name.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether `pid` holds a name in this node's view.
+    pub fn holds_names(&self, pid: &Pid) -> bool {
+        read_view(&self.shared.view).owners.contains_key(pid)
+    }
+
+    /// The exit pipeline's hook: `pid` exited on this node, so its names are removed by a
+    /// committed `RemoveByPid` (fire-and-forget, retried by the actor until its deadline).
+    pub fn remove_pid(&self, pid: &Pid) {
+        if pid.node != self.shared.local || !self.holds_names(pid) {
+            return;
+        }
+        let proposal = Proposal::new(self.next_request_id(), Command::RemoveByPid { pid: pid.clone() });
+        let deadline = Instant::now() + self.shared.request_timeout;
+        if self.enqueue(Cmd::Propose { proposal, reply: None, deadline }).is_err() {
+            // The leader's departure sweep does not cover a live node's exited pids: say so.
+            tracing::warn!(%pid, "consistent: the removal of an exited process's names was refused");
+        }
+    }
+
+    /// `GET /admin/raft`.
+    pub fn raft_status(&self) -> RaftStatus {
+        let view = read_view(&self.shared.view);
+        let mut status = view.status.clone();
+        status.last_contact_ms = view.last_contact.map(|t| t.elapsed().as_millis() as u64);
+        status
+    }
+
+    /// `GET /admin/planes`.
+    pub fn planes(&self) -> PlanesStatus {
+        let view = read_view(&self.shared.view);
+        let c = &view.control;
+        let current = c.current.max(c.applied);
+        let control = ControlPlane {
+            root_token: c.applied,
+            current_root_token: current,
+            root_lag: c.applied.lag_behind(&current),
+            catch_up_state: c.catch_up_state,
+            degraded_mode: c.degraded_mode,
+            leader: c.leader_hint.clone(),
+            quorum_reachable: c.quorum_reachable,
+            transitions: view.transitions.clone(),
+        };
+        drop(view);
+        let metrics = &self.shared.metrics;
+        PlanesStatus {
+            control,
+            execution: ExecutionPlane {
+                restart_state: self.shared.restart_state.clone(),
+                admission: metrics.admission_counts().into_iter().collect(),
+                outcomes: metrics.outcome_counts().into_iter().collect(),
+                fence_rejections: metrics.fence_rejections(),
+            },
+        }
+    }
+
+    /// The durable state found at boot.
+    pub fn restart_state(&self) -> &RestartState {
+        &self.shared.restart_state
+    }
+
+    /// The `/livez` raft check: the actor loop turns, and a voter has had quorum contact within
+    /// [`RAFT_CONTACT_MAX_SILENCE`].
+    pub fn health(&self, now: Instant) -> RaftHealth {
+        let view = read_view(&self.shared.view);
+        let silent = now.saturating_duration_since(view.last_loop);
+        if silent > RAFT_LOOP_MAX_SILENCE {
+            return RaftHealth { ok: false, detail: format!("raft actor loop silent for {} ms", silent.as_millis()) };
+        }
+        if !view.is_voter {
+            return RaftHealth { ok: true, detail: format!("{}: contact not checked", view.status.role.as_str()) };
+        }
+        match view.last_contact {
+            Some(t) if now.saturating_duration_since(t) <= RAFT_CONTACT_MAX_SILENCE => RaftHealth {
+                ok: true,
+                detail: format!(
+                    "voter ({}), quorum contact {} ms ago",
+                    view.status.role.as_str(),
+                    now.saturating_duration_since(t).as_millis()
+                ),
+            },
+            Some(t) => RaftHealth {
+                ok: false,
+                detail: format!("voter without quorum contact for {} ms", now.saturating_duration_since(t).as_millis()),
+            },
+            None => RaftHealth { ok: false, detail: "voter that never had quorum contact".into() },
+        }
+    }
+
+    /// Stops the actor: pending callers get `Canceled`. Idempotent.
+    pub async fn shutdown(&self) {
+        self.shared.stopped.store(true, Ordering::Relaxed);
+        if let Some(stop) = lock(&self.shared.stop).take() {
+            let _ = stop.send(());
+        }
+        let done = lock(&self.shared.done).take();
+        if let Some(done) = done {
+            let _ = done.await;
+        }
+    }
+}
+
+impl FenceGuard for ConsistentTier {
+    fn admit(&self, name: &str, fence_token: u64, target: &Pid) -> bool {
+        let admitted = read_view(&self.shared.view)
+            .names
+            .get(name)
+            .is_some_and(|reg| reg.fence_token == fence_token && reg.pid == *target);
+        if !admitted {
+            self.shared.metrics.fence_rejections.inc();
+            self.shared.metrics.admission(&Admission::EpochMismatch);
+        }
+        admitted
+    }
+}
+
+fn raft_status(core: &RaftCore, last_contact: Option<Instant>, storage: &StorageMode) -> RaftStatus {
+    let name_of = |id: &u64| core.fsm().member(*id).map_or_else(|| id.to_string(), |n| n.name.clone());
+    let conf = core.conf_state();
+    let stats = core.stats();
+    let control = core.control_view(None);
+    RaftStatus {
+        raft_id: core.raft_id(),
+        role: core.role(),
+        term: stats.term,
+        leader: core.leader_hint(),
+        commit_index: stats.commit_index,
+        applied_index: stats.applied_index,
+        voters: conf.voters.iter().map(name_of).collect(),
+        learners: conf.learners.iter().map(name_of).collect(),
+        last_contact_ms: last_contact.map(|t| t.elapsed().as_millis() as u64),
+        quorum_reachable: control.quorum_reachable,
+        storage: storage.as_str(),
+    }
+}
+
+/// Why an internal proposal was made (what to do when it applies).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Internal {
+    /// A client write (answered when it applies).
+    Client,
+    /// Remove a departed node's names; re-proposed while some remain.
+    RemoveNode(NodeId),
+    /// Remove an exited process's names; re-proposed while some remain.
+    RemovePid(Pid),
+}
+
+struct Pending {
+    proposal: Proposal,
+    reply: Option<WriteReply>,
+    deadline: Instant,
+    internal: Internal,
+}
+
+struct PendingRead {
+    name: String,
+    request: ReadRequest,
+    reply: ReadReply,
+}
+
+struct Actor {
+    core: RaftCore,
+    shared: Arc<Shared>,
+    membership: Membership,
+    transport: Transport,
+    config: ConsistentConfig,
+    /// raft id -> node name, learned from hellos and authenticated raft frames.
+    routes: HashMap<u64, String>,
+    /// node name -> (incarnation, raft id) from hellos.
+    hellos: HashMap<String, (NodeId, u64)>,
+    pending: HashMap<ProposalId, Pending>,
+    waiting: VecDeque<Pending>,
+    reads: HashMap<ReadId, PendingRead>,
+    removing: BTreeSet<NodeId>,
+    members_fingerprint: u64,
+    members_changed_at: Instant,
+    last_hello: Option<Instant>,
+    last_sweep: Instant,
+    last_stats: CoreStats,
+    last_store: StoreStats,
+    last_contact: Option<Instant>,
+}
+
+impl Actor {
+    fn new(
+        core: RaftCore,
+        shared: Arc<Shared>,
+        membership: Membership,
+        transport: Transport,
+        config: ConsistentConfig,
+    ) -> Self {
+        let now = Instant::now();
+        Self {
+            core,
+            shared,
+            membership,
+            transport,
+            config,
+            routes: HashMap::new(),
+            hellos: HashMap::new(),
+            pending: HashMap::new(),
+            waiting: VecDeque::new(),
+            reads: HashMap::new(),
+            removing: BTreeSet::new(),
+            members_fingerprint: 0,
+            members_changed_at: now,
+            last_hello: None,
+            last_sweep: now,
+            last_stats: CoreStats::default(),
+            last_store: StoreStats::default(),
+            last_contact: None,
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Cmd>,
+        inbound: mpsc::Receiver<Inbound>,
+        mut stop: oneshot::Receiver<()>,
+    ) {
+        let mut inbound = Some(inbound);
+        let mut ticker = tokio::time::interval(self.config.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.publish();
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut stop => break,
+                cmd = commands.recv() => match cmd {
+                    Some(cmd) => self.on_cmd(cmd),
+                    None => break,
+                },
+                frame = async {
+                    match inbound.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => match frame {
+                    Some(frame) => self.on_frame(frame),
+                    None => inbound = None,
+                },
+                _ = ticker.tick() => self.on_tick(),
+            }
+            for _ in 0..MAX_BATCH {
+                match commands.try_recv() {
+                    Ok(cmd) => self.on_cmd(cmd),
+                    Err(_) => break,
+                }
+            }
+            if let Some(rx) = inbound.as_mut() {
+                for _ in 0..MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(frame) => self.on_frame(frame),
+                        Err(_) => break,
+                    }
+                }
+            }
+            match self.core.handle_ready() {
+                Ok(out) => self.dispatch(out),
+                Err(error) => {
+                    // raft-rs: after a storage error the instance is inoperable. Stop taking work;
+                    // /livez fails on the silent loop and the operator sees why in the log.
+                    tracing::error!(%error, "consistent: raft storage failed; the raft actor stops");
+                    break;
+                }
+            }
+            self.publish();
+        }
+        self.drain_on_stop(&mut commands);
+    }
+
+    fn drain_on_stop(&mut self, commands: &mut mpsc::Receiver<Cmd>) {
+        commands.close();
+        while let Ok(cmd) = commands.try_recv() {
+            match cmd {
+                Cmd::Propose { reply, .. } => {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(Admission::Canceled));
+                    }
+                }
+                Cmd::StrongRead { reply, .. } => {
+                    let _ = reply.send(Err(ReadError::Refused(Admission::Canceled)));
+                }
+            }
+        }
+        for (_, pending) in self.pending.drain().chain(self.waiting.drain(..).map(|p| (0, p))) {
+            if let Some(reply) = pending.reply {
+                let _ = reply.send(Err(Admission::Canceled));
+            }
+        }
+        for (_, read) in self.reads.drain() {
+            let _ = read.reply.send(Err(ReadError::Refused(Admission::Canceled)));
+        }
+    }
+
+    fn on_cmd(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Propose { proposal, reply, deadline } => {
+                let internal = match &proposal.command {
+                    Command::RemoveByPid { pid } if reply.is_none() => Internal::RemovePid(pid.clone()),
+                    _ => Internal::Client,
+                };
+                self.submit(Pending { proposal, reply, deadline, internal }, true);
+            }
+            Cmd::StrongRead { name, request, reply } => self.start_strong_read(name, request, reply),
+        }
+    }
+
+    /// Hands a write to raft; with no leader known it waits for one (bounded).
+    fn submit(&mut self, pending: Pending, first: bool) {
+        match self.core.propose(&pending.proposal) {
+            Ok(id) => {
+                if first {
+                    self.shared.metrics.admission(&Admission::Accepted);
+                    self.shared.metrics.outcome(ExecutionOutcome::Proposed);
+                }
+                self.pending.insert(id, pending);
+            }
+            Err(ProposeError::Refused(Admission::NotLeader { .. })) if self.waiting.len() < MAX_WAITING => {
+                if first {
+                    self.shared.metrics.outcome(ExecutionOutcome::Queued);
+                }
+                self.waiting.push_back(pending);
+            }
+            Err(ProposeError::Refused(admission)) => self.finish(pending, Err(admission), ExecutionOutcome::Rejected),
+            Err(ProposeError::Invalid(error)) => {
+                tracing::debug!(%error, "consistent: invalid proposal refused");
+                self.finish(pending, Err(Admission::Canceled), ExecutionOutcome::Rejected);
+            }
+        }
+    }
+
+    fn finish(&mut self, pending: Pending, result: Result<Applied, Admission>, outcome: ExecutionOutcome) {
+        self.shared.metrics.outcome(outcome);
+        if let Err(admission) = &result
+            && outcome == ExecutionOutcome::Rejected
+        {
+            self.shared.metrics.admission(admission);
+        }
+        if let Internal::RemoveNode(node) = &pending.internal {
+            self.removing.remove(node);
+        }
+        if let Some(reply) = pending.reply {
+            let _ = reply.send(result);
+        }
+    }
+
+    fn start_strong_read(&mut self, name: String, request: ReadRequest, reply: ReadReply) {
+        match self.core.read_index() {
+            Ok(id) => {
+                self.reads.insert(id, PendingRead { name, request, reply });
+            }
+            Err(ProposeError::Refused(Admission::NotLeader { .. })) => {
+                // Not the leader: the freshness decision names the leader or says Unavailable.
+                let result = decide(&request, &self.core.control_view(None))
+                    .map(|witness| ReadAnswer { registration: self.core.fsm().lookup(&name).cloned(), witness })
+                    .map_err(ReadError::Rejected);
+                self.answer_read(request.freshness, reply, result);
+            }
+            Err(ProposeError::Refused(admission)) => {
+                self.answer_read(request.freshness, reply, Err(ReadError::Refused(admission)))
+            }
+            Err(ProposeError::Invalid(_)) => {
+                self.answer_read(request.freshness, reply, Err(ReadError::Refused(Admission::Canceled)))
+            }
+        }
+    }
+
+    fn answer_read(&self, freshness: Freshness, reply: ReadReply, result: Result<ReadAnswer, ReadError>) {
+        self.shared.metrics.read(freshness, result.as_ref().map_or_else(ReadError::reason, |_| "ok"));
+        let _ = reply.send(result);
+    }
+
+    fn on_frame(&mut self, frame: Inbound) {
+        match frame.kind {
+            KIND_RAFT_MESSAGE => self.on_raft_frame(&frame.from, &frame.payload),
+            KIND_HELLO => self.on_hello(&frame.from, &frame.payload),
+            _ => self.shared.metrics.frame_dropped("unknown_kind"),
+        }
+    }
+
+    fn on_raft_frame(&mut self, from: &NodeId, payload: &Bytes) {
+        if payload.len() > MAX_RAFT_FRAME_BYTES {
+            return self.shared.metrics.frame_dropped("too_large");
+        }
+        let Ok(msg) = Message::parse_from_bytes(payload) else {
+            return self.shared.metrics.frame_dropped("malformed");
+        };
+        if msg.from == 0 {
+            return self.shared.metrics.frame_dropped("malformed");
+        }
+        match self.routes.get(&msg.from) {
+            Some(name) if *name != from.name => return self.shared.metrics.frame_dropped("forged"),
+            Some(_) => {}
+            None if self.routes.len() < MAX_KNOWN_PEERS => {
+                self.routes.insert(msg.from, from.name.clone());
+            }
+            None => {}
+        }
+        if self.core.step(msg).is_err() {
+            // Counted by the core (messages_dropped), mirrored into the frames_dropped metric.
+        }
+    }
+
+    fn on_hello(&mut self, from: &NodeId, payload: &Bytes) {
+        if payload.len() > MAX_HELLO_BYTES {
+            return self.shared.metrics.frame_dropped("too_large");
+        }
+        let Ok(hello) = rmp_serde::from_slice::<Hello>(payload) else {
+            return self.shared.metrics.frame_dropped("malformed");
+        };
+        if hello.v != HELLO_VERSION || hello.raft_id == 0 {
+            return self.shared.metrics.frame_dropped("malformed");
+        }
+        if hello.node != *from {
+            return self.shared.metrics.frame_dropped("forged");
+        }
+        if !self.hellos.contains_key(&from.name) && self.hellos.len() >= MAX_KNOWN_PEERS {
+            return;
+        }
+        // A raft id belongs to one node name for good (ids are never reused).
+        if let Some(name) = self.routes.get(&hello.raft_id)
+            && *name != from.name
+        {
+            return self.shared.metrics.frame_dropped("forged");
+        }
+        if self.routes.len() < MAX_KNOWN_PEERS || self.routes.contains_key(&hello.raft_id) {
+            self.routes.insert(hello.raft_id, from.name.clone());
+        }
+        self.hellos.insert(from.name.clone(), (hello.node, hello.raft_id));
+    }
+
+    fn on_tick(&mut self) {
+        self.core.tick();
+        let now = Instant::now();
+        self.send_hellos(now);
+        self.retry_waiting(now);
+        self.expire(now);
+        if self.core.is_leader() {
+            self.reconcile(now);
+            if now.saturating_duration_since(self.last_sweep) >= self.config.reconcile_debounce {
+                self.last_sweep = now;
+                self.sweep_departed();
+            }
+        }
+    }
+
+    fn live_peers(&self) -> Vec<NodeId> {
+        self.membership
+            .members()
+            .iter()
+            .filter(|m| !m.is_self && matches!(m.state, MemberState::Alive | MemberState::Suspect))
+            .map(|m| m.info.id.clone())
+            .collect()
+    }
+
+    fn send_hellos(&mut self, now: Instant) {
+        if self.last_hello.is_some_and(|t| now.saturating_duration_since(t) < HELLO_INTERVAL) {
+            return;
+        }
+        self.last_hello = Some(now);
+        let hello = Hello { v: HELLO_VERSION, node: self.shared.local.clone(), raft_id: self.core.raft_id() };
+        let Ok(body) = rmp_serde::to_vec(&hello) else { return };
+        let body = Bytes::from(body);
+        for peer in self.live_peers() {
+            let _ = self.transport.send(&peer.name, Class::Raft, KIND_HELLO, body.clone());
+        }
+    }
+
+    fn retry_waiting(&mut self, now: Instant) {
+        if self.core.leader().is_none() || self.waiting.is_empty() {
+            return;
+        }
+        let waiting: Vec<Pending> = self.waiting.drain(..).collect();
+        for pending in waiting {
+            if pending.deadline <= now {
+                self.time_out(pending);
+            } else {
+                self.submit(pending, false);
+            }
+        }
+    }
+
+    fn time_out(&mut self, pending: Pending) {
+        let admission = match self.core.leader() {
+            None => Admission::NotLeader { leader_hint: None },
+            Some(_) => Admission::TimedOut,
+        };
+        self.shared.metrics.admission(&admission);
+        self.finish(pending, Err(admission), ExecutionOutcome::Failed);
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let expired: Vec<usize> =
+            self.waiting.iter().enumerate().filter(|(_, p)| p.deadline <= now).map(|(i, _)| i).collect();
+        for i in expired.into_iter().rev() {
+            if let Some(pending) = self.waiting.remove(i) {
+                self.time_out(pending);
+            }
+        }
+    }
+
+    /// Messages out, answers to callers, follow-ups of internal writes.
+    fn dispatch(&mut self, out: ReadyOutput) {
+        for msg in out.messages {
+            self.send_message(msg);
+        }
+        // The view mirror must show what was applied before any caller is answered.
+        self.publish();
+        let now = Instant::now();
+        for applied in out.applied {
+            let Some(pending) = self.pending.remove(&applied.proposal_id) else { continue };
+            self.shared.metrics.outcome(ExecutionOutcome::Committed);
+            let follow_up = match (&pending.internal, &applied.applied.result) {
+                (Internal::RemoveNode(node), CommandResult::Removed { remaining: true, .. }) => {
+                    Some(Command::RemoveByNode { node: node.clone() })
+                }
+                (Internal::RemovePid(pid), CommandResult::Removed { remaining: true, .. }) => {
+                    Some(Command::RemoveByPid { pid: pid.clone() })
+                }
+                _ => None,
+            };
+            let internal = pending.internal.clone();
+            let deadline = pending.deadline;
+            self.finish(pending, Ok(applied.applied), ExecutionOutcome::Applied);
+            if let Some(command) = follow_up {
+                let proposal = Proposal::new(self.next_request_id(), command);
+                if let Internal::RemoveNode(node) = &internal {
+                    self.removing.insert(node.clone());
+                }
+                let deadline = deadline.max(now + self.config.request_timeout);
+                self.submit(Pending { proposal, reply: None, deadline, internal }, true);
+            }
+        }
+        for failed in out.failed {
+            let Some(pending) = self.pending.remove(&failed.proposal_id) else { continue };
+            if pending.deadline > now {
+                // Same request id: if the first attempt did commit, the FSM answers from its cache.
+                self.submit(pending, false);
+            } else {
+                self.shared.metrics.admission(&failed.admission);
+                self.finish(pending, Err(failed.admission), ExecutionOutcome::Failed);
+            }
+        }
+        for ready in out.reads {
+            let Some(read) = self.reads.remove(&ready.read_id) else { continue };
+            let result = decide(&read.request, &self.core.control_view(Some(ready.read_index)))
+                .map(|witness| ReadAnswer { registration: self.core.fsm().lookup(&read.name).cloned(), witness })
+                .map_err(ReadError::Rejected);
+            self.answer_read(read.request.freshness, read.reply, result);
+        }
+        for (read_id, admission) in out.failed_reads {
+            if let Some(read) = self.reads.remove(&read_id) {
+                self.answer_read(read.request.freshness, read.reply, Err(ReadError::Refused(admission)));
+            }
+        }
+        if let Some(change) = out.leader_change {
+            tracing::info!(leader = ?change.leader_node.map(|n| n.name), term = change.term, "consistent: leader changed");
+            self.removing.clear();
+        }
+        for transition in out.transitions {
+            tracing::info!(id = %transition.id, phase = ?transition.phase, reason = %transition.reason, "consistent: transition");
+        }
+    }
+
+    fn next_request_id(&self) -> RequestId {
+        RequestId::new(self.shared.local.clone(), self.shared.seq.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn send_message(&mut self, msg: Message) {
+        let name = match self.routes.get(&msg.to) {
+            Some(name) => name.clone(),
+            None => match self.core.fsm().member(msg.to) {
+                Some(node) => node.name.clone(),
+                None => return self.shared.metrics.frame_dropped("no_route"),
+            },
+        };
+        let Ok(bytes) = msg.write_to_bytes() else { return self.shared.metrics.frames_sent_failed.inc() };
+        if self.transport.send(&name, Class::Raft, KIND_RAFT_MESSAGE, Bytes::from(bytes)).is_err() {
+            self.shared.metrics.frames_sent_failed.inc();
+        }
+    }
+
+    /// The raft id of a membership row: this node's own, a hello's (same incarnation), or the
+    /// replicated address book's.
+    fn raft_id_of(&self, node: &NodeId, is_self: bool) -> Option<u64> {
+        if is_self {
+            return Some(self.core.raft_id());
+        }
+        if let Some((known, id)) = self.hellos.get(&node.name)
+            && known == node
+        {
+            return Some(*id);
+        }
+        self.core.fsm().members().iter().find(|(_, n)| *n == node).map(|(id, _)| *id)
+    }
+
+    fn reconcile(&mut self, now: Instant) {
+        let rows = self.membership.members();
+        let mut hasher = DefaultHasher::new();
+        for row in rows.iter() {
+            (&row.info.id, row.state.as_str(), row.info.raft_eligible).hash(&mut hasher);
+        }
+        let fingerprint = hasher.finish();
+        if fingerprint != self.members_fingerprint {
+            self.members_fingerprint = fingerprint;
+            self.members_changed_at = now;
+        }
+        if now.saturating_duration_since(self.members_changed_at) < self.config.reconcile_debounce
+            || self.core.has_pending_conf_change()
+        {
+            return;
+        }
+        let mut members = Vec::with_capacity(rows.len());
+        for row in rows.iter() {
+            match self.raft_id_of(&row.info.id, row.is_self) {
+                Some(raft_id) => members.push(LadderMember {
+                    node: row.info.id.clone(),
+                    raft_id,
+                    raft_eligible: row.info.raft_eligible,
+                    failure_domain: row.info.failure_domain.clone(),
+                    state: row.state,
+                }),
+                // A live member whose raft id is not known yet: its hello is on its way. Deciding
+                // without it could remove a voter that only restarted; wait.
+                None if matches!(row.state, MemberState::Alive | MemberState::Suspect) => return,
+                None => {}
+            }
+        }
+        let conf = self.core.conf_state();
+        let config = RaftConfig {
+            voters: conf.voters.iter().copied().collect(),
+            learners: conf.learners.iter().copied().collect(),
+        };
+        let plan = ladder::reconcile(
+            &members,
+            &config,
+            self.core.raft_id(),
+            self.config.max_voters,
+            self.core.next_transition_id(),
+        );
+        let Some(first) = plan.into_iter().next() else { return };
+        if let Some(step) = first.steps.first()
+            && step.kind == ConfStepKind::Promote
+        {
+            let matched = self.core.progress_matched(step.raft_id).unwrap_or(0);
+            if matched + PROMOTE_MAX_LAG < self.core.last_index() {
+                return;
+            }
+        }
+        if let Err(error) = self.core.propose_transition(first) {
+            tracing::debug!(%error, "consistent: transition not proposed");
+        }
+    }
+
+    /// Leader: commit `RemoveByNode` for node incarnations that departed (down or left in
+    /// membership, or replaced by a newer incarnation of the same name) and still hold names or
+    /// are not yet marked departed.
+    fn sweep_departed(&mut self) {
+        let rows = self.membership.members();
+        let local = self.shared.local.clone();
+        let mut departed: BTreeSet<NodeId> = BTreeSet::new();
+        for row in rows.iter() {
+            if matches!(row.state, MemberState::Down | MemberState::Left) && !self.core.fsm().is_departed(&row.info.id)
+            {
+                departed.insert(row.info.id.clone());
+            }
+        }
+        for owner in self.core.fsm().owner_nodes() {
+            if owner == local {
+                continue;
+            }
+            let gone = rows.iter().any(|r| {
+                (r.info.id == owner && matches!(r.state, MemberState::Down | MemberState::Left))
+                    || (r.info.id.name == owner.name
+                        && r.info.id.incarnation > owner.incarnation
+                        && r.state == MemberState::Alive)
+            }) || (owner.name == local.name && owner.incarnation < local.incarnation);
+            if gone {
+                departed.insert(owner);
+            }
+        }
+        for node in departed {
+            if node == local
+                || self.removing.contains(&node)
+                || self.pending.len() >= super::core::MAX_PENDING_PROPOSALS
+            {
+                continue;
+            }
+            tracing::info!(node = %node, "consistent: removing the names of a departed node");
+            self.removing.insert(node.clone());
+            let proposal = Proposal::new(self.next_request_id(), Command::RemoveByNode { node: node.clone() });
+            let deadline = Instant::now() + self.config.request_timeout;
+            self.submit(Pending { proposal, reply: None, deadline, internal: Internal::RemoveNode(node) }, true);
+        }
+    }
+
+    /// Updates the published view (names mirror, control view, status) and the metrics.
+    fn publish(&mut self) {
+        let now = Instant::now();
+        let changes = self.core.take_view_changes();
+        let control = self.core.control_view(None);
+        if control.quorum_reachable {
+            self.last_contact = Some(now);
+        }
+        let status = raft_status(&self.core, self.last_contact, &self.config.storage);
+        let is_voter = self.core.conf_state().voters.contains(&self.core.raft_id());
+        let transitions: Vec<Transition> = self.core.transitions().cloned().collect();
+        {
+            let mut view = self.shared.view.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if changes.reset {
+                view.names.clear();
+                view.owners.clear();
+                for (name, reg) in self.core.fsm().names() {
+                    *view.owners.entry(reg.pid.clone()).or_default() += 1;
+                    view.names.insert(name.to_string(), reg.clone());
+                }
+            } else {
+                for name in changes.names {
+                    let now_reg = self.core.fsm().lookup(&name).cloned();
+                    let old = match now_reg {
+                        Some(reg) => {
+                            *view.owners.entry(reg.pid.clone()).or_default() += 1;
+                            view.names.insert(name, reg)
+                        }
+                        None => view.names.remove(&name),
+                    };
+                    if let Some(old) = old
+                        && let Some(count) = view.owners.get_mut(&old.pid)
+                    {
+                        *count -= 1;
+                        if *count == 0 {
+                            view.owners.remove(&old.pid);
+                        }
+                    }
+                }
+            }
+            view.control = control;
+            view.status = status;
+            view.transitions = transitions;
+            view.is_voter = is_voter;
+            view.last_contact = self.last_contact;
+            view.last_loop = now;
+        }
+        let stats = self.core.stats();
+        let store = self.core.store_stats();
+        let metrics = &self.shared.metrics;
+        metrics.observe_core(&self.last_stats, &stats, &self.last_store, &store);
+        metrics.is_leader.set(i64::from(self.core.is_leader()));
+        metrics.voters.set(self.core.conf_state().voters.len() as i64);
+        self.last_stats = stats;
+        self.last_store = store;
+    }
+}
