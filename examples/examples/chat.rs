@@ -9,7 +9,7 @@
 //! shuts down takes its users out of every room.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use cohort::Node;
@@ -73,13 +73,8 @@ fn say(scope: &Scope, room: &str, from: &str, text: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
-async fn wait_until(what: &str, mut ok: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !ok() {
-        anyhow::ensure!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
+async fn wait_until(what: &str, ok: impl FnMut() -> bool) -> anyhow::Result<()> {
+    cohort_examples::wait_until(what, Duration::from_secs(10), ok).await
 }
 
 fn members(scope: &Scope, room: &str) -> Vec<Pid> {

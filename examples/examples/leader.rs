@@ -13,7 +13,7 @@
 //! old `(leader, token)` pair is refused where its message lands (`EpochMismatch`, counted).
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cohort::Node;
 use cohort::config::RaftStorage;
@@ -122,13 +122,8 @@ pub struct Story {
     pub fence_rejections: u64,
 }
 
-async fn wait_until(what: &str, mut ok: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ok() {
-        anyhow::ensure!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
+async fn wait_until(what: &str, ok: impl FnMut() -> bool) -> anyhow::Result<()> {
+    cohort_examples::wait_until(what, Duration::from_secs(30), ok).await
 }
 
 fn journal_has(journal: &Journal, needle: &str) -> bool {

@@ -90,13 +90,8 @@ pub struct Story {
     pub dana_owners: Vec<Option<Pid>>,
 }
 
-async fn wait_until(what: &str, mut ok: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !ok() {
-        anyhow::ensure!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
+async fn wait_until(what: &str, ok: impl FnMut() -> bool) -> anyhow::Result<()> {
+    cohort_examples::wait_until(what, Duration::from_secs(20), ok).await
 }
 
 async fn login(node: &Node, user: &str, journal: &Journal) -> anyhow::Result<ProcessRef<SessionMsg>> {
