@@ -515,6 +515,16 @@ impl Membership {
         self.inner.shared.members.load_full()
     }
 
+    /// The other members this node considers live (alive or suspect): the peers a subsystem
+    /// exchanges state with.
+    pub fn live_peers(&self) -> Vec<crate::NodeId> {
+        self.members()
+            .iter()
+            .filter(|m| !m.is_self && matches!(m.state, MemberState::Alive | MemberState::Suspect))
+            .map(|m| m.info.id.clone())
+            .collect()
+    }
+
     /// This node's member info.
     pub fn local(&self) -> &MemberInfo {
         &self.inner.local

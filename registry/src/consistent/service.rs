@@ -972,12 +972,7 @@ impl Actor {
     }
 
     fn live_peers(&self) -> Vec<NodeId> {
-        self.membership
-            .members()
-            .iter()
-            .filter(|m| !m.is_self && matches!(m.state, MemberState::Alive | MemberState::Suspect))
-            .map(|m| m.info.id.clone())
-            .collect()
+        self.membership.live_peers()
     }
 
     fn send_hellos(&mut self, now: Instant) {

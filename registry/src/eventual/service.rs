@@ -41,7 +41,7 @@ use cohort_cluster::membership::Membership;
 use cohort_cluster::membership::channels::{CHANNEL_REGISTRY, GossipChannel};
 use cohort_cluster::net::transport::{Inbound, Transport};
 use cohort_cluster::queue::Class;
-use cohort_cluster::{MemberState, MembershipEvent, NodeId};
+use cohort_cluster::{MembershipEvent, NodeId};
 use tokio::sync::{mpsc, watch};
 
 use super::crdt::{
@@ -570,12 +570,7 @@ impl Shared {
 
     /// The live peers in this node's membership view (alive or suspect).
     fn live_peers(&self) -> Vec<NodeId> {
-        self.membership
-            .members()
-            .iter()
-            .filter(|m| !m.is_self && matches!(m.state, MemberState::Alive | MemberState::Suspect))
-            .map(|m| m.info.id.clone())
-            .collect()
+        self.membership.live_peers()
     }
 
     fn send(&self, peer: &NodeId, kind: u8, body: Vec<u8>) {
