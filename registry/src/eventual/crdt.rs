@@ -835,6 +835,46 @@ impl EventualState {
         }
     }
 
+    /// Anti-entropy from an origin itself: `shard` is `origin`'s own copy of one shard, taken after
+    /// its write counter reached `origin_counter`. An origin drops one of its own dots only when a
+    /// later write of its own replaces it (then its copy holds that write) or when it collects a
+    /// tombstone that replaced it. So a *live* dot of `origin` held here, at or below
+    /// `origin_counter`, for a name the origin's copy has no dot of its own for, was superseded and
+    /// its tombstone collected: it is removed. This repairs a replica that kept a live entry while
+    /// it was cut off (for example declared down and readmitted) when the rest of the cluster
+    /// collected its tombstone. Tombstones here are left to normal collection. Call it after
+    /// merging the same shard, with `origin` the authenticated sender.
+    pub fn prune_superseded_by_origin(
+        &mut self,
+        shard: &crate::eventual::ShardState,
+        origin: &NodeId,
+        origin_counter: u64,
+    ) -> MergeOutcome {
+        let mut outcome = MergeOutcome::default();
+        let index = shard.shard;
+        if index >= self.store.shards.len() || *origin == self.local {
+            return outcome;
+        }
+        let Some(slot) = self.origins.lookup(origin) else { return outcome };
+        let held: BTreeSet<&str> =
+            shard.entries.iter().filter(|d| d.dot.origin == *origin).map(|d| d.name.as_str()).collect();
+        let stale: Vec<Box<str>> = self.store.shards[index]
+            .names
+            .iter()
+            .filter(|(name, dots)| {
+                dots.get(slot).is_some_and(|d| !d.tombstone && d.counter <= origin_counter) && !held.contains(&***name)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
+            let old = self.winner_dot(index, &name);
+            if self.store.take(&self.origins, index, &name, slot).is_some() {
+                outcome.absorb(self.finish(index, &name, old));
+            }
+        }
+        outcome
+    }
+
     /// Node `origin` is reachable again under the same identity (it was declared down by mistake and
     /// renewed): accept its dots again; its state comes back through anti-entropy. Returns whether
     /// it was departed. Departure markers are derived from each node's membership view, so this

@@ -149,8 +149,42 @@ impl EventualState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::eventual::VersionVector;
     use cohort_actors::Pid;
     use cohort_cluster::NodeId;
+
+    #[test]
+    fn a_live_entry_whose_tombstone_the_origin_collected_is_pruned_by_the_origins_own_shard() {
+        let (a_id, b_id) = (NodeId::new("a", 1), NodeId::new("b", 1));
+        let mut a = EventualState::new(a_id.clone());
+        let mut b = EventualState::new(b_id);
+        b.apply(&a.register("svc", Pid::new(a_id.clone(), 1), 0).unwrap()).unwrap();
+        b.apply(&a.register("other", Pid::new(a_id.clone(), 2), 0).unwrap()).unwrap();
+        // b never hears of the unregister (cut off), and a collects the tombstone.
+        a.unregister("svc").unwrap();
+        let mut seen = VersionVector::new();
+        seen.observe(&a_id, 3);
+        assert_eq!(a.collect_tombstones(&seen), 1);
+        let counter = a.version_vector().get(&a_id);
+        let svc = shard_of("svc");
+        // A merge alone cannot remove b's stale entry (absence is not deletion) ...
+        b.merge_shard(&a.shard_state(svc).unwrap()).unwrap();
+        assert!(b.winner("svc").is_some());
+        // ... nor can a copy taken before the entry's counter ...
+        assert!(!b.prune_superseded_by_origin(&a.shard_state(svc).unwrap(), &a_id, 0).changed);
+        // ... but the origin's own copy can, and only that entry goes.
+        let outcome = b.prune_superseded_by_origin(&a.shard_state(svc).unwrap(), &a_id, counter);
+        assert!(outcome.changed);
+        assert_eq!(outcome.winner_changes.len(), 1);
+        assert!(b.winner("svc").is_none());
+        assert!(b.winner("other").is_some());
+        for shard in 0..SHARD_COUNT {
+            let theirs = a.shard_state(shard).unwrap();
+            b.merge_shard(&theirs).unwrap();
+            b.prune_superseded_by_origin(&theirs, &a_id, counter);
+        }
+        assert_eq!(a.digest(), b.digest());
+    }
 
     #[test]
     fn shard_of_is_in_range_and_stable() {

@@ -680,24 +680,26 @@ impl Shared {
             let pull = PullMsg { v: WIRE_VERSION, id, shards: differing.iter().map(|&s| s as u16).collect() };
             (differing, pull)
         };
-        let ours = self.shard_states(ours.into_iter());
-        self.send_shards(from, None, ours);
+        let (counter, ours) = self.shard_states(ours.into_iter());
+        self.send_shards(from, None, counter, ours);
         self.send(from, KIND_PULL, wire::encode(&pull));
     }
 
     fn on_pull(&self, from: &NodeId, msg: PullMsg) {
-        let shards = self.shard_states(msg.shards.iter().map(|&shard| usize::from(shard)));
-        self.send_shards(from, Some(msg.id), shards);
+        let (counter, shards) = self.shard_states(msg.shards.iter().map(|&shard| usize::from(shard)));
+        self.send_shards(from, Some(msg.id), counter, shards);
     }
 
     /// Copies of these shards, one lock hold per shard (shards are independent, so copies taken
     /// a moment apart are as good as one cut: the receiver merges each on its own).
-    fn shard_states(&self, shards: impl Iterator<Item = usize>) -> Vec<ShardState> {
-        shards.filter_map(|shard| lock(&self.inner).state.shard_state(shard).ok()).collect()
+    /// Returns this node's own write counter, read first, with them.
+    fn shard_states(&self, shards: impl Iterator<Item = usize>) -> (u64, Vec<ShardState>) {
+        let counter = lock(&self.inner).state.version_vector().get(&self.local);
+        (counter, shards.filter_map(|shard| lock(&self.inner).state.shard_state(shard).ok()).collect())
     }
 
     /// Sends shards in frames of about [`MAX_SHARDS_FRAME_BYTES`]; the last frame says so.
-    fn send_shards(&self, to: &NodeId, pull: Option<u64>, shards: Vec<ShardState>) {
+    fn send_shards(&self, to: &NodeId, pull: Option<u64>, origin_counter: u64, shards: Vec<ShardState>) {
         let mut batch: Vec<ShardState> = Vec::new();
         let mut batch_bytes = 0;
         let total = shards.len();
@@ -707,13 +709,17 @@ impl Shared {
             batch.push(shard);
             let last = i + 1 == total;
             if batch_bytes >= MAX_SHARDS_FRAME_BYTES || last {
-                let msg = ShardsMsg { v: WIRE_VERSION, pull, last, shards: std::mem::take(&mut batch) };
+                let msg = ShardsMsg { v: WIRE_VERSION, pull, last, origin_counter, shards: std::mem::take(&mut batch) };
                 self.send(to, KIND_SHARDS, wire::encode(&msg));
                 batch_bytes = 0;
             }
         }
         if total == 0 && pull.is_some() {
-            self.send(to, KIND_SHARDS, wire::encode(&ShardsMsg { v: WIRE_VERSION, pull, last: true, shards: vec![] }));
+            self.send(
+                to,
+                KIND_SHARDS,
+                wire::encode(&ShardsMsg { v: WIRE_VERSION, pull, last: true, origin_counter, shards: vec![] }),
+            );
         }
     }
 
@@ -730,10 +736,14 @@ impl Shared {
                 let mut inner = lock(&self.inner);
                 match inner.state.merge_shard(shard) {
                     Ok(outcome) => {
-                        if outcome.changed {
+                        // The sender is the origin of its own entries: what it no longer holds of
+                        // its own was superseded (and collected) there.
+                        let pruned = inner.state.prune_superseded_by_origin(shard, from, msg.origin_counter);
+                        if outcome.changed || pruned.changed {
                             self.metrics.shards_repaired.inc();
                         }
                         self.absorb_merge(&mut inner, outcome, &mut effects);
+                        self.absorb_merge(&mut inner, pruned, &mut effects);
                     }
                     Err(error) => {
                         tracing::debug!(peer = %from, %error, "eventual: shard refused");

@@ -102,6 +102,10 @@ pub struct ShardsMsg {
     pub pull: Option<u64>,
     /// Whether this is the last frame of the answer.
     pub last: bool,
+    /// The sender's own write counter, read before it copied these shards: a live entry of the
+    /// sender at or below it that its copy lacks was superseded (see
+    /// `EventualState::prune_superseded_by_origin`).
+    pub origin_counter: u64,
     /// The shards.
     pub shards: Vec<ShardState>,
 }
