@@ -33,15 +33,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use foca::{AccumulatingRuntime, Foca, OwnedNotification, PostcardCodec, State, Timer};
+use foca::{AccumulatingRuntime, Foca, Incarnation, Member, OwnedNotification, PostcardCodec, State, Timer};
 use rand::rngs::StdRng;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::Shared;
 use super::channels::{ChannelTable, Channels, MAX_BROADCAST_BACKLOG};
 use super::events::EventTracker;
-use super::health::{self, HEALTH_TICK, LocalHealth};
+use super::health::{self, HEALTH_TICK, LocalHealth, MAX_HEALTH_FACTOR};
 use super::identity::GossipIdentity;
+use super::suspicion::StuckSuspicions;
 use super::timers::{Armed, TimerQueue};
 use crate::net::gossip::{EnvelopeKind, GossipSocket, Inbound};
 use crate::{MemberState, MemberView, MembershipEvent};
@@ -74,6 +75,10 @@ const RECV_ERROR_BACKOFF: Duration = Duration::from_millis(10);
 /// The most custom broadcast items the actor takes from its queue in one step, so a burst cannot
 /// hold the loop away from timers and datagrams.
 const BROADCAST_BATCH: usize = 256;
+
+/// How much longer than the longest stretched suspicion a suspicion may last before this node
+/// declares the member down itself (see `super::suspicion`).
+const STUCK_SUSPICION_MARGIN: Duration = Duration::from_secs(2);
 
 /// What a handle asks of the actor.
 pub(super) enum Command {
@@ -139,6 +144,8 @@ pub(super) struct Actor {
     /// The factor foca's config currently carries.
     applied_factor: f64,
     tracker: EventTracker,
+    /// Keyed by (node id, renew, leaving): an identity's hashable parts.
+    suspicions: StuckSuspicions<(crate::NodeId, u32, bool)>,
     shared: Arc<Shared>,
     commands: mpsc::Receiver<Command>,
     broadcasts: mpsc::Receiver<Vec<u8>>,
@@ -182,6 +189,9 @@ impl Actor {
             health: LocalHealth::default(),
             applied_factor: 1.0,
             tracker: EventTracker::new(settings.max_tracked_members),
+            suspicions: StuckSuspicions::new(
+                settings.base_suspicion.mul_f64(MAX_HEALTH_FACTOR) + STUCK_SUSPICION_MARGIN,
+            ),
             shared,
             commands,
             broadcasts,
@@ -250,6 +260,7 @@ impl Actor {
             self.shared.set_health_factor(factor);
             self.restretch(factor);
             self.next_health_tick = now + HEALTH_TICK;
+            self.expire_stuck_suspicions(now);
         }
         while let Some(armed) = self.timers.pop_due(now) {
             if let Some(later) = self.deferred_due(&armed, now) {
@@ -288,6 +299,32 @@ impl Actor {
         let stretched = armed.after.mul_f64(current / health::clamp_factor(armed.factor));
         let due = armed.armed_at + stretched;
         (due > now).then_some(due)
+    }
+
+    /// Declares down the members whose suspicion outlived every suspicion timeout here too.
+    fn expire_stuck_suspicions(&mut self, now: Instant) {
+        let key = |id: &GossipIdentity| (id.info.id.clone(), id.renew, id.leaving);
+        let suspects: Vec<(GossipIdentity, u64)> = self
+            .foca
+            .iter_membership_state()
+            .filter(|member| member.state() == State::Suspect)
+            .map(|member| (member.id().clone(), u64::from(member.incarnation())))
+            .collect();
+        let stuck = self.suspicions.observe(now, suspects.iter().map(|(id, inc)| (key(id), *inc)));
+        if stuck.is_empty() {
+            return;
+        }
+        for (stuck_key, incarnation) in stuck {
+            let Some(id) = suspects.iter().map(|(id, _)| id).find(|id| key(id) == stuck_key).cloned() else { continue };
+            let Ok(incarnation) = Incarnation::try_from(incarnation) else { continue };
+            tracing::info!(member = id.name(), "membership: a suspicion outlived every timeout; declaring it down");
+            self.shared.metrics.stuck_suspicions.inc();
+            let down = std::iter::once(Member::new(id, incarnation, State::Down));
+            if let Err(error) = self.foca.apply_many(down, true, &mut self.runtime) {
+                tracing::debug!(%error, "foca refused the down update");
+            }
+        }
+        self.drain(now);
     }
 
     /// Pushes a stretched suspicion timeout into foca's config when it moved enough.

@@ -13,6 +13,7 @@ pub(crate) struct MembershipMetrics {
     members: IntGaugeVec,
     pub(crate) health_factor: Gauge,
     pub(crate) events_lagged: IntCounter,
+    pub(crate) stuck_suspicions: IntCounter,
 }
 
 impl MembershipMetrics {
@@ -32,12 +33,17 @@ impl MembershipMetrics {
         )?;
         registry.register(Box::new(members.clone()))?;
         registry.register(Box::new(health_factor.clone()))?;
+        let stuck_suspicions = IntCounter::new(
+            "cohort_membership_stuck_suspicions_total",
+            "Members this node declared down because their suspicion outlived every suspicion timeout (the suspecting node's timer was lost).",
+        )?;
         registry.register(Box::new(events_lagged.clone()))?;
+        registry.register(Box::new(stuck_suspicions.clone()))?;
         for state in MemberState::ALL {
             members.with_label_values(&[state.as_str()]).set(0);
         }
         health_factor.set(1.0);
-        Ok(Self { members, health_factor, events_lagged })
+        Ok(Self { members, health_factor, events_lagged, stuck_suspicions })
     }
 
     /// Sets the member gauges from per-state counts (indexed like [`MemberState::ALL`]).

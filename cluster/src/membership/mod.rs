@@ -87,6 +87,7 @@ mod events;
 mod health;
 mod identity;
 mod metrics;
+mod suspicion;
 mod timers;
 
 use actor::{AbortOnDrop, Actor, ActorSettings, Command, Seeds};
