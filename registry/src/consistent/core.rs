@@ -753,6 +753,22 @@ impl RaftCore {
     }
 
     fn record_transition(&mut self, transition: Transition) {
+        // A newer configuration took effect: an older one still only planned was replaced
+        // (`Superseded`), one still only proposed was dropped with its leader (`Aborted`; raft
+        // admits one pending configuration change at a time, so it can no longer apply).
+        if matches!(transition.phase, TransitionPhase::Committed | TransitionPhase::Completed) {
+            let mut ended = Vec::new();
+            for older in self.transitions.iter_mut().filter(|t| t.id < transition.id) {
+                let phase = match older.phase {
+                    TransitionPhase::Planned => TransitionPhase::Superseded,
+                    TransitionPhase::Proposed => TransitionPhase::Aborted,
+                    _ => continue,
+                };
+                older.phase = phase;
+                ended.push(older.clone());
+            }
+            self.out.transitions.extend(ended);
+        }
         if let Some(existing) = self.transitions.iter_mut().find(|t| t.id == transition.id) {
             *existing = transition.clone();
         } else {
@@ -998,4 +1014,38 @@ fn decode_proposal_context(context: &[u8]) -> Option<(u64, ProposalId)> {
     let proposer = u64::from_be_bytes(context[..8].try_into().ok()?);
     let id = u64::from_be_bytes(context[8..].try_into().ok()?);
     Some((proposer, id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consistent::storage::MemoryBackend;
+
+    fn transition(term: u64, seq: u64, phase: TransitionPhase) -> Transition {
+        Transition { id: TransitionId { term, seq }, steps: Vec::new(), phase, reason: String::new() }
+    }
+
+    #[test]
+    fn a_newer_configuration_taking_effect_ends_older_planned_and_proposed_ones() {
+        let node = NodeId::new("a", 1);
+        let voters = [(1, node.clone())];
+        let mut core = RaftCore::open(Box::new(MemoryBackend::new()), CoreConfig::new(1, node), Some(&voters)).unwrap();
+        core.record_transition(transition(1, 1, TransitionPhase::Planned));
+        core.record_transition(transition(1, 2, TransitionPhase::Proposed));
+        core.record_transition(transition(1, 3, TransitionPhase::Completed));
+        core.record_transition(transition(3, 1, TransitionPhase::Proposed));
+        core.record_transition(transition(2, 1, TransitionPhase::Committed));
+        let phases: Vec<(u64, u64, TransitionPhase)> =
+            core.transitions().map(|t| (t.id.term, t.id.seq, t.phase)).collect();
+        assert_eq!(
+            phases,
+            vec![
+                (1, 1, TransitionPhase::Superseded),
+                (1, 2, TransitionPhase::Aborted),
+                (1, 3, TransitionPhase::Completed),
+                (3, 1, TransitionPhase::Proposed),
+                (2, 1, TransitionPhase::Committed),
+            ]
+        );
+    }
 }
