@@ -94,23 +94,57 @@ pub fn history(rec: &Recording) -> Vec<HistoryOp> {
     // Each fault may make the cluster drop a name whose owner's node it touches (a departed or
     // partitioned-away owner): allow an eviction of every earlier registrant from then on.
     let mut next_id = rec.ops.iter().map(|o| o.id).max().unwrap_or(0) + 1;
+    let mut evict = |out: &mut Vec<HistoryOp>, name: &str, pid: &str, at: f64| {
+        out.push(HistoryOp {
+            id: next_id,
+            name: name.to_string(),
+            node: "(cluster)".into(),
+            input: Input::Evict(pid.to_string()),
+            output: Output::Unknown,
+            invoke_s: at,
+            complete_s: None,
+        });
+        next_id += 1;
+    };
     for f in &rec.faults {
         for (name, regs) in &pids_of_name {
             for (_, pid) in regs.iter().filter(|(t, _)| *t <= f.start_s) {
-                out.push(HistoryOp {
-                    id: next_id,
-                    name: name.clone(),
-                    node: "(cluster)".into(),
-                    input: Input::Evict(pid.clone()),
-                    output: Output::Unknown,
-                    invoke_s: f.start_s,
-                    complete_s: None,
-                });
-                next_id += 1;
+                evict(&mut out, name, pid, f.start_s);
+            }
+        }
+    }
+    // Membership may also declare an owner's node down outside any fault window (a flapping
+    // partition's aftermath, a false suspicion); the leader then removes its names (SPEC 7). So
+    // from one sample period before the first sample in which any node saw the owner's node down
+    // or left after the registration, its eviction is allowed too.
+    for (name, regs) in &pids_of_name {
+        for (invoked, pid) in regs {
+            let Some(node) = pid_node(pid) else { continue };
+            let seen_down = rec
+                .samples
+                .iter()
+                .filter(|s| s.t_s >= *invoked)
+                .find(|s| {
+                    s.members.as_ref().is_some_and(|rows| {
+                        rows.iter().any(|row| row.node == node && (row.state == "down" || row.state == "left"))
+                    })
+                })
+                .map(|s| s.t_s);
+            if let Some(t) = seen_down {
+                evict(&mut out, name, pid, (t - rec.sample_period_s).max(*invoked));
             }
         }
     }
     out
+}
+
+/// The node name of a pid string `<name.incarnation.local>`.
+fn pid_node(pid: &str) -> Option<&str> {
+    let inner = pid.strip_prefix('<')?.strip_suffix('>')?;
+    let mut parts = inner.rsplitn(3, '.');
+    let _local = parts.next()?;
+    let _incarnation = parts.next()?;
+    parts.next()
 }
 
 /// `consistent_linearizable`.
@@ -460,6 +494,32 @@ mod tests {
         assert_eq!(linearizable(&lin_rec(not_found, Some(2.0))).status, Status::Pass);
         let found = ok(json!({"name":"c","pid":"<node-1.1.1>","fence_token":3}));
         assert_eq!(linearizable(&lin_rec(found, None)).status, Status::Pass);
+    }
+
+    #[test]
+    fn a_miss_is_explained_only_once_a_sample_shows_the_owners_node_down() {
+        use crate::record::MemberRow;
+        let with_down_seen_at = |down_tick: u64| {
+            let mut rec = recording(&["node-1", "node-2"], 8, move |tick, n, s| {
+                let state = if n == "node-2" && tick == down_tick { "down" } else { "alive" };
+                s.members = Some(vec![
+                    MemberRow { node: "node-1".into(), incarnation: 1, state: state.into() },
+                    MemberRow { node: "node-2".into(), incarnation: 1, state: "alive".into() },
+                ]);
+            });
+            let lin =
+                lin_rec(OpResult::Refused { status: 404, reason: "NotFound".into(), detail: String::new() }, None);
+            rec.presence.consistent = true;
+            rec.ops = lin.ops;
+            rec
+        };
+        // node-2 saw node-1 down at 4 s (no fault window): the leader may have removed its names.
+        assert_eq!(linearizable(&with_down_seen_at(4)).status, Status::Pass);
+        // Seen down only after the lookup answered: nothing explains the miss.
+        assert_eq!(linearizable(&with_down_seen_at(8)).status, Status::Fail);
+        assert_eq!(pid_node("<node-1.17.3>"), Some("node-1"));
+        assert_eq!(pid_node("<a.b.c.1.2>"), Some("a.b.c"));
+        assert_eq!(pid_node("node-1"), None);
     }
 
     #[test]
