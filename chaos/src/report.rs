@@ -40,21 +40,14 @@ pub struct ReportJson<'a> {
     pub faults: &'a [FaultWindow],
     /// One entry per invariant.
     pub invariants: &'a [Verdict],
-    /// Operations recorded, by kind and result.
-    pub operations: BTreeMap<String, BTreeMap<&'static str, u64>>,
+    /// Operations recorded, by kind and result: `ok`, `refused`, `no_answer`, and one
+    /// `refused:<Reason>` count per SPEC reason (a `NotFound` lookup is an answer, not a failure).
+    pub operations: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 /// Write `report.json`, `report.html` and `recording.json` into `dir`.
 pub fn write(dir: &Path, sc: &Scenario, rec: &Recording, verdicts: &[Verdict]) -> std::io::Result<()> {
-    let mut operations: BTreeMap<String, BTreeMap<&'static str, u64>> = BTreeMap::new();
-    for op in &rec.ops {
-        let result = match &op.result {
-            crate::record::OpResult::Ok { .. } | crate::record::OpResult::Done => "ok",
-            crate::record::OpResult::Refused { .. } => "refused",
-            crate::record::OpResult::Indeterminate { .. } => "no_answer",
-        };
-        *operations.entry(op.kind.clone()).or_default().entry(result).or_default() += 1;
-    }
+    let operations = operation_counts(rec);
     let json = ReportJson {
         scenario: &rec.scenario,
         passed: verdicts.iter().all(Verdict::held),
@@ -97,7 +90,25 @@ text-align:left;vertical-align:top;font-size:14px}.pass{background:#d8f5d8}.fail
 .skipped{background:#eee}.banner{padding:12px;font-size:20px;font-weight:bold}details{margin:2px 0}\
 code{font-size:13px}.plot{margin:8px 0 16px}";
 
-fn html(sc: &Scenario, rec: &Recording, verdicts: &[Verdict], ops: &BTreeMap<String, BTreeMap<&str, u64>>) -> String {
+/// Operations by kind and result, refusals also by reason.
+fn operation_counts(rec: &Recording) -> BTreeMap<String, BTreeMap<String, u64>> {
+    let mut operations: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for op in &rec.ops {
+        let counts = operations.entry(op.kind.clone()).or_default();
+        let result = match &op.result {
+            crate::record::OpResult::Ok { .. } | crate::record::OpResult::Done => "ok",
+            crate::record::OpResult::Refused { reason, .. } => {
+                *counts.entry(format!("refused:{reason}")).or_default() += 1;
+                "refused"
+            }
+            crate::record::OpResult::Indeterminate { .. } => "no_answer",
+        };
+        *counts.entry(result.to_owned()).or_default() += 1;
+    }
+    operations
+}
+
+fn html(sc: &Scenario, rec: &Recording, verdicts: &[Verdict], ops: &BTreeMap<String, BTreeMap<String, u64>>) -> String {
     let passed = verdicts.iter().all(Verdict::held);
     let mut h = String::new();
     let _ = write!(
@@ -189,15 +200,22 @@ fn html(sc: &Scenario, rec: &Recording, verdicts: &[Verdict], ops: &BTreeMap<Str
     for svg in plots(rec) {
         let _ = write!(h, "<div class=\"plot\">{svg}</div>");
     }
-    h.push_str("<h2>Operations</h2><table><tr><th>kind</th><th>ok</th><th>refused</th><th>no answer</th></tr>");
+    h.push_str(
+        "<h2>Operations</h2><table><tr><th>kind</th><th>ok</th><th>refused</th><th>refusals by reason</th><th>no answer</th></tr>",
+    );
     for (kind, counts) in ops {
         let c = |k: &str| counts.get(k).copied().unwrap_or(0);
+        let reasons: Vec<String> = counts
+            .iter()
+            .filter_map(|(key, n)| key.strip_prefix("refused:").map(|reason| format!("{} {n}", escape(reason))))
+            .collect();
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(kind),
             c("ok"),
             c("refused"),
+            reasons.join(", "),
             c("no_answer")
         );
     }
@@ -395,5 +413,36 @@ mod tests {
         assert!(names.contains(&"membership_converges"));
         assert!(dir.join("report.html").exists());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn operations_count_refusals_by_reason() {
+        use crate::record::{OpResult, Operation};
+        let nodes = ["node-1"];
+        let mut rec = recording(&nodes, 1, |_, _, _| {});
+        let op = |id, result| Operation {
+            id,
+            node: "node-1".into(),
+            kind: "lookup".into(),
+            request: serde_json::Value::Null,
+            invoke_s: 0.0,
+            complete_s: 0.1,
+            result,
+        };
+        let refused = |status, reason: &str| OpResult::Refused { status, reason: reason.into(), detail: String::new() };
+        rec.ops = vec![
+            op(1, OpResult::Ok { body: serde_json::Value::Null }),
+            op(2, refused(404, "NotFound")),
+            op(3, refused(404, "NotFound")),
+            op(4, refused(503, "NotLeader")),
+            op(5, OpResult::Indeterminate { error: "timeout".into() }),
+        ];
+        let counts = &operation_counts(&rec)["lookup"];
+        let get = |k: &str| counts.get(k).copied().unwrap_or(0);
+        assert_eq!((get("ok"), get("refused"), get("no_answer")), (1, 3, 1));
+        assert_eq!((get("refused:NotFound"), get("refused:NotLeader")), (2, 1));
+        let sc = crate::scenario::parse("name = \"x\"\nnodes = 1\nduration_s = 5\nsettle_s = 5\n").unwrap();
+        let page = html(&sc, &rec, &[], &operation_counts(&rec));
+        assert!(page.contains("NotFound 2, NotLeader 1"), "the HTML lists refusals by reason");
     }
 }
