@@ -686,6 +686,44 @@ async fn fault_injected_drop_stops_delivery_and_clearing_restores_it() {
     b.transport.shutdown().await;
 }
 
+/// A delay fault models a slow link, not a throttled one: every frame arrives `delay` late, in
+/// order, while the frames behind it keep moving (a writer or reader sleeping per frame would
+/// need frames x delay). In both directions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delay_fault_delays_every_frame_in_order_without_throttling_the_link() {
+    const FRAMES: u32 = 100;
+    const DELAY: Duration = Duration::from_millis(300);
+    let (a, b) = pair().await;
+    let mut at_b = b.transport.subscribe(Class::User).unwrap();
+    a.transport.send("b", Class::User, 0, seq(0)).unwrap();
+    assert_eq!(seq_of(&recv(&mut at_b).await), 0, "the link is up before the fault");
+
+    for (node, peer, direction) in [(&a, "b", Direction::Out), (&b, "a", Direction::In)] {
+        let mut rule = FaultRule::new(peer, direction);
+        rule.delay_ms = DELAY.as_millis() as u64;
+        rule.jitter_ms = 100;
+        node.faults.install(FaultRules { rules: vec![rule] }).unwrap();
+        let sent = tokio::time::Instant::now();
+        for i in 1..=FRAMES {
+            a.transport.send("b", Class::User, 0, seq(i)).unwrap();
+        }
+        for i in 1..=FRAMES {
+            let frame = recv(&mut at_b).await;
+            assert_eq!(seq_of(&frame), i, "frames arrive in the order they were sent ({direction:?})");
+            if i == 1 {
+                assert!(sent.elapsed() >= DELAY, "the first frame waited the delay ({direction:?})");
+            }
+        }
+        // Serialised delays would take FRAMES x 300 ms = 30 s; overlapping ones take about 0.4 s.
+        let took = sent.elapsed();
+        assert!(took < Duration::from_secs(5), "{FRAMES} delayed frames took {took:?} ({direction:?})");
+        node.faults.clear().unwrap();
+    }
+    assert_eq!(a.dropped("user", "fault_injected") + b.dropped("user", "fault_injected"), 0.0);
+    a.transport.shutdown().await;
+    b.transport.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbound_frames_without_a_subscriber_or_room_are_dropped_and_counted() {
     let a = start_node("a", CLUSTER, secret(), fast_config()).await;

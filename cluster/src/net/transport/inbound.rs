@@ -8,14 +8,16 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
 
+use super::delay::DelayLine;
 use super::handshake::{self, HandshakeFailure};
-use super::link::shutdown_signalled;
+use super::link::{shutdown_signalled, sleep_until_due};
 use super::metrics::{ConnGauge, ConnState, DropCause};
 use super::route::Link;
 use super::{ACCEPT_ERROR_PAUSE, Inbound, InboundError, Inner, lock};
@@ -189,6 +191,8 @@ impl Inner {
         let mut shutdown = self.shutdown.subscribe();
         let chunk = self.config.read_buffer_bytes;
         let mut frames = Vec::with_capacity(FRAMES_PER_PASS);
+        // Frames a chaos `Delay` fault holds back; empty (and free) unless one is installed.
+        let mut held = HeldIn { inbound: self, from, line: DelayLine::default() };
         loop {
             let decoded = loop {
                 let mut tally = Tally::default();
@@ -196,9 +200,25 @@ impl Inner {
                 // Counted before any of the pass's frames is visible to a subscriber: whoever
                 // has received a frame also sees it in the counters and the snapshot.
                 self.record(from, &tally);
+                let now = Instant::now();
                 for frame in frames.drain(..) {
+                    match self.faults.decide(&from.name, Direction::In) {
+                        Verdict::Pass if held.line.is_empty() => {}
+                        Verdict::Pass => {
+                            held.line.push(now, Duration::ZERO, frame.encoded_len(), frame);
+                            continue;
+                        }
+                        Verdict::Drop => {
+                            self.count_inbound_drop(from, frame.class, DropCause::FaultInjected);
+                            continue;
+                        }
+                        Verdict::Delay(delay) => {
+                            held.line.push(now, delay, frame.encoded_len(), frame);
+                            continue;
+                        }
+                    }
                     let i = frame.class.code() as usize;
-                    self.deliver(from, frame, &senders[i]).await;
+                    self.deliver(from, frame, &senders[i]);
                     // A chunk holds up to ~1000 small frames and the socket always has more
                     // under load: without yielding now and then, the reader would starve
                     // the subscribers on its worker and fill their channels with drops.
@@ -226,11 +246,21 @@ impl Inner {
                 // this worker waits (the I/O driver only runs between polls).
                 tokio::task::yield_now().await;
             }
+            // A full delay line stops reading: the sender's writes back up, as behind a full
+            // TCP window.
+            let room = held.line.has_room();
             let read = tokio::select! {
                 biased;
                 () = shutdown_signalled(&mut shutdown) => return Ok(()),
                 () = close.notified() => return Ok(()),
-                read = stream.read_buf(&mut buf) => read,
+                () = sleep_until_due(held.line.next_due()) => {
+                    for frame in held.line.pop_due(Instant::now(), Frame::encoded_len) {
+                        let i = frame.class.code() as usize;
+                        self.deliver(from, frame, &senders[i]);
+                    }
+                    continue;
+                }
+                read = stream.read_buf(&mut buf), if room => read,
             };
             match read {
                 Ok(0) => return Ok(()),
@@ -254,15 +284,10 @@ impl Inner {
         }
     }
 
-    /// Passes one frame through the fault filter and into its class's channel, never waiting
-    /// for the consumer (a delay fault waits, as a slow link would).
-    async fn deliver(&self, from: &NodeId, frame: Frame, sender: &Option<mpsc::Sender<Inbound>>) {
+    /// Hands one frame (already past the fault filter) to its class's channel, never waiting
+    /// for the consumer.
+    fn deliver(&self, from: &NodeId, frame: Frame, sender: &Option<mpsc::Sender<Inbound>>) {
         let class = frame.class;
-        match self.faults.decide(&from.name, Direction::In) {
-            Verdict::Pass => {}
-            Verdict::Drop => return self.count_inbound_drop(from, class, DropCause::FaultInjected),
-            Verdict::Delay(delay) => tokio::time::sleep(delay).await,
-        }
         let subscribed = self.inbound[class.code() as usize].subscribed.load(Ordering::Acquire);
         let Some(sender) = sender.as_ref().filter(|_| subscribed) else {
             return self.count_inbound_drop(from, class, DropCause::NoSubscriber);
@@ -278,5 +303,21 @@ impl Inner {
     fn count_inbound_drop(&self, from: &NodeId, class: Class, cause: DropCause) {
         let peer = self.peers.get(&from.name);
         self.count_drop(peer.as_deref().map(|p| &**p), class, cause, 1);
+    }
+}
+
+/// Frames a delay fault holds on one inbound connection; dropping it (the connection ended)
+/// counts what is left as `connection_lost`, so no received frame goes uncounted.
+struct HeldIn<'a> {
+    inbound: &'a Inner,
+    from: &'a NodeId,
+    line: DelayLine<Frame>,
+}
+
+impl Drop for HeldIn<'_> {
+    fn drop(&mut self) {
+        for frame in self.line.take_all() {
+            self.inbound.count_inbound_drop(self.from, frame.class, DropCause::ConnectionLost);
+        }
     }
 }

@@ -7,6 +7,7 @@
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use governor::clock::{Clock, DefaultClock};
@@ -16,6 +17,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 
 use super::backoff::backoff_delay;
+use super::delay::DelayLine;
 use super::handshake::{self, HandshakeFailure};
 use super::metrics::{ConnGauge, ConnState, DropCause};
 use super::route::Link;
@@ -167,23 +169,36 @@ async fn write_loop(
     let (mut reader, mut writer) = stream.split();
     let mut probe = [0u8; 64];
     let config = &inner.config;
+    // Frames a chaos `Delay` fault holds back; empty (and free) unless one is installed.
+    let mut held = Held { inner, peer, line: DelayLine::default() };
     loop {
-        let batch = pop_batch(inner, link);
+        if !held.line.is_empty() {
+            let due = held.line.pop_due(Instant::now(), |(_, frame)| frame.encoded_len());
+            if let Err(error) = write_frames(inner, peer, &mut writer, due, buf).await {
+                tracing::debug!(peer = %peer.id, %error, "internode write failed");
+                return LinkEnd::Lost;
+            }
+        }
+        let room = held.line.has_room();
+        let batch = if room { pop_batch(inner, link) } else { Vec::new() };
         if batch.is_empty() {
-            if *shutdown.borrow_and_update() {
+            if held.line.is_empty() && *shutdown.borrow_and_update() {
                 let _ = writer.shutdown().await;
                 return LinkEnd::Shutdown;
             }
+            let next_due = held.line.next_due();
             tokio::select! {
-                () = link.notify.notified() => {}
+                () = link.notify.notified(), if room => {}
                 _ = shutdown.changed() => {}
                 // The accepting side never writes: a byte or EOF means the connection is gone
                 // (peer restarted or closed it), found before the next frame is lost in it.
                 _ = reader.read(&mut probe) => return LinkEnd::Lost,
+                () = sleep_until_due(next_due) => {}
             }
             continue;
         }
-        if let Err(error) = write_batch(inner, peer, &mut writer, batch, buf).await {
+        let ready = judge(inner, peer, batch, &mut held.line);
+        if let Err(error) = write_frames(inner, peer, &mut writer, ready, buf).await {
             tracing::debug!(peer = %peer.id, %error, "internode write failed");
             return LinkEnd::Lost;
         }
@@ -197,6 +212,52 @@ async fn write_loop(
             // up to 8 MiB and milliseconds of copying on loopback), and the priority link's tasks
             // on this worker, and the I/O driver that wakes them, wait for all of it.
             tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Resolves at `due`, or never without one.
+pub(super) async fn sleep_until_due(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Passes a batch through the fault filter: dropped frames are counted, delayed ones (and every
+/// frame behind a held one, to keep the stream's order) go into `line`; returns what goes now.
+fn judge(
+    inner: &Inner,
+    peer: &Peer,
+    batch: Vec<(Class, Frame)>,
+    line: &mut DelayLine<(Class, Frame)>,
+) -> Vec<(Class, Frame)> {
+    let now = Instant::now();
+    let mut ready = Vec::with_capacity(batch.len());
+    for (class, frame) in batch {
+        match inner.faults.decide(&peer.id.name, Direction::Out) {
+            Verdict::Pass if line.is_empty() => ready.push((class, frame)),
+            Verdict::Pass => line.push(now, Duration::ZERO, frame.encoded_len(), (class, frame)),
+            Verdict::Drop => inner.count_drop(Some(peer), class, DropCause::FaultInjected, 1),
+            Verdict::Delay(delay) => line.push(now, delay, frame.encoded_len(), (class, frame)),
+        }
+    }
+    ready
+}
+
+/// Frames held by a delay fault; dropping it (a failed write, the task aborted by
+/// `peer_down`/shutdown) counts what is left, as [`InFlight`] does for a batch.
+struct Held<'a> {
+    inner: &'a Inner,
+    peer: &'a Peer,
+    line: DelayLine<(Class, Frame)>,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let cause = self.peer.lost_cause();
+        for (class, _) in self.line.take_all() {
+            self.inner.count_drop(Some(self.peer), class, cause, 1);
         }
     }
 }
@@ -259,32 +320,24 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Encodes the batch into `buf` and writes it with one `write_all`, passing each frame through
-/// the fault filter first (a delayed frame flushes what precedes it, then waits: a slow link).
-async fn write_batch<W: AsyncWrite + Unpin>(
+/// Encodes the frames into `buf` and writes them with one `write_all` (the fault filter has
+/// already judged them, see [`judge`]).
+async fn write_frames<W: AsyncWrite + Unpin>(
     inner: &Inner,
     peer: &Peer,
     writer: &mut W,
-    batch: Vec<(Class, Frame)>,
+    frames: Vec<(Class, Frame)>,
     buf: &mut BytesMut,
 ) -> io::Result<()> {
+    if frames.is_empty() {
+        return Ok(());
+    }
     let mut in_flight = InFlight { inner, peer, pending: [0; 5], encoded: [(0, 0); 5] };
-    for (class, _) in &batch {
+    for (class, _) in &frames {
         in_flight.pending[class.code() as usize] += 1;
     }
     buf.clear();
-    for (class, frame) in batch {
-        match inner.faults.decide(&peer.id.name, Direction::Out) {
-            Verdict::Pass => {}
-            Verdict::Drop => {
-                in_flight.drop_one(class, DropCause::FaultInjected);
-                continue;
-            }
-            Verdict::Delay(delay) => {
-                flush(writer, buf, &mut in_flight).await?;
-                tokio::time::sleep(delay).await;
-            }
-        }
+    for (class, frame) in frames {
         if frame.encode_into(buf, inner.config.max_frame_bytes).is_err() {
             // `send` checked the size; only a config change could get here.
             in_flight.drop_one(class, DropCause::TooLarge);

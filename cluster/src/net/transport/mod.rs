@@ -62,6 +62,7 @@
 
 mod backoff;
 mod config;
+mod delay;
 mod handshake;
 mod inbound;
 mod link;
