@@ -104,6 +104,10 @@ pub struct RaftSection {
     pub tick_interval_ms: u64,
     /// How long a consistent write may take, retries included, in milliseconds (5000).
     pub request_timeout_ms: u64,
+    /// How long a voter must have been down before the leader replaces it with a caught-up
+    /// learner, in milliseconds (30000). A partition or a restart shorter than this changes no
+    /// voter (docs/consistent.md "Voter rules").
+    pub dead_voter_after_ms: u64,
     /// Whether this node starts a one-voter group on a clean store. Unset: only a node without
     /// `seeds` does (see docs/consistent.md).
     pub bootstrap: Option<bool>,
@@ -116,6 +120,7 @@ impl Default for RaftSection {
             storage: RaftStorage::Durable,
             tick_interval_ms: 100,
             request_timeout_ms: 5_000,
+            dead_voter_after_ms: 30_000,
             bootstrap: None,
         }
     }
@@ -487,6 +492,12 @@ impl Config {
                 "must be between 100 and 600000 and at least 5 raft ticks",
             ));
         }
+        if !(1_000..=86_400_000).contains(&self.raft.dead_voter_after_ms) {
+            return Err(ConfigError::invalid(
+                "raft.dead_voter_after_ms",
+                "must be between 1000 (1 s) and 86400000 (one day)",
+            ));
+        }
         if !(1..=65_536).contains(&self.http.max_in_flight) {
             return Err(ConfigError::invalid("http.max_in_flight", "must be between 1 and 65536"));
         }
@@ -735,6 +746,11 @@ timeout_ms = 2000
         let c = parse("[raft]\nmax_voters = 3\nstorage = \"memory\"\ntick_interval_ms = 50\n").unwrap();
         c.validate().unwrap();
         assert_eq!((c.raft.max_voters, c.raft.storage, c.raft.tick_interval_ms), (3, RaftStorage::Memory, 50));
+        let c = parse("[raft]\ndead_voter_after_ms = 5000\n").unwrap();
+        assert_eq!(c.raft.dead_voter_after_ms, 5_000);
+        assert!(c.validate().is_ok());
+        let c = parse("[raft]\ndead_voter_after_ms = 10\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("raft.dead_voter_after_ms"));
         let c = parse("[raft]\nmax_voters = 4\n").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("raft.max_voters"));
         let err = parse("[raft]\nstorage = \"disk\"\n").unwrap_err().to_string();

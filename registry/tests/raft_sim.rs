@@ -13,7 +13,7 @@ use cohort_cluster::{MemberState, NodeId};
 use cohort_registry::consistent::core::{CoreConfig, ProposalId, RaftCore, ReadId};
 use cohort_registry::consistent::freshness::decide;
 use cohort_registry::consistent::fsm::{Command, CommandResult, Proposal, RequestId};
-use cohort_registry::consistent::ladder::{LadderMember, MaxVoters, RaftConfig, raft_id_for, reconcile};
+use cohort_registry::consistent::ladder::{LadderMember, LadderPolicy, RaftConfig, raft_id_for, reconcile};
 use cohort_registry::consistent::storage::{LogBackend, MemoryBackend, RedbBackend};
 use cohort_registry::consistent::{
     Admission, ConfStep, ConfStepKind, DegradedMode, Freshness, ReadRequest, RestartState, Transition, TransitionPhase,
@@ -516,6 +516,7 @@ fn ladder_plan_grows_three_voters_to_five_through_transitions() {
             raft_eligible: true,
             failure_domain: String::new(),
             state: MemberState::Alive,
+            down_for: std::time::Duration::ZERO,
         })
         .collect();
     // Both joiners as learners in one transition: two steps go through joint consensus and leave it
@@ -539,7 +540,7 @@ fn ladder_plan_grows_three_voters_to_five_through_transitions() {
         let cs = sim.core(leader).conf_state().clone();
         let config =
             RaftConfig { voters: cs.voters.iter().copied().collect(), learners: cs.learners.iter().copied().collect() };
-        let plan = reconcile(&members, &config, leader, MaxVoters::default(), sim.core(leader).next_transition_id());
+        let plan = reconcile(&members, &config, leader, &LadderPolicy::default(), sim.core(leader).next_transition_id());
         let Some(next) = plan.into_iter().next() else { break };
         sim.core_mut(leader).propose_transition(next).expect("proposed");
         sim.tick(5);
@@ -555,4 +556,98 @@ fn ladder_plan_grows_three_voters_to_five_through_transitions() {
     let token = registered_token(&sim.write(joiners[0], register("on-joiner", pid_on(&sim, joiners[0], 1))));
     sim.converge();
     assert!(sim.running().iter().all(|id| sim.core(*id).fsm().lookup("on-joiner").unwrap().fence_token == token));
+}
+
+/// Starts a `Strong` read on `on` and pumps until it is confirmed and applied there.
+fn strong_read(sim: &mut Sim, on: u64) -> u64 {
+    let read = sim.core_mut(on).read_index().expect("read index taken");
+    for _ in 0..50 {
+        sim.pump();
+        if let Some(index) = sim.nodes.get_mut(&on).unwrap().reads.remove(&read) {
+            return index;
+        }
+        sim.tick(1);
+    }
+    panic!("read on {on} never confirmed");
+}
+
+#[test]
+fn strong_reads_on_a_follower_and_a_learner_are_forwarded_and_served_from_their_own_view() {
+    let mut sim = Sim::new(3, 1, default_config, None);
+    let leader = sim.leader();
+    let learner = sim.id(3);
+    let add = Transition {
+        id: sim.core(leader).next_transition_id(),
+        steps: vec![ConfStep { kind: ConfStepKind::AddLearner, raft_id: learner, node: Some(sim.nodes[&learner].id.clone()) }],
+        phase: TransitionPhase::Planned,
+        reason: "test".into(),
+    };
+    sim.core_mut(leader).propose_transition(add).expect("proposed");
+    sim.tick(5);
+    sim.converge();
+    let follower = sim.running().into_iter().find(|id| *id != leader && *id != learner).unwrap();
+    // A write committed on the leader is seen by a Strong read that starts after it, anywhere.
+    let token = registered_token(&sim.write(leader, register("fresh", pid_on(&sim, leader, 1))));
+    for on in [follower, learner] {
+        let index = strong_read(&mut sim, on);
+        assert!(index >= token, "the read index covers the committed write");
+        let witness =
+            decide(&ReadRequest::new(Freshness::Strong), &sim.core(on).control_view(Some(index))).expect("served");
+        assert!(!witness.served_by_leader);
+        assert!(witness.served_root_token.index >= token);
+        assert_eq!(sim.core(on).fsm().lookup("fresh").map(|r| r.fence_token), Some(token));
+    }
+    // Reads of several members are kept apart on the leader (their contexts are unique).
+    let a = sim.core_mut(follower).read_index().unwrap();
+    let b = sim.core_mut(learner).read_index().unwrap();
+    let c = sim.core_mut(leader).read_index().unwrap();
+    for _ in 0..20 {
+        sim.pump();
+        sim.tick(1);
+    }
+    assert!(sim.nodes[&follower].reads.contains_key(&a), "follower's read answered");
+    assert!(sim.nodes[&learner].reads.contains_key(&b), "learner's read answered");
+    assert!(sim.nodes[&leader].reads.contains_key(&c), "leader's read answered");
+}
+
+#[test]
+fn a_heartbeat_committing_past_the_log_is_refused_and_counted_and_the_tier_keeps_serving() {
+    use raft::eraftpb::{Entry, MessageType};
+    let mut sim = Sim::new(3, 0, default_config, None);
+    let leader = sim.leader();
+    sim.write(leader, register("before", pid_on(&sim, leader, 1)));
+    sim.converge();
+    let follower = sim.running().into_iter().find(|id| *id != leader).unwrap();
+    let term = sim.core(follower).stats().term;
+    let last = sim.core(follower).last_index();
+    // raft-rs aborts the process on this one (`commit_to` past the last index).
+    let mut heartbeat = Message::default();
+    heartbeat.set_msg_type(MessageType::MsgHeartbeat);
+    heartbeat.from = leader;
+    heartbeat.to = follower;
+    heartbeat.term = term;
+    heartbeat.commit = last + 1_000;
+    let err = sim.core_mut(follower).step(heartbeat).expect_err("refused");
+    assert!(err.to_string().contains("heartbeat commits past the local log"), "{err}");
+    // An append that rewrites a committed entry is refused the same way.
+    let committed = sim.core(follower).stats().commit_index;
+    let mut append = Message::default();
+    append.set_msg_type(MessageType::MsgAppend);
+    append.from = leader;
+    append.to = follower;
+    append.term = term;
+    append.index = committed - 1;
+    append.log_term = term;
+    let mut forged = Entry::default();
+    forged.index = committed;
+    forged.term = term + 7;
+    append.mut_entries().push(forged);
+    assert!(sim.core_mut(follower).step(append).is_err());
+    assert_eq!(sim.core(follower).stats().messages_unsafe, 2);
+    // The tier keeps serving: a write through the same follower commits everywhere.
+    let token = registered_token(&sim.write(follower, register("after", pid_on(&sim, follower, 1))));
+    sim.converge();
+    for id in sim.running() {
+        assert_eq!(sim.core(id).fsm().lookup("after").map(|r| r.fence_token), Some(token));
+    }
 }

@@ -33,7 +33,7 @@ use cohort_cluster::NodeId;
 use protobuf::Message as _;
 use raft::eraftpb::{
     ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType,
-    Message, Snapshot,
+    Message, MessageType, Snapshot,
 };
 use raft::{RawNode, StateRole, Storage};
 use serde::{Deserialize, Serialize};
@@ -75,7 +75,7 @@ pub const MAX_PENDING_READS: usize = 4_096;
 pub const PROPOSAL_TIMEOUT_TICKS: u64 = 50;
 
 /// Ticks a ReadIndex may wait before it fails with `TimedOut`.
-pub const READ_TIMEOUT_TICKS: u64 = 20;
+pub const READ_TIMEOUT_TICKS: u64 = 10;
 
 /// Configuration transitions remembered for `/admin/planes`.
 pub const MAX_RECENT_TRANSITIONS: usize = 64;
@@ -178,6 +178,10 @@ pub enum StepError {
     /// raft-rs refused it (unknown peer, local message type).
     #[error("raft: {0}")]
     Raft(String),
+    /// It claims a log raft-rs cannot reconcile without aborting (see
+    /// `RaftCore::check_log_claims`): refused before `step`.
+    #[error("malformed: {0}")]
+    Malformed(&'static str),
 }
 
 /// Identifies one of this node's proposals.
@@ -288,6 +292,8 @@ pub struct CoreStats {
     pub snapshots_installed: u64,
     /// Incoming messages dropped ([`StepError`]).
     pub messages_dropped: u64,
+    /// Incoming messages refused because raft-rs would abort on them ([`StepError::Malformed`]).
+    pub messages_unsafe: u64,
     /// Configuration entries applied.
     pub conf_changes_applied: u64,
 }
@@ -610,6 +616,21 @@ impl RaftCore {
         self.node.campaign().map_err(|e| CoreError::Raft(e.to_string()))
     }
 
+    /// Tells raft how the snapshot it sent to `to` ended (raft-rs `report_snapshot`): on success
+    /// the leader probes the follower's log again; on failure it also waits a heartbeat and then
+    /// makes a new snapshot message. Without a report the leader keeps `to` in its snapshot state
+    /// and sends it nothing until the leader changes. Ignored off the leader.
+    pub fn report_snapshot(&mut self, to: u64, ok: bool) {
+        let status = if ok { raft::SnapshotStatus::Finish } else { raft::SnapshotStatus::Failure };
+        self.node.report_snapshot(to, status);
+    }
+
+    /// Tells raft the last message to `to` could not be sent (raft-rs `report_unreachable`): a
+    /// leader replicating optimistically to it falls back to probing, so lost appends are resent.
+    pub fn report_unreachable(&mut self, to: u64) {
+        self.node.report_unreachable(to);
+    }
+
     /// Advances logical time by one tick; expired proposals and reads fail with `TimedOut`.
     pub fn tick(&mut self) {
         self.now += 1;
@@ -633,7 +654,10 @@ impl RaftCore {
     pub fn step(&mut self, msg: Message) -> Result<(), StepError> {
         let checked = self.check_message(&msg);
         if let Err(e) = checked {
-            self.stats.messages_dropped += 1;
+            match e {
+                StepError::Malformed(_) => self.stats.messages_unsafe += 1,
+                _ => self.stats.messages_dropped += 1,
+            }
             return Err(e);
         }
         self.last_heard.insert(msg.from, self.now);
@@ -647,6 +671,7 @@ impl RaftCore {
         if msg.to != self.raft_id {
             return Err(StepError::WrongRecipient(msg.to));
         }
+        self.check_log_claims(msg)?;
         for e in msg.get_entries() {
             let len = e.data.len() + e.context.len();
             if len > MAX_ENTRY_BYTES {
@@ -658,6 +683,37 @@ impl RaftCore {
             return Err(StepError::TooLarge { what: "snapshot", len: snap });
         }
         Ok(())
+    }
+
+    /// Refuses messages on which raft-rs would abort the process (`fatal!`) instead of returning
+    /// an error: a legitimate leader never sends them, so they are malformed or forged, and one
+    /// of them must not take the tier down (SPEC 7).
+    fn check_log_claims(&self, msg: &Message) -> Result<(), StepError> {
+        let log = &self.node.raft.raft_log;
+        match msg.get_msg_type() {
+            // `commit_to` aborts when told to commit past the local log; a leader sends at most
+            // what this follower has matched.
+            MessageType::MsgHeartbeat if msg.commit > log.last_index() => {
+                Err(StepError::Malformed("heartbeat commits past the local log"))
+            }
+            MessageType::MsgAppend => {
+                for (i, e) in msg.get_entries().iter().enumerate() {
+                    if Some(e.index) != msg.index.checked_add(1 + i as u64) {
+                        return Err(StepError::Malformed("append entries are not contiguous"));
+                    }
+                    // An entry that contradicts one already committed here makes `append` abort.
+                    if e.index <= log.committed
+                        && let Ok(term) = log.term(e.index)
+                        && term != 0
+                        && term != e.term
+                    {
+                        return Err(StepError::Malformed("append conflicts with a committed entry"));
+                    }
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
     }
 
     fn refuse(&mut self, admission: Admission) -> ProposeError {
@@ -691,18 +747,26 @@ impl RaftCore {
         Ok(id)
     }
 
-    /// Starts a linearizable read (leader only: SPEC 8 serves `Strong` from the leader). The read
-    /// comes back in [`ReadyOutput::reads`] once confirmed by a quorum and applied here.
+    /// Starts a linearizable read on any member (SPEC 8): the leader confirms its leadership with a
+    /// quorum (ReadIndex); a follower or learner forwards the request to the leader, as etcd does,
+    /// and gets the leader's commit index back. The read comes back in [`ReadyOutput::reads`] once
+    /// confirmed and applied HERE, so the answer comes from this node's own view. With no leader
+    /// known it is refused (`NotLeader` without a hint); a lost request or answer times out
+    /// (`TimedOut`, [`READ_TIMEOUT_TICKS`]) and may be retried.
     pub fn read_index(&mut self) -> Result<ReadId, ProposeError> {
-        if !self.is_leader() {
-            return Err(ProposeError::Refused(Admission::NotLeader { leader_hint: self.leader_hint() }));
+        if self.leader().is_none() || self.removed {
+            return Err(ProposeError::Refused(Admission::NotLeader { leader_hint: None }));
         }
         if self.reads.len() >= MAX_PENDING_READS {
             return Err(ProposeError::Refused(Admission::QueueSaturated { class: CLASS_READS.into() }));
         }
         let id = self.next_read;
         self.next_read += 1;
-        self.node.read_index(id.to_be_bytes().to_vec());
+        // The leader keys pending reads by their context: it must be unique across the group, so
+        // it carries this node's raft id (the same layout as a proposal's context).
+        let mut context = self.raft_id.to_be_bytes().to_vec();
+        context.extend_from_slice(&id.to_be_bytes());
+        self.node.read_index(context);
         self.stats.reads_started += 1;
         self.reads.insert(id, PendingRead { deadline: self.now + self.cfg.read_timeout_ticks, index: None });
         Ok(id)
@@ -805,8 +869,11 @@ impl RaftCore {
             self.out.messages.extend(rd.take_persisted_messages());
             let read_states = rd.take_read_states();
             for rs in read_states {
-                let Ok(bytes) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) else { continue };
-                if let Some(read) = self.reads.get_mut(&u64::from_be_bytes(bytes)) {
+                let Some((reader, read_id)) = decode_proposal_context(&rs.request_ctx) else { continue };
+                if reader != self.raft_id {
+                    continue;
+                }
+                if let Some(read) = self.reads.get_mut(&read_id) {
                     read.index = Some(rs.index);
                 }
             }
@@ -915,9 +982,13 @@ impl RaftCore {
                     .filter(|c| c.get_change_type() == ConfChangeType::RemoveNode)
                     .map(|c| c.node_id)
                     .collect();
-                if removed.contains(&self.raft_id) {
-                    self.removed = true;
-                }
+                // Removed now, or added back (a node removed while away rejoins as a learner and
+                // replays its own removal on the way).
+                let me = self.raft_id;
+                let cs = &self.conf_state;
+                self.removed = ![&cs.voters, &cs.learners, &cs.voters_outgoing, &cs.learners_next]
+                    .iter()
+                    .any(|ids| ids.contains(&me));
                 let joint = !self.conf_state.voters_outgoing.is_empty();
                 if let Some(ConfContext { mut transition }) = context {
                     let added: Vec<(u64, NodeId)> =
@@ -983,7 +1054,9 @@ impl RaftCore {
             self.pending.remove(&id);
             self.fail_proposal(id, Admission::NotLeader { leader_hint: hint.clone() });
         }
-        if !self.is_leader() {
+        {
+            // A read forwarded to (or being confirmed by) the old leader or term may never be
+            // answered: fail it so the caller retries against the new one.
             let reads: Vec<ReadId> = self.reads.keys().copied().collect();
             for id in reads {
                 self.reads.remove(&id);

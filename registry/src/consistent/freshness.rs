@@ -9,8 +9,9 @@
 //! Invariants (SPEC 8):
 //! - No silent downgrade: a `Strong` or `Bounded` read is served only when its rule holds, and the
 //!   witness's `served_freshness` is always the freshness requested.
-//! - `Strong` is served only by the leader, with a quorum reachable, once the applied index covers
-//!   the ReadIndex result and any `required_root_token`.
+//! - `Strong` is served by any member once a ReadIndex confirmed by the leader with a quorum (the
+//!   leader's own, or one forwarded from a follower or learner) is covered by the applied index,
+//!   with any `required_root_token`; without a confirmed ReadIndex it is refused.
 //! - `Bounded` is served only by a node in contact with a leader and a quorum (otherwise its idea of
 //!   "current" is itself stale), not `BootstrapRequired`/`Recovering`/`Unavailable`, within
 //!   `max_root_lag` and covering `required_root_token`.
@@ -142,18 +143,24 @@ pub fn decide(request: &ReadRequest, view: &ControlView) -> Result<ReadWitness, 
     let root_lag = view.applied.lag_behind(&current);
     match request.freshness {
         Freshness::Strong => {
-            if view.role != RaftRole::Leader {
-                return Err(match &view.leader_hint {
-                    Some(hint) => ReadRejection::NotLeader { leader_hint: Some(hint.clone()) },
-                    None => unavailable(),
-                });
-            }
             if !view.quorum_reachable || !view.has_view || view.catch_up_state == CatchUpState::Unavailable {
                 return Err(unavailable());
             }
             match view.read_index {
+                // Confirmed by the leader with a quorum (on the leader itself, or forwarded from
+                // this follower or learner) and applied here: linearizable from this view.
                 Some(index) if view.applied.index >= index => {}
-                read_index => return Err(ReadRejection::ReadIndexPending { read_index, applied: view.applied }),
+                Some(index) => {
+                    return Err(ReadRejection::ReadIndexPending { read_index: Some(index), applied: view.applied });
+                }
+                // No ReadIndex for this read (the published view, not the actor).
+                None if view.role != RaftRole::Leader => {
+                    return Err(match &view.leader_hint {
+                        Some(hint) => ReadRejection::NotLeader { leader_hint: Some(hint.clone()) },
+                        None => unavailable(),
+                    });
+                }
+                None => return Err(ReadRejection::ReadIndexPending { read_index: None, applied: view.applied }),
             }
         }
         Freshness::Bounded => {
@@ -310,8 +317,36 @@ mod tests {
         let with_state = |s: CatchUpState| ControlView { catch_up_state: s, ..healthy(RaftRole::Follower) };
         let cases: Vec<(&str, ReadRequest, ControlView, &str)> = vec![
             ("strong on healthy leader", req(Strong), healthy(RaftRole::Leader), "served"),
-            ("strong on follower with leader known", req(Strong), healthy(RaftRole::Follower), "NotLeader"),
-            ("strong on learner", req(Strong), healthy(RaftRole::Learner), "NotLeader"),
+            (
+                "strong on follower without a forwarded read index",
+                req(Strong),
+                ControlView { read_index: None, ..healthy(RaftRole::Follower) },
+                "NotLeader",
+            ),
+            (
+                "strong on learner without a forwarded read index",
+                req(Strong),
+                ControlView { read_index: None, ..healthy(RaftRole::Learner) },
+                "NotLeader",
+            ),
+            (
+                "strong on follower with the leader's read index applied",
+                req(Strong),
+                ControlView { read_index: Some(100), ..healthy(RaftRole::Follower) },
+                "served",
+            ),
+            (
+                "strong on learner with the leader's read index applied",
+                req(Strong),
+                ControlView { read_index: Some(90), ..healthy(RaftRole::Learner) },
+                "served",
+            ),
+            (
+                "strong on follower, read index not applied yet",
+                req(Strong),
+                ControlView { read_index: Some(101), ..healthy(RaftRole::Follower) },
+                "ReadIndexPending",
+            ),
             (
                 "strong on follower, no leader",
                 req(Strong),
@@ -402,6 +437,14 @@ mod tests {
         for (name, request, view, expected) in cases {
             assert_eq!(reason(decide(&request, &view)), expected, "case: {name}");
         }
+    }
+
+    #[test]
+    fn a_strong_read_served_by_a_follower_says_so_in_its_witness() {
+        let view = ControlView { read_index: Some(100), ..healthy(RaftRole::Follower) };
+        let w = decide(&req(Freshness::Strong), &view).unwrap();
+        assert_eq!((w.served_freshness, w.served_by_leader, w.root_lag), (Freshness::Strong, false, 0));
+        assert_eq!(w.served_root_token, RootToken::new(2, 100));
     }
 
     #[test]

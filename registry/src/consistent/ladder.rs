@@ -1,22 +1,41 @@
-//! The voter ladder (SPEC 7): which members vote, which only learn, and how to get there safely.
+//! The voter ladder (SPEC 7): which members vote, which only learn, and how to get there without
+//! ever costing fault tolerance (the rule of Consul's autopilot and CockroachDB's dead-store
+//! handling, not a reaction to every membership event).
 //!
-//! Role: pure functions over the membership view and the current raft configuration.
-//! [`target_voters`] picks at most `max_voters` voters (odd sizes 1, 3, 5) among raft-eligible
-//! live members, spread over failure domains, preferring current voters so membership noise does
-//! not churn the configuration. [`reconcile`] turns the difference into an ordered plan of
-//! single-step [`Transition`]s (add learner, promote, remove, demote) that the leader proposes one at
-//! a time. [`raft_id_for`] maps a node incarnation to its raft id.
+//! Role: pure functions over the membership view, how long each member has been unreachable, and
+//! the current raft configuration. [`standing_of`] classifies every raft id ([`Standing`]);
+//! [`target_voters`] picks at most `max_voters` voters (odd sizes 1, 3, 5) spread over failure
+//! domains, preferring current voters; [`reconcile`] turns the difference into an ordered plan of
+//! [`Transition`]s that the leader proposes one at a time. [`raft_id_for`] maps a node incarnation
+//! to its raft id.
+//!
+//! The rules, and why:
+//! - A voter that is suspect, down or cut off stays a voter until it has been down for
+//!   `dead_voter_after` ([`LadderPolicy`], default 30 s). Reacting sooner is what made one partition
+//!   plus one crash fatal: the leader shrank the set to the live side, so the next crash of the
+//!   leader left no quorum, where plain Raft with a fixed set would have survived.
+//! - A dead voter is *replaced* by a caught-up learner in ONE joint-consensus change
+//!   (`[Promote new, Remove old]`): the set never passes through a smaller size.
+//! - With no learner to replace it, a 5-voter set may shrink to 3, but no set shrinks below 3
+//!   voters while 3 raft-eligible members that did not leave exist: a dead voter is kept to fill
+//!   the floor (a 3-voter set with one dead member tolerates what a 1-voter set would, and more
+//!   once it returns).
+//! - A member that left gracefully, or whose node restarted with a new raft id (its old log is
+//!   gone: memory storage, a wiped data dir), departs at once; nothing of it can come back.
+//! - A live member not in the configuration is added as a learner: that includes a node removed
+//!   while it was away, which so learns its removal from the log and rejoins.
 //!
 //! Invariants:
 //! - Deterministic: the same inputs give the same target and plan on every node.
-//! - A plan never removes or demotes the leader itself (it must hand over leadership first) and no
-//!   step leaves the new voter set without a quorum of live voters.
-//! - Growth before shrink: learners are added and promoted before dead members are removed and
-//!   surplus voters demoted, so fault tolerance never dips below what the live members allow.
-//! - A raft id is a non-zero hash of (name, incarnation): a node's next run gets a new id, so a
-//!   removed id is never reused (raft-rs requires it).
+//! - A plan never removes or demotes the leader itself, and no step leaves the new voter set
+//!   without a quorum of live voters.
+//! - Growth before shrink: learners are added and promoted (or swapped in) before departed
+//!   members are removed and surplus voters demoted.
+//! - A raft id is a non-zero hash of (name, incarnation): a node's next run with a clean store gets a
+//!   new id; a node that recovered its store keeps the id it recorded.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use cohort_cluster::{MemberState, NodeId};
 use sha2::{Digest, Sha256};
@@ -28,6 +47,13 @@ pub const DEFAULT_MAX_VOTERS: usize = 5;
 
 /// Voter counts the ladder allows. Even sizes add no fault tolerance over the odd size below them.
 pub const VOTER_LADDER: [usize; 3] = [1, 3, 5];
+
+/// The smallest set the ladder shrinks to while enough members exist (SPEC 7).
+pub const MIN_VOTERS_FLOOR: usize = 3;
+
+/// Default `raft.dead_voter_after` (SPEC 7): long enough that a partition, a restart or a long GC
+/// pause changes no voter; short enough that a machine that died is replaced within a minute.
+pub const DEFAULT_DEAD_VOTER_AFTER: Duration = Duration::from_secs(30);
 
 /// A `max_voters` value outside [`VOTER_LADDER`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -81,8 +107,11 @@ pub struct LadderMember {
     pub raft_eligible: bool,
     /// Its failure domain (empty when unset: all unset members share one domain).
     pub failure_domain: String,
-    /// Its membership state.
+    /// Its membership state (a raft id the membership view no longer lists is given as `Down`).
     pub state: MemberState,
+    /// How long it has been down without interruption, as the leader measured it (zero while
+    /// alive or suspect). Compared with [`LadderPolicy::dead_voter_after`].
+    pub down_for: Duration,
 }
 
 /// The raft configuration as the leader sees it.
@@ -100,14 +129,55 @@ impl RaftConfig {
     }
 }
 
-/// Members by raft id; when one id appears twice (an old and a new row) the livelier state wins.
-fn by_id(members: &[LadderMember]) -> BTreeMap<u64, &LadderMember> {
-    let rank = |s: MemberState| match s {
+/// The ladder's settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LadderPolicy {
+    /// Most voters.
+    pub max_voters: MaxVoters,
+    /// How long a member must have been down before it is replaced (`raft.dead_voter_after`).
+    pub dead_voter_after: Duration,
+}
+
+impl Default for LadderPolicy {
+    fn default() -> Self {
+        Self { max_voters: MaxVoters::default(), dead_voter_after: DEFAULT_DEAD_VOTER_AFTER }
+    }
+}
+
+/// Where a raft id stands for the ladder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// Alive in membership.
+    Live,
+    /// Suspect, or down for less than `dead_voter_after`: a voter keeps its vote.
+    Unreachable,
+    /// Down for at least `dead_voter_after`: replaced when a learner can take its place.
+    Dead,
+    /// Left gracefully: departs at once.
+    Left,
+    /// Its node name runs again under a newer incarnation with another raft id (the old log is
+    /// gone): departs at once.
+    Replaced,
+}
+
+impl Standing {
+    /// Whether this member is gone for good (it departs without waiting).
+    pub fn is_gone(&self) -> bool {
+        matches!(self, Self::Left | Self::Replaced)
+    }
+}
+
+fn rank(s: MemberState) -> u8 {
+    match s {
         MemberState::Alive => 0,
         MemberState::Suspect => 1,
         MemberState::Down => 2,
         MemberState::Left => 3,
-    };
+    }
+}
+
+/// Members by raft id; when one id appears twice (an old and a new row) the livelier state wins.
+fn by_id(members: &[LadderMember]) -> BTreeMap<u64, &LadderMember> {
     let mut map: BTreeMap<u64, &LadderMember> = BTreeMap::new();
     for m in members {
         match map.get(&m.raft_id) {
@@ -120,31 +190,102 @@ fn by_id(members: &[LadderMember]) -> BTreeMap<u64, &LadderMember> {
     map
 }
 
+/// The standing of `m` among `members` under `policy` (see [`Standing`]).
+pub fn standing_of(m: &LadderMember, members: &[LadderMember], policy: &LadderPolicy) -> Standing {
+    let replaced = members.iter().any(|other| {
+        other.node.name == m.node.name
+            && other.node.incarnation > m.node.incarnation
+            && other.raft_id != m.raft_id
+            && other.state == MemberState::Alive
+    });
+    if replaced {
+        return Standing::Replaced;
+    }
+    match m.state {
+        MemberState::Alive => Standing::Live,
+        MemberState::Suspect => Standing::Unreachable,
+        MemberState::Down if m.down_for >= policy.dead_voter_after => Standing::Dead,
+        MemberState::Down => Standing::Unreachable,
+        MemberState::Left => Standing::Left,
+    }
+}
+
+struct Classified<'a> {
+    rows: BTreeMap<u64, (&'a LadderMember, Standing)>,
+}
+
+impl<'a> Classified<'a> {
+    fn new(members: &'a [LadderMember], policy: &LadderPolicy) -> Self {
+        let rows = by_id(members).into_iter().map(|(id, m)| (id, (m, standing_of(m, members, policy)))).collect();
+        Self { rows }
+    }
+
+    /// A raft id without any row counts as dead (the caller lists every configured id it knows).
+    fn standing(&self, id: u64) -> Standing {
+        self.rows.get(&id).map_or(Standing::Dead, |(_, s)| s.clone())
+    }
+
+    fn is_live(&self, id: u64) -> bool {
+        self.standing(id) == Standing::Live
+    }
+
+    fn name(&self, id: u64) -> Option<NodeId> {
+        self.rows.get(&id).map(|(m, _)| m.node.clone())
+    }
+
+    fn label(&self, id: u64) -> String {
+        self.rows.get(&id).map_or_else(|| format!("raft id {id}"), |(m, _)| m.node.name.clone())
+    }
+}
+
 /// The target voter set (see the module docs). Empty when no member is eligible.
-pub fn target_voters(members: &[LadderMember], config: &RaftConfig, max_voters: MaxVoters) -> BTreeSet<u64> {
-    let members = by_id(members);
-    // A suspect voter stays a candidate: suspicion is often a GC pause, and churning the voter set
-    // on it costs two configuration changes for nothing.
-    let candidates: Vec<&LadderMember> = members
+pub fn target_voters(members: &[LadderMember], config: &RaftConfig, policy: &LadderPolicy) -> BTreeSet<u64> {
+    let classified = Classified::new(members, policy);
+    target_of(&classified, config, policy)
+}
+
+fn target_of(classified: &Classified<'_>, config: &RaftConfig, policy: &LadderPolicy) -> BTreeSet<u64> {
+    let is_voter = |id: u64| config.voters.contains(&id);
+    // A learner is promoted only while alive; a voter keeps its place while merely unreachable
+    // (suspicion is often a GC pause, a down verdict often a partition that heals).
+    let candidates: Vec<&LadderMember> = classified
+        .rows
         .values()
-        .copied()
-        .filter(|m| {
-            m.raft_eligible
-                && (m.state == MemberState::Alive
-                    || (m.state == MemberState::Suspect && config.voters.contains(&m.raft_id)))
+        .filter(|(m, s)| {
+            m.raft_eligible && (*s == Standing::Live || (*s == Standing::Unreachable && is_voter(m.raft_id)))
         })
+        .map(|(m, _)| *m)
         .collect();
-    let size = VOTER_LADDER.iter().rev().copied().find(|n| *n <= max_voters.get().min(candidates.len())).unwrap_or(0);
+    let max = policy.max_voters.get();
+    let size = VOTER_LADDER.iter().rev().copied().find(|n| *n <= max.min(candidates.len())).unwrap_or(0);
+    // The floor: dead (not departed) eligible voters fill the set up to three rather than let it
+    // shrink below what the members that exist could give.
+    let fill: Vec<u64> = classified
+        .rows
+        .values()
+        .filter(|(m, s)| m.raft_eligible && *s == Standing::Dead && is_voter(m.raft_id))
+        .map(|(m, _)| m.raft_id)
+        .collect();
+    if size < MIN_VOTERS_FLOOR && max >= MIN_VOTERS_FLOOR && candidates.len() + fill.len() >= MIN_VOTERS_FLOOR {
+        let mut target: BTreeSet<u64> = candidates.iter().map(|m| m.raft_id).collect();
+        for id in fill {
+            if target.len() == MIN_VOTERS_FLOOR {
+                break;
+            }
+            target.insert(id);
+        }
+        return target;
+    }
     let mut domains: BTreeMap<&str, Vec<&LadderMember>> = BTreeMap::new();
     for m in &candidates {
         domains.entry(m.failure_domain.as_str()).or_default().push(m);
     }
     for list in domains.values_mut() {
-        list.sort_by_key(|m| (!config.voters.contains(&m.raft_id), m.state != MemberState::Alive, m.raft_id));
+        list.sort_by_key(|m| (!is_voter(m.raft_id), m.state != MemberState::Alive, m.raft_id));
     }
     let mut order: Vec<(&str, Vec<&LadderMember>)> = domains.into_iter().collect();
     // Domains already holding voters first, so a small target keeps existing voters' domains.
-    order.sort_by_key(|(domain, list)| (!list.iter().any(|m| config.voters.contains(&m.raft_id)), *domain));
+    order.sort_by_key(|(domain, list)| (!list.iter().any(|m| is_voter(m.raft_id)), *domain));
     let mut target = BTreeSet::new();
     let mut round = 0;
     while target.len() < size {
@@ -170,92 +311,142 @@ fn majority(n: usize) -> usize {
     n / 2 + 1
 }
 
-/// The ordered plan from `config` to the ladder's target, as single-step transitions with ids
-/// `first_id`, `first_id.next()`, ... in phase `Planned`. The leader proposes the first, waits for it
-/// to complete, and recomputes (membership may have moved meanwhile).
+fn departure_reason(standing: &Standing, down_for: Option<Duration>, policy: &LadderPolicy) -> String {
+    match standing {
+        Standing::Left => "left the cluster".into(),
+        Standing::Replaced => "restarted with a new raft id (its old log is gone)".into(),
+        Standing::Dead => match down_for {
+            Some(d) if d > Duration::ZERO => {
+                format!("down for {} s (dead_voter_after {} s)", d.as_secs(), policy.dead_voter_after.as_secs())
+            }
+            _ => format!("not a member for dead_voter_after ({} s)", policy.dead_voter_after.as_secs()),
+        },
+        Standing::Live | Standing::Unreachable => "not in the target voter set".into(),
+    }
+}
+
+/// The ordered plan from `config` to the ladder's target, as transitions with ids `first_id`,
+/// `first_id.next()`, ... in phase `Planned`. The leader proposes the first, waits for it to
+/// complete, and recomputes (membership may have moved meanwhile).
 pub fn reconcile(
     members: &[LadderMember],
     config: &RaftConfig,
     leader: u64,
-    max_voters: MaxVoters,
+    policy: &LadderPolicy,
     first_id: TransitionId,
 ) -> Vec<Transition> {
-    let by_id = by_id(members);
-    let target = target_voters(members, config, max_voters);
-    let is_live = |id: u64| by_id.get(&id).is_some_and(|m| m.state == MemberState::Alive);
-    let name = |id: u64| by_id.get(&id).map(|m| m.node.clone());
+    let classified = Classified::new(members, policy);
+    let target = target_of(&classified, config, policy);
+    let down_for = |id: u64| classified.rows.get(&id).map(|(m, _)| m.down_for);
     let mut sim = config.clone();
     let mut plan = Vec::new();
     let mut id = first_id;
-    let mut push = |kind: ConfStepKind, raft_id: u64, reason: &str, plan: &mut Vec<Transition>| {
-        plan.push(Transition {
-            id,
-            steps: vec![ConfStep { kind, raft_id, node: name(raft_id) }],
-            phase: TransitionPhase::Planned,
-            reason: reason.to_string(),
-        });
+    let mut push = |steps: Vec<(ConfStepKind, u64)>, reason: String, plan: &mut Vec<Transition>| {
+        let steps = steps.into_iter().map(|(kind, raft_id)| ConfStep { kind, raft_id, node: classified.name(raft_id) });
+        plan.push(Transition { id, steps: steps.collect(), phase: TransitionPhase::Planned, reason });
         id = id.next();
     };
     // A voter-set change is allowed only if the new set keeps a quorum of live voters.
     let keeps_quorum = |voters: &BTreeSet<u64>| {
-        !voters.is_empty() && voters.iter().filter(|v| is_live(**v)).count() >= majority(voters.len())
+        !voters.is_empty() && voters.iter().filter(|v| classified.is_live(**v)).count() >= majority(voters.len())
+    };
+    let departed = |id: u64| {
+        id != leader && matches!(classified.standing(id), Standing::Dead | Standing::Left | Standing::Replaced)
     };
 
-    for m in by_id.values() {
-        if m.state == MemberState::Alive && !sim.contains(m.raft_id) {
+    // 1. Every live member receives the log (a node removed while away rejoins this way).
+    for (m, s) in classified.rows.values() {
+        if *s == Standing::Live && !sim.contains(m.raft_id) {
             sim.learners.insert(m.raft_id);
-            push(ConfStepKind::AddLearner, m.raft_id, "live member not in the configuration", &mut plan);
+            push(
+                vec![(ConfStepKind::AddLearner, m.raft_id)],
+                format!("{} is a live member not in the configuration", m.node.name),
+                &mut plan,
+            );
         }
     }
-    for v in &target {
-        if !sim.voters.contains(v) && sim.learners.contains(v) {
-            let mut voters = sim.voters.clone();
-            voters.insert(*v);
-            if keeps_quorum(&voters) {
-                sim.learners.remove(v);
-                sim.voters = voters;
-                push(ConfStepKind::Promote, *v, "in the target voter set", &mut plan);
-            }
-        }
-    }
-    let departed: Vec<u64> = sim
-        .voters
-        .iter()
-        .chain(sim.learners.iter())
-        .copied()
-        .filter(|id| {
-            *id != leader && by_id.get(id).is_none_or(|m| matches!(m.state, MemberState::Down | MemberState::Left))
-        })
-        .collect();
-    for gone in departed {
-        let reason = match by_id.get(&gone).map(|m| m.state) {
-            Some(MemberState::Left) => "member left",
-            Some(_) => "member down",
-            None => "not a member",
-        };
-        if sim.learners.remove(&gone) {
-            push(ConfStepKind::Remove, gone, reason, &mut plan);
+    // 2. Departed voters are swapped for learners of the target in one joint change each.
+    let newcomers: Vec<u64> = target.iter().copied().filter(|v| sim.learners.contains(v)).collect();
+    let leaving: Vec<u64> =
+        sim.voters.iter().copied().filter(|v| !target.contains(v) && departed(*v)).collect();
+    let mut newcomers = newcomers.into_iter();
+    let mut unpaired_leaving = Vec::new();
+    for old in leaving {
+        let Some(new) = newcomers.next() else {
+            unpaired_leaving.push(old);
             continue;
-        }
+        };
         let mut voters = sim.voters.clone();
-        voters.remove(&gone);
+        voters.remove(&old);
+        voters.insert(new);
         if keeps_quorum(&voters) {
             sim.voters = voters;
-            push(ConfStepKind::Remove, gone, reason, &mut plan);
+            sim.learners.remove(&new);
+            let why = departure_reason(&classified.standing(old), down_for(old), policy);
+            push(
+                vec![(ConfStepKind::Promote, new), (ConfStepKind::Remove, old)],
+                format!("replace voter {} ({why}) with caught-up learner {}", classified.label(old), classified.label(new)),
+                &mut plan,
+            );
+        } else {
+            unpaired_leaving.push(old);
         }
     }
-    let surplus: Vec<u64> = sim.voters.iter().copied().filter(|v| !target.contains(v) && *v != leader).collect();
-    for v in surplus {
-        // Only shrink toward a non-empty target: with no eligible member the current set stays.
-        if target.is_empty() {
-            break;
-        }
+    // 3. Growth: the remaining learners of the target are promoted.
+    for new in newcomers {
         let mut voters = sim.voters.clone();
-        voters.remove(&v);
+        voters.insert(new);
+        if keeps_quorum(&voters) {
+            sim.learners.remove(&new);
+            sim.voters = voters;
+            push(
+                vec![(ConfStepKind::Promote, new)],
+                format!("{} is in the target voter set", classified.label(new)),
+                &mut plan,
+            );
+        }
+    }
+    // 4. Departed voters with no replacement (the set shrinks, never below the floor: the
+    //    target keeps dead voters that fill it), then departed learners.
+    for old in unpaired_leaving {
+        let mut voters = sim.voters.clone();
+        voters.remove(&old);
         if keeps_quorum(&voters) {
             sim.voters = voters;
-            sim.learners.insert(v);
-            push(ConfStepKind::Demote, v, "not in the target voter set", &mut plan);
+            let why = departure_reason(&classified.standing(old), down_for(old), policy);
+            push(
+                vec![(ConfStepKind::Remove, old)],
+                format!("remove voter {} ({why}); no learner to replace it", classified.label(old)),
+                &mut plan,
+            );
+        }
+    }
+    let gone_learners: Vec<u64> = sim.learners.iter().copied().filter(|l| departed(*l)).collect();
+    for old in gone_learners {
+        sim.learners.remove(&old);
+        let why = departure_reason(&classified.standing(old), down_for(old), policy);
+        push(vec![(ConfStepKind::Remove, old)], format!("remove learner {} ({why})", classified.label(old)), &mut plan);
+    }
+    // 5. Surplus voters that are still members become learners.
+    if !target.is_empty() {
+        let surplus: Vec<u64> = sim.voters.iter().copied().filter(|v| !target.contains(v) && *v != leader).collect();
+        for v in surplus {
+            let mut voters = sim.voters.clone();
+            voters.remove(&v);
+            if keeps_quorum(&voters) {
+                sim.voters = voters;
+                let (kind, what) = if departed(v) {
+                    (ConfStepKind::Remove, "remove")
+                } else {
+                    sim.learners.insert(v);
+                    (ConfStepKind::Demote, "demote")
+                };
+                push(
+                    vec![(kind, v)],
+                    format!("{what} voter {}: not in the target voter set", classified.label(v)),
+                    &mut plan,
+                );
+            }
         }
     }
     plan
@@ -265,9 +456,18 @@ pub fn reconcile(
 mod tests {
     use super::*;
 
+    const DEAD: Duration = Duration::from_secs(30);
+
     fn m(name: &str, domain: &str, state: MemberState) -> LadderMember {
         let node = NodeId::new(name, 1);
-        LadderMember { raft_id: raft_id_for(&node), node, raft_eligible: true, failure_domain: domain.into(), state }
+        LadderMember {
+            raft_id: raft_id_for(&node),
+            node,
+            raft_eligible: true,
+            failure_domain: domain.into(),
+            state,
+            down_for: Duration::ZERO,
+        }
     }
 
     fn id(name: &str) -> u64 {
@@ -280,6 +480,43 @@ mod tests {
 
     fn alive(names: &[(&str, &str)]) -> Vec<LadderMember> {
         names.iter().map(|(n, d)| m(n, d, MemberState::Alive)).collect()
+    }
+
+    fn policy(max: usize) -> LadderPolicy {
+        LadderPolicy { max_voters: MaxVoters::new(max).unwrap(), dead_voter_after: DEAD }
+    }
+
+    fn down(member: &mut LadderMember, for_s: u64) {
+        member.state = MemberState::Down;
+        member.down_for = Duration::from_secs(for_s);
+    }
+
+    fn cfg(voters: &[&str], learners: &[&str]) -> RaftConfig {
+        RaftConfig { voters: ids(voters), learners: ids(learners) }
+    }
+
+    /// The configuration after applying every step of `plan`.
+    fn apply(config: &RaftConfig, plan: &[Transition]) -> RaftConfig {
+        let mut c = config.clone();
+        for t in plan {
+            for s in &t.steps {
+                match s.kind {
+                    ConfStepKind::AddLearner | ConfStepKind::Demote => {
+                        c.voters.remove(&s.raft_id);
+                        c.learners.insert(s.raft_id);
+                    }
+                    ConfStepKind::Promote => {
+                        c.learners.remove(&s.raft_id);
+                        c.voters.insert(s.raft_id);
+                    }
+                    ConfStepKind::Remove => {
+                        c.voters.remove(&s.raft_id);
+                        c.learners.remove(&s.raft_id);
+                    }
+                }
+            }
+        }
+        c
     }
 
     #[test]
@@ -304,17 +541,17 @@ mod tests {
     fn target_size_is_the_largest_odd_size_available() {
         let cfg = RaftConfig::default();
         let members = alive(&[("a", ""), ("b", ""), ("c", ""), ("d", ""), ("e", ""), ("f", ""), ("g", "")]);
-        assert_eq!(target_voters(&members, &cfg, MaxVoters::default()).len(), 5);
-        assert_eq!(target_voters(&members[..4], &cfg, MaxVoters::default()).len(), 3);
-        assert_eq!(target_voters(&members[..2], &cfg, MaxVoters::default()).len(), 1);
-        assert_eq!(target_voters(&members, &cfg, MaxVoters::new(3).unwrap()).len(), 3);
-        assert!(target_voters(&[], &cfg, MaxVoters::default()).is_empty());
+        assert_eq!(target_voters(&members, &cfg, &policy(5)).len(), 5);
+        assert_eq!(target_voters(&members[..4], &cfg, &policy(5)).len(), 3);
+        assert_eq!(target_voters(&members[..2], &cfg, &policy(5)).len(), 1);
+        assert_eq!(target_voters(&members, &cfg, &policy(3)).len(), 3);
+        assert!(target_voters(&[], &cfg, &policy(5)).is_empty());
     }
 
     #[test]
     fn target_spreads_over_failure_domains() {
         let members = alive(&[("a1", "A"), ("a2", "A"), ("a3", "A"), ("b1", "B"), ("c1", "C")]);
-        let target = target_voters(&members, &RaftConfig::default(), MaxVoters::new(3).unwrap());
+        let target = target_voters(&members, &RaftConfig::default(), &policy(3));
         // One voter per domain: b1, c1 and exactly one of the a's (the lowest raft id).
         assert!(target.contains(&id("b1")) && target.contains(&id("c1")));
         let a_lowest = [id("a1"), id("a2"), id("a3")].into_iter().min().unwrap();
@@ -325,13 +562,13 @@ mod tests {
     fn target_prefers_current_voters_and_ignores_ineligible_and_dead() {
         let mut members = alive(&[("a", ""), ("b", ""), ("c", ""), ("d", ""), ("e", "")]);
         members[0].raft_eligible = false;
-        members[1].state = MemberState::Down;
-        let cfg = RaftConfig { voters: ids(&["e", "d", "c"]), learners: BTreeSet::new() };
-        let target = target_voters(&members, &cfg, MaxVoters::new(3).unwrap());
+        down(&mut members[1], 60);
+        let cfg = cfg(&["e", "d", "c"], &[]);
+        let target = target_voters(&members, &cfg, &policy(3));
         assert_eq!(target, ids(&["c", "d", "e"]));
         // Same inputs in another order: same answer.
         members.reverse();
-        assert_eq!(target_voters(&members, &cfg, MaxVoters::new(3).unwrap()), target);
+        assert_eq!(target_voters(&members, &cfg, &policy(3)), target);
     }
 
     #[test]
@@ -339,32 +576,119 @@ mod tests {
         let mut members = alive(&[("a", ""), ("b", ""), ("c", ""), ("d", "")]);
         members[2].state = MemberState::Suspect;
         members[3].state = MemberState::Suspect;
-        let cfg = RaftConfig { voters: ids(&["a", "b", "c"]), learners: ids(&["d"]) };
-        assert_eq!(target_voters(&members, &cfg, MaxVoters::default()), ids(&["a", "b", "c"]));
+        let cfg = cfg(&["a", "b", "c"], &["d"]);
+        assert_eq!(target_voters(&members, &cfg, &policy(5)), ids(&["a", "b", "c"]));
     }
 
-    fn kinds(plan: &[Transition]) -> Vec<(ConfStepKind, u64)> {
-        plan.iter().map(|t| (t.steps[0].kind, t.steps[0].raft_id)).collect()
+    fn kinds(plan: &[Transition]) -> Vec<Vec<(ConfStepKind, u64)>> {
+        plan.iter().map(|t| t.steps.iter().map(|s| (s.kind, s.raft_id)).collect()).collect()
+    }
+
+    #[test]
+    fn a_partitioned_voter_keeps_its_vote_until_dead_voter_after() {
+        // The defect of issue 11: one follower cut off made the leader shrink the set to itself.
+        let mut members = alive(&[("a", ""), ("b", ""), ("c", "")]);
+        let config = cfg(&["a", "b", "c"], &[]);
+        for secs in [0, 1, 8, 29] {
+            down(&mut members[2], secs);
+            let plan = reconcile(&members, &config, id("a"), &policy(5), TransitionId::default());
+            assert!(plan.is_empty(), "down {secs} s: {plan:?}");
+        }
+        // Suspect and partitioned: the same.
+        members[2].state = MemberState::Suspect;
+        members[2].down_for = Duration::ZERO;
+        assert!(reconcile(&members, &config, id("a"), &policy(5), TransitionId::default()).is_empty());
+    }
+
+    #[test]
+    fn a_five_voter_set_with_a_cut_off_minority_does_not_change() {
+        let mut members = alive(&[("a", ""), ("b", ""), ("c", ""), ("d", ""), ("e", "")]);
+        down(&mut members[3], 10);
+        down(&mut members[4], 10);
+        let config = cfg(&["a", "b", "c", "d", "e"], &[]);
+        assert!(reconcile(&members, &config, id("a"), &policy(5), TransitionId::default()).is_empty());
+    }
+
+    #[test]
+    fn a_dead_voter_with_no_learner_stays_to_keep_three_voters() {
+        let mut members = alive(&[("a", ""), ("b", ""), ("c", "")]);
+        down(&mut members[2], 3_600);
+        let config = cfg(&["a", "b", "c"], &[]);
+        assert_eq!(target_voters(&members, &config, &policy(5)), config.voters);
+        assert!(reconcile(&members, &config, id("a"), &policy(5), TransitionId::default()).is_empty());
+    }
+
+    #[test]
+    fn a_dead_voter_is_replaced_by_a_caught_up_learner_in_one_joint_change() {
+        let mut members = alive(&[("a", ""), ("b", ""), ("c", ""), ("d", "")]);
+        down(&mut members[2], 31);
+        let config = cfg(&["a", "b", "c"], &["d"]);
+        let plan = reconcile(&members, &config, id("a"), &policy(5), TransitionId::default());
+        assert_eq!(kinds(&plan), vec![vec![(ConfStepKind::Promote, id("d")), (ConfStepKind::Remove, id("c"))]]);
+        assert!(plan[0].reason.contains("down for 31 s") && plan[0].reason.contains("replace voter c"), "{plan:?}");
+        assert_eq!(apply(&config, &plan), cfg(&["a", "b", "d"], &[]));
+    }
+
+    #[test]
+    fn a_five_voter_set_may_shrink_to_three_but_not_below() {
+        let mut members = alive(&[("a", ""), ("b", ""), ("c", ""), ("d", ""), ("e", "")]);
+        down(&mut members[3], 40);
+        down(&mut members[4], 40);
+        let config = cfg(&["a", "b", "c", "d", "e"], &[]);
+        let plan = reconcile(&members, &config, id("a"), &policy(5), TransitionId::default());
+        assert_eq!(apply(&config, &plan).voters, ids(&["a", "b", "c"]), "{plan:?}");
+        // A third death: the set stays at three (the dead one fills the floor).
+        down(&mut members[2], 40);
+        let three = cfg(&["a", "b", "c"], &[]);
+        assert!(reconcile(&members, &three, id("a"), &policy(5), TransitionId::default()).is_empty());
+    }
+
+    #[test]
+    fn a_node_that_left_or_restarted_with_a_new_raft_id_is_replaced_at_once() {
+        // c left gracefully a moment ago; d is a caught-up learner.
+        let mut members = alive(&[("a", ""), ("b", ""), ("c", ""), ("d", "")]);
+        members[2].state = MemberState::Left;
+        let config = cfg(&["a", "b", "c"], &["d"]);
+        let plan = reconcile(&members, &config, id("a"), &policy(5), TransitionId::default());
+        assert_eq!(kinds(&plan), vec![vec![(ConfStepKind::Promote, id("d")), (ConfStepKind::Remove, id("c"))]]);
+        // c restarted with a clean store: incarnation 2, a new raft id; its old id is replaced by it
+        // once it is a learner, and was never kept waiting for dead_voter_after.
+        let mut members = alive(&[("a", ""), ("b", "")]);
+        let mut old_c = m("c", "", MemberState::Down);
+        old_c.down_for = Duration::from_secs(1);
+        let new_c_node = NodeId::new("c", 2);
+        let new_c = LadderMember { node: new_c_node.clone(), raft_id: raft_id_for(&new_c_node), ..m("c", "", MemberState::Alive) };
+        members.extend([old_c, new_c.clone()]);
+        let config = cfg(&["a", "b", "c"], &[]);
+        let plan = reconcile(&members, &config, id("a"), &policy(5), TransitionId::default());
+        assert_eq!(kinds(&plan)[0], vec![(ConfStepKind::AddLearner, new_c.raft_id)]);
+        let after = apply(&config, &plan);
+        assert_eq!(after.voters, [id("a"), id("b"), new_c.raft_id].into_iter().collect(), "{plan:?}");
+        assert!(plan.iter().any(|t| t.reason.contains("new raft id")), "{plan:?}");
+    }
+
+    #[test]
+    fn a_member_removed_while_away_is_added_back_as_a_learner() {
+        let members = alive(&[("a", ""), ("b", ""), ("c", "")]);
+        let config = cfg(&["a", "b"], &[]);
+        let plan = reconcile(&members, &config, id("a"), &policy(5), TransitionId::default());
+        assert_eq!(kinds(&plan)[0], vec![(ConfStepKind::AddLearner, id("c"))]);
+        assert_eq!(apply(&config, &plan).voters, ids(&["a", "b", "c"]));
     }
 
     #[test]
     fn plan_grows_before_it_shrinks_and_ids_are_sequential() {
-        // Voters a, b, c; c died; d and e joined.
+        // Voters a, b, c; c died long ago; d and e joined.
         let mut members = alive(&[("a", ""), ("b", ""), ("c", ""), ("d", ""), ("e", "")]);
-        members[2].state = MemberState::Down;
-        let cfg = RaftConfig { voters: ids(&["a", "b", "c"]), learners: BTreeSet::new() };
+        down(&mut members[2], 100);
+        let config = cfg(&["a", "b", "c"], &[]);
         let first = TransitionId { term: 4, seq: 0 };
-        let plan = reconcile(&members, &cfg, id("a"), MaxVoters::new(3).unwrap(), first);
+        let plan = reconcile(&members, &config, id("a"), &policy(3), first);
         let k = kinds(&plan);
-        let pos = |kind, who: &str| k.iter().position(|s| *s == (kind, id(who))).unwrap();
-        assert!(pos(ConfStepKind::AddLearner, "d") < pos(ConfStepKind::Remove, "c"));
-        assert!(pos(ConfStepKind::AddLearner, "e") < pos(ConfStepKind::Remove, "c"));
-        let promoted: Vec<_> = k.iter().filter(|(kind, _)| *kind == ConfStepKind::Promote).collect();
-        assert_eq!(promoted.len(), 1, "exactly one replacement voter: {k:?}");
-        assert!(
-            pos(ConfStepKind::Promote, if promoted[0].1 == id("d") { "d" } else { "e" })
-                < pos(ConfStepKind::Remove, "c")
-        );
+        assert_eq!(&k[..2], &[vec![(ConfStepKind::AddLearner, id("d"))], vec![(ConfStepKind::AddLearner, id("e"))]]);
+        assert_eq!(k[2].len(), 2, "one joint swap: {k:?}");
+        assert_eq!((k[2][0].0, k[2][1]), (ConfStepKind::Promote, (ConfStepKind::Remove, id("c"))));
+        assert_eq!(apply(&config, &plan).voters.len(), 3);
         assert_eq!(plan.iter().map(|t| t.id.seq).collect::<Vec<_>>(), (0..plan.len() as u64).collect::<Vec<_>>());
         assert!(plan.iter().all(|t| t.phase == TransitionPhase::Planned && t.id.term == 4));
     }
@@ -373,38 +697,30 @@ mod tests {
     fn plan_never_demotes_or_removes_the_leader() {
         let mut members = alive(&[("a", ""), ("b", ""), ("c", ""), ("d", "")]);
         members[0].raft_eligible = false; // the leader lost eligibility
-        let cfg = RaftConfig { voters: ids(&["a", "b", "c"]), learners: ids(&["d"]) };
-        let plan = reconcile(&members, &cfg, id("a"), MaxVoters::new(3).unwrap(), TransitionId::default());
-        assert!(kinds(&plan).iter().all(|(_, who)| *who != id("a")), "{plan:?}");
+        let config = cfg(&["a", "b", "c"], &["d"]);
+        let touches_a = |plan: &[Transition]| plan.iter().flat_map(|t| &t.steps).any(|s| s.raft_id == id("a"));
+        let plan = reconcile(&members, &config, id("a"), &policy(3), TransitionId::default());
+        assert!(!touches_a(&plan), "{plan:?}");
         members[0].state = MemberState::Left;
-        let plan = reconcile(&members, &cfg, id("a"), MaxVoters::new(3).unwrap(), TransitionId::default());
-        assert!(kinds(&plan).iter().all(|(_, who)| *who != id("a")), "{plan:?}");
+        let plan = reconcile(&members, &config, id("a"), &policy(3), TransitionId::default());
+        assert!(!touches_a(&plan), "{plan:?}");
     }
 
     #[test]
     fn plan_never_leaves_a_voter_set_without_live_quorum() {
-        // Five voters, three down: removing any dead voter from {2 live, 3 dead} gives 2 live of 4
+        // Five voters, three dead: removing any dead voter from {2 live, 3 dead} gives 2 live of 4
         // (quorum 3): refused, one step at a time, until it would hold.
         let mut members = alive(&[("a", ""), ("b", ""), ("c", ""), ("d", ""), ("e", "")]);
-        for m in &mut members[2..] {
-            m.state = MemberState::Down;
+        for member in &mut members[2..] {
+            down(member, 100);
         }
-        let cfg = RaftConfig { voters: ids(&["a", "b", "c", "d", "e"]), learners: BTreeSet::new() };
-        let plan = reconcile(&members, &cfg, id("a"), MaxVoters::default(), TransitionId::default());
-        let mut voters = cfg.voters.clone();
+        let config = cfg(&["a", "b", "c", "d", "e"], &[]);
+        let plan = reconcile(&members, &config, id("a"), &policy(5), TransitionId::default());
+        let mut c = config.clone();
         for t in &plan {
-            let s = &t.steps[0];
-            match s.kind {
-                ConfStepKind::Remove | ConfStepKind::Demote => {
-                    voters.remove(&s.raft_id);
-                }
-                ConfStepKind::Promote => {
-                    voters.insert(s.raft_id);
-                }
-                ConfStepKind::AddLearner => {}
-            }
-            let live = voters.iter().filter(|v| **v == id("a") || **v == id("b")).count();
-            assert!(live >= majority(voters.len()), "step {s:?} leaves {live} live of {}", voters.len());
+            c = apply(&c, std::slice::from_ref(t));
+            let live = c.voters.iter().filter(|v| **v == id("a") || **v == id("b")).count();
+            assert!(live >= majority(c.voters.len()), "{t:?} leaves {live} live of {}", c.voters.len());
         }
     }
 
@@ -412,17 +728,28 @@ mod tests {
     fn plan_adds_non_eligible_members_as_learners_only() {
         let mut members = alive(&[("a", ""), ("b", "")]);
         members[1].raft_eligible = false;
-        let cfg = RaftConfig { voters: ids(&["a"]), learners: BTreeSet::new() };
-        let plan = reconcile(&members, &cfg, id("a"), MaxVoters::default(), TransitionId::default());
-        assert_eq!(kinds(&plan), vec![(ConfStepKind::AddLearner, id("b"))]);
+        let config = cfg(&["a"], &[]);
+        let plan = reconcile(&members, &config, id("a"), &policy(5), TransitionId::default());
+        assert_eq!(kinds(&plan), vec![vec![(ConfStepKind::AddLearner, id("b"))]]);
+    }
+
+    #[test]
+    fn a_down_learner_is_kept_until_dead_then_removed() {
+        let mut members = alive(&[("a", ""), ("b", ""), ("c", ""), ("d", "")]);
+        let config = cfg(&["a", "b", "c"], &["d"]);
+        down(&mut members[3], 5);
+        assert!(reconcile(&members, &config, id("a"), &policy(5), TransitionId::default()).is_empty());
+        down(&mut members[3], 30);
+        let plan = reconcile(&members, &config, id("a"), &policy(5), TransitionId::default());
+        assert_eq!(kinds(&plan), vec![vec![(ConfStepKind::Remove, id("d"))]]);
     }
 
     #[test]
     fn converged_configuration_plans_nothing() {
         let members = alive(&[("a", ""), ("b", ""), ("c", ""), ("d", "")]);
-        let cfg = RaftConfig { voters: ids(&["a", "b", "c"]), learners: ids(&["d"]) };
-        let target = target_voters(&members, &cfg, MaxVoters::default());
-        assert_eq!(target, cfg.voters);
-        assert!(reconcile(&members, &cfg, id("a"), MaxVoters::default(), TransitionId::default()).is_empty());
+        let config = cfg(&["a", "b", "c"], &["d"]);
+        let target = target_voters(&members, &config, &policy(5));
+        assert_eq!(target, config.voters);
+        assert!(reconcile(&members, &config, id("a"), &policy(5), TransitionId::default()).is_empty());
     }
 }

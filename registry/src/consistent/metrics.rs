@@ -28,7 +28,10 @@ pub const READ_RESULTS: [&str; 9] = [
 ];
 
 /// Why an incoming raft-class frame was dropped.
-pub const FRAME_DROPS: [&str; 6] = ["malformed", "too_large", "forged", "refused_by_raft", "unknown_kind", "no_route"];
+/// `unsafe`: a raft message raft-rs would abort the process on (a heartbeat committing past the
+/// local log, entries contradicting committed ones), refused before `step`.
+pub const FRAME_DROPS: [&str; 7] =
+    ["malformed", "too_large", "forged", "refused_by_raft", "unsafe", "unknown_kind", "no_route"];
 
 /// The consistent tier's series.
 #[derive(Clone)]
@@ -202,6 +205,9 @@ impl ConsistentMetrics {
         self.frames_dropped
             .with_label_values(&["refused_by_raft"])
             .inc_by(now.messages_dropped.saturating_sub(before.messages_dropped));
+        self.frames_dropped
+            .with_label_values(&["unsafe"])
+            .inc_by(now.messages_unsafe.saturating_sub(before.messages_unsafe));
         self.conf_changes.inc_by(now.conf_changes_applied.saturating_sub(before.conf_changes_applied));
         self.storage_writes.inc_by(store.writes.saturating_sub(store_before.writes));
     }

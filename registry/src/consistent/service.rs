@@ -55,7 +55,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::core::{CoreConfig, CoreError, CoreStats, ProposalId, ProposeError, RaftCore, ReadId, ReadyOutput};
 use super::freshness::{ControlView, RaftRole, ReadRejection, decide};
 use super::fsm::{Applied, Command, CommandResult, Proposal, Registration, RequestId};
-use super::ladder::{self, LadderMember, MaxVoters, RaftConfig};
+use super::ladder::{self, LadderMember, LadderPolicy, MaxVoters, RaftConfig};
 use super::metrics::ConsistentMetrics;
 use super::planes::{
     Admission, CatchUpState, ConfStepKind, DegradedMode, ExecutionOutcome, Freshness, ReadRequest, ReadWitness,
@@ -140,6 +140,9 @@ pub struct ConsistentConfig {
     /// Whether this node starts a one-voter group when its store is clean (the node without
     /// seeds; see docs/consistent.md "Bootstrap").
     pub bootstrap: bool,
+    /// How long a voter (or learner) must have been down before the leader replaces it (30 s,
+    /// `raft.dead_voter_after`; SPEC 7 and [`ladder`]).
+    pub dead_voter_after: Duration,
 }
 
 impl Default for ConsistentConfig {
@@ -151,6 +154,7 @@ impl Default for ConsistentConfig {
             request_timeout: Duration::from_secs(5),
             reconcile_debounce: Duration::from_secs(1),
             bootstrap: false,
+            dead_voter_after: ladder::DEFAULT_DEAD_VOTER_AFTER,
         }
     }
 }
@@ -297,7 +301,7 @@ type ReadReply = oneshot::Sender<Result<ReadAnswer, ReadError>>;
 
 enum Cmd {
     Propose { proposal: Proposal, reply: Option<WriteReply>, deadline: Instant },
-    StrongRead { name: String, request: ReadRequest, reply: ReadReply },
+    StrongRead { name: String, request: ReadRequest, reply: ReadReply, deadline: Instant },
 }
 
 struct View {
@@ -471,7 +475,8 @@ impl ConsistentTier {
             return self.read_local(name, request).map_err(ReadError::Rejected);
         }
         let (reply, answer) = oneshot::channel();
-        let cmd = Cmd::StrongRead { name: name.to_string(), request, reply };
+        let deadline = Instant::now() + self.shared.request_timeout;
+        let cmd = Cmd::StrongRead { name: name.to_string(), request, reply, deadline };
         let result = match self.shared.tx.try_send(cmd) {
             Ok(()) => answer.await.unwrap_or(Err(ReadError::Refused(Admission::Canceled))),
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -682,6 +687,9 @@ struct PendingRead {
     name: String,
     request: ReadRequest,
     reply: ReadReply,
+    /// When the caller gets `TimedOut` (`request_timeout` after it asked); until then a lost
+    /// forward or a leader change is retried.
+    deadline: Instant,
 }
 
 struct Actor {
@@ -700,6 +708,8 @@ struct Actor {
     removing: BTreeSet<NodeId>,
     members_fingerprint: u64,
     members_changed_at: Instant,
+    /// raft id -> since when the leader has seen it down (the ladder's `down_for`).
+    down_since: HashMap<u64, Instant>,
     last_hello: Option<Instant>,
     last_sweep: Instant,
     last_stats: CoreStats,
@@ -730,6 +740,7 @@ impl Actor {
             removing: BTreeSet::new(),
             members_fingerprint: 0,
             members_changed_at: now,
+            down_since: HashMap::new(),
             last_hello: None,
             last_sweep: now,
             last_stats: CoreStats::default(),
@@ -828,7 +839,9 @@ impl Actor {
                 };
                 self.submit(Pending { proposal, reply, deadline, internal }, true);
             }
-            Cmd::StrongRead { name, request, reply } => self.start_strong_read(name, request, reply),
+            Cmd::StrongRead { name, request, reply, deadline } => {
+                self.start_strong_read(PendingRead { name, request, reply, deadline })
+            }
         }
     }
 
@@ -871,23 +884,26 @@ impl Actor {
         }
     }
 
-    fn start_strong_read(&mut self, name: String, request: ReadRequest, reply: ReadReply) {
+    /// Starts (or retries) a `Strong` read: a ReadIndex on the leader, forwarded to it from a
+    /// follower or learner (SPEC 8). With no leader known it is refused at once by the freshness
+    /// decision (`Unavailable`, or `NotLeader` with the last hint): waiting would only delay the
+    /// same answer on an isolated node.
+    fn start_strong_read(&mut self, read: PendingRead) {
         match self.core.read_index() {
             Ok(id) => {
-                self.reads.insert(id, PendingRead { name, request, reply });
+                self.reads.insert(id, read);
             }
             Err(ProposeError::Refused(Admission::NotLeader { .. })) => {
-                // Not the leader: the freshness decision names the leader or says Unavailable.
-                let result = decide(&request, &self.core.control_view(None))
-                    .map(|witness| ReadAnswer { registration: self.core.fsm().lookup(&name).cloned(), witness })
+                let result = decide(&read.request, &self.core.control_view(None))
+                    .map(|witness| ReadAnswer { registration: self.core.fsm().lookup(&read.name).cloned(), witness })
                     .map_err(ReadError::Rejected);
-                self.answer_read(request.freshness, reply, result);
+                self.answer_read(read.request.freshness, read.reply, result);
             }
             Err(ProposeError::Refused(admission)) => {
-                self.answer_read(request.freshness, reply, Err(ReadError::Refused(admission)))
+                self.answer_read(read.request.freshness, read.reply, Err(ReadError::Refused(admission)))
             }
             Err(ProposeError::Invalid(_)) => {
-                self.answer_read(request.freshness, reply, Err(ReadError::Refused(Admission::Canceled)))
+                self.answer_read(read.request.freshness, read.reply, Err(ReadError::Refused(Admission::Canceled)))
             }
         }
     }
@@ -1011,12 +1027,35 @@ impl Actor {
         self.finish(pending, Err(admission), ExecutionOutcome::Failed);
     }
 
+    /// Answers every caller whose `request_timeout` passed, wherever its request is: waiting for a
+    /// leader, proposed (the core's own attempt may still commit later: a retry with the same
+    /// request id then returns that result), or a read in flight. So a caller never waits longer
+    /// than `request_timeout` plus one tick, also during a failover (issue 11).
     fn expire(&mut self, now: Instant) {
         let expired: Vec<usize> =
             self.waiting.iter().enumerate().filter(|(_, p)| p.deadline <= now).map(|(i, _)| i).collect();
         for i in expired.into_iter().rev() {
             if let Some(pending) = self.waiting.remove(i) {
                 self.time_out(pending);
+            }
+        }
+        let expired: Vec<ProposalId> =
+            self.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(id, _)| *id).collect();
+        for id in expired {
+            if let Some(pending) = self.pending.remove(&id) {
+                self.time_out(pending);
+            }
+        }
+        let expired: Vec<ReadId> = self.reads.iter().filter(|(_, r)| r.deadline <= now).map(|(id, _)| *id).collect();
+        for id in expired {
+            if let Some(read) = self.reads.remove(&id) {
+                let admission = if self.core.leader().is_some() {
+                    Admission::TimedOut
+                } else {
+                    Admission::NotLeader { leader_hint: None }
+                };
+                self.shared.metrics.admission(&admission);
+                self.answer_read(read.request.freshness, read.reply, Err(ReadError::Refused(admission)));
             }
         }
     }
@@ -1071,13 +1110,19 @@ impl Actor {
             self.answer_read(read.request.freshness, read.reply, result);
         }
         for (read_id, admission) in out.failed_reads {
-            if let Some(read) = self.reads.remove(&read_id) {
+            let Some(read) = self.reads.remove(&read_id) else { continue };
+            if read.deadline > now && matches!(admission, Admission::TimedOut | Admission::NotLeader { .. }) {
+                // Lost with a leader change or a dropped message: ask again (a read has no
+                // side effect, so a retry needs no id).
+                self.start_strong_read(read);
+            } else {
                 self.answer_read(read.request.freshness, read.reply, Err(ReadError::Refused(admission)));
             }
         }
         if let Some(change) = out.leader_change {
             tracing::info!(leader = ?change.leader_node.map(|n| n.name), term = change.term, "consistent: leader changed");
             self.removing.clear();
+            self.down_since.clear();
         }
         for transition in out.transitions {
             tracing::info!(id = %transition.id, phase = ?transition.phase, reason = %transition.reason, "consistent: transition");
@@ -1127,11 +1172,6 @@ impl Actor {
             self.members_fingerprint = fingerprint;
             self.members_changed_at = now;
         }
-        if now.saturating_duration_since(self.members_changed_at) < self.config.reconcile_debounce
-            || self.core.has_pending_conf_change()
-        {
-            return;
-        }
         let mut members = Vec::with_capacity(rows.len());
         for row in rows.iter() {
             match self.raft_id_of(&row.info.id, row.is_self) {
@@ -1141,6 +1181,7 @@ impl Actor {
                     raft_eligible: row.info.raft_eligible,
                     failure_domain: row.info.failure_domain.clone(),
                     state: row.state,
+                    down_for: Duration::ZERO,
                 }),
                 // A live member whose raft id is not known yet: its hello is on its way. Deciding
                 // without it could remove a voter that only restarted; wait.
@@ -1153,17 +1194,33 @@ impl Actor {
             voters: conf.voters.iter().copied().collect(),
             learners: conf.learners.iter().copied().collect(),
         };
-        let plan = ladder::reconcile(
-            &members,
-            &config,
-            self.core.raft_id(),
-            self.config.max_voters,
-            self.core.next_transition_id(),
-        );
-        let Some(first) = plan.into_iter().next() else { return };
-        if let Some(step) = first.steps.first()
-            && step.kind == ConfStepKind::Promote
+        // A configured raft id that no membership row maps to (its node restarted under another
+        // id, or was forgotten) is listed as down under its address-book identity.
+        for id in config.voters.iter().chain(config.learners.iter()) {
+            if !members.iter().any(|m| m.raft_id == *id) {
+                let node = self.core.fsm().member(*id).cloned().unwrap_or_else(|| NodeId::new(format!("raft-{id}"), 0));
+                members.push(LadderMember {
+                    node,
+                    raft_id: *id,
+                    raft_eligible: true,
+                    failure_domain: String::new(),
+                    state: MemberState::Down,
+                    down_for: Duration::ZERO,
+                });
+            }
+        }
+        self.track_down(now, &config, &mut members);
+        if now.saturating_duration_since(self.members_changed_at) < self.config.reconcile_debounce
+            || self.core.has_pending_conf_change()
         {
+            return;
+        }
+        let policy =
+            LadderPolicy { max_voters: self.config.max_voters, dead_voter_after: self.config.dead_voter_after };
+        let plan = ladder::reconcile(&members, &config, self.core.raft_id(), &policy, self.core.next_transition_id());
+        let Some(first) = plan.into_iter().next() else { return };
+        // Growing the set promotes only caught-up learners.
+        for step in first.steps.iter().filter(|s| s.kind == ConfStepKind::Promote) {
             let matched = self.core.progress_matched(step.raft_id).unwrap_or(0);
             if matched + PROMOTE_MAX_LAG < self.core.last_index() {
                 return;
@@ -1171,6 +1228,38 @@ impl Actor {
         }
         if let Err(error) = self.core.propose_transition(first) {
             tracing::debug!(%error, "consistent: transition not proposed");
+        }
+    }
+
+    /// Measures, per configured raft id, how long it has been down without interruption (the
+    /// clock starts when this node, as leader, first saw it down: a new leader waits the whole
+    /// `dead_voter_after` again, which errs on the side of keeping voters), and fills `down_for`.
+    fn track_down(&mut self, now: Instant, config: &RaftConfig, members: &mut [LadderMember]) {
+        let best = |id: u64, members: &[LadderMember]| {
+            members.iter().filter(|m| m.raft_id == id).map(|m| m.state).min_by_key(|s| match s {
+                MemberState::Alive => 0,
+                MemberState::Suspect => 1,
+                MemberState::Down => 2,
+                MemberState::Left => 3,
+            })
+        };
+        self.down_since.retain(|id, _| config.voters.contains(id) || config.learners.contains(id));
+        for id in config.voters.iter().chain(config.learners.iter()) {
+            match best(*id, members) {
+                Some(MemberState::Alive | MemberState::Suspect) => {
+                    self.down_since.remove(id);
+                }
+                _ => {
+                    self.down_since.entry(*id).or_insert(now);
+                }
+            }
+        }
+        for m in members.iter_mut() {
+            if m.state == MemberState::Down
+                && let Some(since) = self.down_since.get(&m.raft_id)
+            {
+                m.down_for = now.saturating_duration_since(*since);
+            }
         }
     }
 
