@@ -13,6 +13,11 @@
 //!   authenticated sender. Raft ids are discovered with a small [`Hello`] ([`KIND_HELLO`]) every
 //!   node sends to every live peer each [`HELLO_INTERVAL`]: the leader learns a joining node's
 //!   raft id (a hash of its incarnation) and a restarted node's recorded id from it.
+//! - A raft snapshot (`MsgSnapshot`) of any size up to the tier's name limit travels in bounded
+//!   chunks ([`KIND_SNAPSHOT_CHUNK`], acknowledged with [`KIND_SNAPSHOT_ACK`]; the
+//!   [`SnapshotTransfers`] core), never as one frame; every transfer ends in a report to raft
+//!   (`report_snapshot`, and `report_unreachable` on failure) so a lost snapshot is retried. A
+//!   raft frame the transport refuses is reported with `report_unreachable`.
 //! - Writes: [`ConsistentTier::propose`] queues a [`Proposal`] with a deadline. Raft-rs forwards
 //!   a follower's or learner's proposal to the leader; when it fails (leader change, message lost)
 //!   the actor re-proposes it with the same request id until the deadline, so a retry that was in
@@ -48,7 +53,7 @@ use cohort_cluster::net::transport::{Inbound, Transport};
 use cohort_cluster::queue::Class;
 use cohort_cluster::{MemberState, NodeId};
 use protobuf::Message as _;
-use raft::eraftpb::Message;
+use raft::eraftpb::{Message, MessageType};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
@@ -57,6 +62,9 @@ use super::freshness::{ControlView, RaftRole, ReadRejection, decide};
 use super::fsm::{Applied, Command, CommandResult, Proposal, Registration, RequestId};
 use super::ladder::{self, LadderMember, LadderPolicy, MaxVoters, RaftConfig};
 use super::metrics::ConsistentMetrics;
+use super::snapshot_transfer::{
+    AckRefusal, SNAPSHOT_CHUNK_BYTES, SnapshotOutcome, SnapshotTransfers, TransferLimits, TransferStats, Transmit,
+};
 use super::planes::{
     Admission, CatchUpState, ConfStepKind, DegradedMode, ExecutionOutcome, Freshness, ReadRequest, ReadWitness,
     RestartState, RootToken, Transition,
@@ -67,9 +75,13 @@ use super::storage::{LogBackend, MemoryBackend, RedbBackend, StoreStats};
 pub const KIND_RAFT_MESSAGE: u8 = 1;
 /// Raft-class frame kind: a [`Hello`] (rmp-serde).
 pub const KIND_HELLO: u8 = 2;
+/// Raft-class frame kind: one chunk of a raft snapshot (see [`super::snapshot_transfer`]).
+pub const KIND_SNAPSHOT_CHUNK: u8 = 3;
+/// Raft-class frame kind: the acknowledgement of snapshot chunks (or an abort).
+pub const KIND_SNAPSHOT_ACK: u8 = 4;
 
-/// Largest raft frame parsed, in bytes: the transport's frame bound. A registry snapshot larger
-/// than this cannot be sent (about 80k names at 200 bytes; see docs/consistent.md).
+/// Largest raft frame parsed, in bytes: the transport's frame bound. Snapshots do not travel in
+/// one frame but in chunks ([`KIND_SNAPSHOT_CHUNK`]), so this bounds appends and chunks only.
 pub const MAX_RAFT_FRAME_BYTES: usize = 16 * 1024 * 1024;
 
 /// Largest hello frame parsed, in bytes (a node name of 64 bytes and three integers).
@@ -143,6 +155,9 @@ pub struct ConsistentConfig {
     /// How long a voter (or learner) must have been down before the leader replaces it (30 s,
     /// `raft.dead_voter_after`; SPEC 7 and [`ladder`]).
     pub dead_voter_after: Duration,
+    /// Bytes of raft snapshot per chunk frame (1 MiB, `raft.snapshot_chunk_bytes`; see
+    /// [`super::snapshot_transfer`]).
+    pub snapshot_chunk_bytes: usize,
 }
 
 impl Default for ConsistentConfig {
@@ -155,6 +170,7 @@ impl Default for ConsistentConfig {
             reconcile_debounce: Duration::from_secs(1),
             bootstrap: false,
             dead_voter_after: ladder::DEFAULT_DEAD_VOTER_AFTER,
+            snapshot_chunk_bytes: SNAPSHOT_CHUNK_BYTES,
         }
     }
 }
@@ -670,7 +686,8 @@ fn raft_status(core: &RaftCore, last_contact: Option<Instant>, storage: &Storage
 enum Internal {
     /// A client write (answered when it applies).
     Client,
-    /// Remove a departed node's names; re-proposed while some remain.
+    /// A membership-driven change for this node: remove its names (re-proposed while some
+    /// remain), or readmit it; one at a time per node (`Actor::removing`).
     RemoveNode(NodeId),
     /// Remove an exited process's names; re-proposed while some remain.
     RemovePid(Pid),
@@ -715,6 +732,9 @@ struct Actor {
     last_stats: CoreStats,
     last_store: StoreStats,
     last_contact: Option<Instant>,
+    /// Raft snapshots sent and received in chunks.
+    transfers: SnapshotTransfers,
+    last_transfer_stats: TransferStats,
 }
 
 impl Actor {
@@ -726,6 +746,8 @@ impl Actor {
         config: ConsistentConfig,
     ) -> Self {
         let now = Instant::now();
+        let transfers =
+            SnapshotTransfers::new(TransferLimits { chunk_bytes: config.snapshot_chunk_bytes, ..TransferLimits::default() });
         Self {
             core,
             shared,
@@ -746,6 +768,8 @@ impl Actor {
             last_stats: CoreStats::default(),
             last_store: StoreStats::default(),
             last_contact: None,
+            transfers,
+            last_transfer_stats: TransferStats::default(),
         }
     }
 
@@ -917,6 +941,8 @@ impl Actor {
         match frame.kind {
             KIND_RAFT_MESSAGE => self.on_raft_frame(&frame.from, &frame.payload),
             KIND_HELLO => self.on_hello(&frame.from, &frame.payload),
+            KIND_SNAPSHOT_CHUNK => self.on_snapshot_chunk(&frame.from, &frame.payload),
+            KIND_SNAPSHOT_ACK => self.on_snapshot_ack(&frame.from, &frame.payload),
             _ => self.shared.metrics.frame_dropped("unknown_kind"),
         }
     }
@@ -928,6 +954,12 @@ impl Actor {
         let Ok(msg) = Message::parse_from_bytes(payload) else {
             return self.shared.metrics.frame_dropped("malformed");
         };
+        self.step_raft_message(from, msg);
+    }
+
+    /// Steps a raft message from the authenticated `from` (one frame, or a snapshot rebuilt from
+    /// chunks): its raft id must belong to that node.
+    fn step_raft_message(&mut self, from: &NodeId, msg: Message) {
         if msg.from == 0 {
             return self.shared.metrics.frame_dropped("malformed");
         }
@@ -942,6 +974,66 @@ impl Actor {
         if self.core.step(msg).is_err() {
             // Counted by the core (messages_dropped), mirrored into the frames_dropped metric.
         }
+    }
+
+    fn on_snapshot_chunk(&mut self, from: &NodeId, payload: &Bytes) {
+        if let Err(refusal) = self.transfers.handle_chunk(Instant::now(), from, payload) {
+            tracing::debug!(from = %from, %refusal, "consistent: snapshot chunk refused");
+            self.shared.metrics.snapshot_receive_dropped(refusal.reason());
+        }
+        self.flush_snapshot_transfers();
+    }
+
+    fn on_snapshot_ack(&mut self, from: &NodeId, payload: &Bytes) {
+        match self.transfers.handle_ack(Instant::now(), from, payload) {
+            Err(AckRefusal::Malformed) => self.shared.metrics.frame_dropped("malformed"),
+            Err(AckRefusal::WrongPeer) => self.shared.metrics.frame_dropped("forged"),
+            // An ack of a transfer that ended or was replaced: normal, nothing to do.
+            Err(AckRefusal::UnknownTransfer | AckRefusal::Inconsistent) | Ok(()) => {}
+        }
+        self.flush_snapshot_transfers();
+    }
+
+    /// The tick's part of snapshot transfers: fail those without progress (reported to raft).
+    fn drive_snapshot_transfers(&mut self, now: Instant) {
+        self.transfers.handle_timeout(now);
+        self.flush_snapshot_transfers();
+    }
+
+    /// Sends the transfer core's chunks and acks, hands its reports to raft, and steps the
+    /// snapshots it rebuilt.
+    fn flush_snapshot_transfers(&mut self) {
+        while let Some(transmit) = self.transfers.poll_transmit() {
+            match transmit {
+                Transmit::Chunk { to, peer, payload } => {
+                    if self.transport.send(&peer, Class::Raft, KIND_SNAPSHOT_CHUNK, payload).is_err() {
+                        self.shared.metrics.frames_sent_failed.inc();
+                        self.transfers.abort(to);
+                    }
+                }
+                Transmit::Ack { peer, payload } => {
+                    if self.transport.send(&peer, Class::Raft, KIND_SNAPSHOT_ACK, payload).is_err() {
+                        self.shared.metrics.frames_sent_failed.inc();
+                    }
+                }
+            }
+        }
+        while let Some(report) = self.transfers.poll_report() {
+            match report.outcome {
+                SnapshotOutcome::Finished => self.core.report_snapshot(report.to, true),
+                SnapshotOutcome::Failed(failure) => {
+                    tracing::info!(to = report.to, ?failure, "consistent: snapshot transfer failed; raft retries it");
+                    self.core.report_snapshot(report.to, false);
+                    self.core.report_unreachable(report.to);
+                }
+            }
+        }
+        while let Some(received) = self.transfers.poll_snapshot() {
+            self.step_raft_message(&received.from, received.message);
+        }
+        let stats = self.transfers.stats();
+        self.shared.metrics.observe_transfers(&self.last_transfer_stats, &stats);
+        self.last_transfer_stats = stats;
     }
 
     fn on_hello(&mut self, from: &NodeId, payload: &Bytes) {
@@ -976,6 +1068,7 @@ impl Actor {
         self.core.tick();
         let now = Instant::now();
         self.send_hellos(now);
+        self.drive_snapshot_transfers(now);
         self.retry_waiting(now);
         self.expire(now);
         if self.core.is_leader() {
@@ -1134,17 +1227,37 @@ impl Actor {
     }
 
     fn send_message(&mut self, msg: Message) {
-        let name = match self.routes.get(&msg.to) {
+        let to = msg.to;
+        let is_snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
+        let name = match self.routes.get(&to) {
             Some(name) => name.clone(),
-            None => match self.core.fsm().member(msg.to) {
+            None => match self.core.fsm().member(to) {
                 Some(node) => node.name.clone(),
-                None => return self.shared.metrics.frame_dropped("no_route"),
+                None => {
+                    self.shared.metrics.frame_dropped("no_route");
+                    return self.report_unsent(to, is_snapshot);
+                }
             },
         };
+        if is_snapshot {
+            // Any size, in bounded chunks; the transfer ends in a report to raft (a refusal too).
+            let _ = self.transfers.send_snapshot(Instant::now(), &name, msg);
+            return self.flush_snapshot_transfers();
+        }
         let Ok(bytes) = msg.write_to_bytes() else { return self.shared.metrics.frames_sent_failed.inc() };
         if self.transport.send(&name, Class::Raft, KIND_RAFT_MESSAGE, Bytes::from(bytes)).is_err() {
             self.shared.metrics.frames_sent_failed.inc();
+            self.report_unsent(to, false);
         }
+    }
+
+    /// Tells raft a message to `to` was not sent: it probes the peer again instead of assuming
+    /// its appends arrived, and a snapshot it believes in flight is retried.
+    fn report_unsent(&mut self, to: u64, is_snapshot: bool) {
+        if is_snapshot {
+            self.core.report_snapshot(to, false);
+        }
+        self.core.report_unreachable(to);
     }
 
     /// The raft id of a membership row: this node's own, a hello's (same incarnation), or the
@@ -1288,6 +1401,24 @@ impl Actor {
             }) || (owner.name == local.name && owner.incarnation < local.incarnation);
             if gone {
                 departed.insert(owner);
+            }
+        }
+        // A node declared departed that is alive again under the same incarnation (a healed
+        // partition) may register again: without this its every registration would be refused
+        // as `OwnerDeparted` for as long as it runs.
+        for row in rows.iter() {
+            let node = &row.info.id;
+            if row.state == MemberState::Alive
+                && self.core.fsm().is_departed(node)
+                && !self.removing.contains(node)
+                && self.pending.len() < super::core::MAX_PENDING_PROPOSALS
+            {
+                tracing::info!(node = %node, "consistent: readmitting a node that is alive again");
+                self.removing.insert(node.clone());
+                let proposal = Proposal::new(self.next_request_id(), Command::Readmit { node: node.clone() });
+                let deadline = Instant::now() + self.config.request_timeout;
+                let internal = Internal::RemoveNode(node.clone());
+                self.submit(Pending { proposal, reply: None, deadline, internal }, true);
             }
         }
         for node in departed {
