@@ -1,6 +1,6 @@
 //! What a chaos run recorded: samples of every node's state, the operations the runner issued with
-//! their results and times, node lives, fault windows, broadcast verification rounds and the ground
-//! truth at the end of the workload.
+//! their results and times, node lives, fault windows, the connectivity after each step of the
+//! schedule, broadcast verification rounds and the ground truth at the end of the workload.
 //!
 //! Role: the one input of the invariant checkers and the report. A [`Recording`] is plain data
 //! (serde, written as `recording.json` next to the report), so every checker is a pure function of
@@ -62,6 +62,9 @@ pub struct RaftSample {
     pub leader: Option<String>,
     /// Commit index.
     pub commit_index: u64,
+    /// The voters this node knows of (node names; a raft id when its address is unknown).
+    #[serde(default)]
+    pub voters: Vec<String>,
 }
 
 /// Transport queues summed up for one sample.
@@ -219,6 +222,23 @@ pub struct FaultWindow {
     pub line: usize,
 }
 
+/// Who could talk to whom right after a step of the fault schedule.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TopologyChange {
+    /// When the step completed (after the rules were installed, or the restarted node was ready).
+    pub t_s: f64,
+    /// The step (`heal (line 40)`, `end of isolate follower (line 31)`, `restart node-2`, ...).
+    pub cause: String,
+    /// Whether the step removed a fault: a heal, the end of a network fault, a restart or a resume.
+    pub recovery: bool,
+    /// Nodes running and not paused after it.
+    pub alive: Vec<String>,
+    /// Node pairs whose link drops every packet in at least one direction, each sorted.
+    pub cut: Vec<[String; 2]>,
+    /// Active faults that drop part of the packets or delay them: links neither up nor cut.
+    pub impaired: Vec<String>,
+}
+
 /// A fault-free broadcast verification round.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BroadcastRound {
@@ -310,6 +330,9 @@ pub struct Recording {
     pub notes: Vec<String>,
     /// Fault windows.
     pub faults: Vec<FaultWindow>,
+    /// The connectivity after each step of the schedule, in time order.
+    #[serde(default)]
+    pub topology: Vec<TopologyChange>,
     /// Node lives.
     pub lives: Vec<NodeLife>,
     /// Samples, in the order they were taken.

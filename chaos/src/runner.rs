@@ -8,7 +8,10 @@
 //! 2. **workload setup**: probes on every node, their joins, the initial names; wait for membership
 //!    and pg to converge; a *baseline* broadcast verification round.
 //! 3. **chaos phase** (`duration_s`): the fault schedule (admin API `/admin/faults` and signals) and
-//!    the background workload (broadcasts, join churn, name churn, `Strong` lookups).
+//!    the background workload (broadcasts, join churn, name churn, `Strong` lookups). A fault that
+//!    falls due goes before the next workload request; selectors (`leader`, `follower`, `rest`)
+//!    are resolved when their fault starts; after each step the connectivity is recorded
+//!    ([`TopologyChange`]).
 //! 4. **settle**: the workload stops; sampling goes on until every convergence invariant has held
 //!    for `stable_samples` ticks or the settle window ends; a *final* broadcast round.
 //! 5. **stop**: SIGTERM to every node, invariants checked on the recording, report written.
@@ -18,7 +21,7 @@
 //! (so a paused node's timeouts do not delay the others). Children never outlive the runner (see
 //! [`crate::process`]); they are spawned only from the thread that calls [`run`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,7 +39,7 @@ use crate::client::{Admin, Reply, metric_sum};
 use crate::invariants::{self, Verdict};
 use crate::process::{NodeProcess, NodeSpec, describe_status, write_secret};
 use crate::record::*;
-use crate::scenario::{self, Fault, FaultAction, NodeRef, Scenario, ScenarioError, node_name};
+use crate::scenario::{self, Fault, FaultAction, NodeRef, Scenario, ScenarioError, StrongOn, node_name};
 use crate::truth::{Outcome, TruthModel};
 
 /// Timeout of one workload or fault request.
@@ -52,6 +55,17 @@ pub const MAX_OPS: usize = 500_000;
 pub const MAX_SAMPLES: usize = 600_000;
 /// Loop step of the controller.
 const STEP: Duration = Duration::from_millis(50);
+/// Longest the controller issues workload requests before it looks at the schedule again. A request
+/// to a node that cannot answer (no raft leader, paused) waits for [`OP_TIMEOUT`]; without this
+/// budget a backlog of such requests delayed a fault by tens of seconds, and a composed schedule
+/// ("kill the leader right after the heal") is only meaningful if its steps run on time.
+const WORKLOAD_STEP_BUDGET: Duration = Duration::from_secs(1);
+/// Most workload requests of one kind per controller step (a slow node must not make the backlog
+/// explode).
+const MAX_OPS_PER_STEP: u32 = 20;
+/// Mixed into the seed for the generator that resolves `follower`: the fault schedule's picks must
+/// not depend on how many random choices the workload happened to make before them.
+const FAULT_PICK_STREAM: u64 = 0x6661_756c_7470_6963;
 
 /// Why a run could not be carried out (a failed invariant is not an error: see [`RunOutcome`]).
 #[derive(Debug, Error)]
@@ -179,8 +193,19 @@ struct Slot {
 /// A fault window being executed.
 struct Active {
     fault: usize,
+    /// The fault with its selectors resolved (`leader`, `follower` and `rest` replaced by nodes).
+    action: FaultAction,
+    /// The nodes it names (for a partition, those of the sets other than `rest`).
     nodes: Vec<String>,
     window: usize,
+}
+
+/// The nodes one fault's selectors took so far: `leader` is asked for once per fault, and each
+/// `follower` is a node no other reference of the fault took.
+#[derive(Default)]
+struct Picks {
+    leader: Option<Option<String>>,
+    taken: Vec<String>,
 }
 
 struct Runner<'a> {
@@ -188,6 +213,7 @@ struct Runner<'a> {
     shared: Arc<Shared>,
     admin: Admin,
     rng: StdRng,
+    fault_rng: StdRng,
     slots: Vec<Slot>,
     exe: PathBuf,
     out_dir: PathBuf,
@@ -264,6 +290,7 @@ impl<'a> Runner<'a> {
             shared,
             admin,
             rng,
+            fault_rng: StdRng::seed_from_u64(seed ^ FAULT_PICK_STREAM),
             slots: names.into_iter().map(|name| Slot { name, process: None, starts: 0, life: None }).collect(),
             exe: opts.node_binary.clone(),
             out_dir: out_dir.to_path_buf(),
@@ -407,6 +434,7 @@ impl<'a> Runner<'a> {
                 let name = self.slots[i].name.clone();
                 self.say(format!("{name} exited on its own: {}", describe_status(status)));
                 self.end_life(i, EndCause::Died { status: describe_status(status) });
+                self.record_topology(format!("{name} exited on its own"), false);
             }
         }
     }
@@ -644,9 +672,9 @@ impl<'a> Runner<'a> {
         }
         let name = format!("chaos-c-{}", self.rng.random_range(0..count));
         let nodes = self.responsive();
-        // Strong reads are served by the leader; asking it makes most of them count.
-        let target = match &self.last_leader {
-            Some(l) if nodes.contains(l) => l.clone(),
+        let target = match (self.sc.workload.names.strong_on, &self.last_leader) {
+            // A tier that serves Strong on the leader only answers most of them when asked there.
+            (StrongOn::Leader, Some(l)) if nodes.contains(l) => l.clone(),
             _ => match self.pick(&nodes) {
                 Some(n) => n,
                 None => return,
@@ -683,55 +711,143 @@ impl<'a> Runner<'a> {
 
     // ---- faults -------------------------------------------------------------------------------
 
-    fn resolve(&mut self, r: &NodeRef) -> Option<String> {
-        match r {
+    /// The node a reference of one fault stands for now (`rest` is resolved by its partition).
+    fn resolve(&mut self, r: &NodeRef, picks: &mut Picks) -> Option<String> {
+        let node = match r {
             NodeRef::Index(i) => Some(node_name(*i)),
-            NodeRef::Leader => {
-                let running = self.responsive();
-                if self.rec.presence.raft {
-                    let mut votes: BTreeMap<String, usize> = BTreeMap::new();
-                    for n in &running {
-                        let Some(base) = self.http(n) else { continue };
-                        if let Reply::Ok(b) = self.admin.get(&base, "/admin/raft", OP_TIMEOUT)
-                            && let Some(l) = b.get("leader").and_then(leader_name)
-                        {
-                            *votes.entry(l).or_default() += 1;
-                        }
-                    }
-                    if let Some((l, _)) = votes.into_iter().max_by_key(|(_, c)| *c)
-                        && running.contains(&l)
-                    {
-                        self.rec
-                            .notes
-                            .push(format!("`leader` resolved to {l} from /admin/raft at {:.1} s", self.now()));
-                        return Some(l);
-                    }
+            NodeRef::Leader => self.leader_for(picks),
+            NodeRef::Follower => self.pick_follower(picks),
+            NodeRef::Rest => None,
+        };
+        if let Some(n) = &node {
+            picks.taken.push(n.clone());
+        }
+        node
+    }
+
+    /// What `leader` resolves to for this fault (asked once per fault).
+    fn leader_for(&mut self, picks: &mut Picks) -> Option<String> {
+        if picks.leader.is_none() {
+            picks.leader = Some(self.find_leader());
+        }
+        picks.leader.clone().flatten()
+    }
+
+    /// What `follower` resolves to for this fault: a draw of the seeded fault generator from
+    /// [`follower_pool`].
+    fn pick_follower(&mut self, picks: &mut Picks) -> Option<String> {
+        let leader = self.leader_for(picks);
+        let named: BTreeSet<String> = self
+            .active_net
+            .iter()
+            .chain(&self.active_other)
+            .filter(|a| !matches!(a.action, FaultAction::Flood { .. }))
+            .flat_map(|a| a.nodes.iter().cloned())
+            .collect();
+        let pool = follower_pool(&self.responsive(), leader.as_deref(), &picks.taken, &named);
+        if pool.is_empty() {
+            return None;
+        }
+        let n = pool[self.fault_rng.random_range(0..pool.len())].clone();
+        let leader = leader.unwrap_or_else(|| "none".into());
+        self.rec.notes.push(format!(
+            "`follower` resolved to {n} at {:.1} s (leader {leader}; picked among {})",
+            self.now(),
+            pool.join(",")
+        ));
+        Some(n)
+    }
+
+    /// The raft leader most responsive nodes name; without raft or a known leader, the
+    /// lowest-named responsive node (noted in the report).
+    fn find_leader(&mut self) -> Option<String> {
+        let running = self.responsive();
+        if self.rec.presence.raft {
+            let mut votes: BTreeMap<String, usize> = BTreeMap::new();
+            for n in &running {
+                let Some(base) = self.http(n) else { continue };
+                if let Reply::Ok(b) = self.admin.get(&base, "/admin/raft", OP_TIMEOUT)
+                    && let Some(l) = b.get("leader").and_then(leader_name)
+                {
+                    *votes.entry(l).or_default() += 1;
                 }
-                let lowest =
-                    running.iter().min_by_key(|n| n.trim_start_matches("node-").parse::<u32>().unwrap_or(0))?;
-                let why = if self.rec.presence.raft { "no leader known" } else { "/admin/raft is absent" };
-                let note =
-                    format!("`leader` resolved to {lowest}, the lowest-named live node ({why}) at {:.1} s", self.now());
-                self.say(note.clone());
-                self.rec.notes.push(note);
-                Some(lowest.clone())
+            }
+            if let Some((l, _)) = votes.into_iter().max_by_key(|(_, c)| *c)
+                && running.contains(&l)
+            {
+                self.rec.notes.push(format!("`leader` resolved to {l} from /admin/raft at {:.1} s", self.now()));
+                return Some(l);
             }
         }
+        let lowest = running.iter().min_by_key(|n| n.trim_start_matches("node-").parse::<u32>().unwrap_or(0))?;
+        let why = if self.rec.presence.raft { "no leader known" } else { "/admin/raft is absent" };
+        let note = format!("`leader` resolved to {lowest}, the lowest-named live node ({why}) at {:.1} s", self.now());
+        self.say(note.clone());
+        self.rec.notes.push(note);
+        Some(lowest.clone())
     }
 
     fn resolve_all(&mut self, refs: &[NodeRef]) -> Vec<String> {
         if refs.is_empty() {
             return self.slots.iter().map(|s| s.name.clone()).collect();
         }
-        refs.iter().filter_map(|r| self.resolve(r)).collect()
+        let mut picks = Picks::default();
+        refs.iter().filter_map(|r| self.resolve(r, &mut picks)).collect()
+    }
+
+    /// A partition's sets with every selector replaced by a node, and the nodes of its sets other
+    /// than `rest`; `None` when a selector found no node.
+    fn resolve_partition(&mut self, sets: &[Vec<NodeRef>]) -> Option<(Vec<Vec<NodeRef>>, Vec<String>)> {
+        let mut picks = Picks::default();
+        let mut resolved: Vec<Vec<NodeRef>> = Vec::new();
+        for set in sets {
+            let mut out = Vec::new();
+            for r in set.iter().filter(|r| **r != NodeRef::Rest) {
+                let n = self.resolve(r, &mut picks)?;
+                out.push(NodeRef::Index(self.index(&n)? as u16 + 1));
+            }
+            resolved.push(out);
+        }
+        let named = picks.taken.clone();
+        for (set, out) in sets.iter().zip(resolved.iter_mut()) {
+            if set.contains(&NodeRef::Rest) {
+                for (i, slot) in self.slots.iter().enumerate() {
+                    if !picks.taken.contains(&slot.name) {
+                        out.push(NodeRef::Index(i as u16 + 1));
+                    }
+                }
+            }
+        }
+        Some((resolved, named))
     }
 
     /// The rules each node should hold for the active network faults.
     fn desired_rules(&self) -> BTreeMap<String, Vec<FaultRule>> {
         let all: Vec<String> = self.slots.iter().map(|s| s.name.clone()).collect();
         let active: Vec<(&FaultAction, &[String])> =
-            self.active_net.iter().map(|a| (&self.sc.faults[a.fault].action, a.nodes.as_slice())).collect();
+            self.active_net.iter().map(|a| (&a.action, a.nodes.as_slice())).collect();
         network_rules(&all, &active)
+    }
+
+    /// Record who can talk to whom after a step of the schedule (see [`TopologyChange`]).
+    fn record_topology(&mut self, cause: String, recovery: bool) {
+        let cut = cut_pairs(&self.desired_rules());
+        let impaired = self
+            .active_net
+            .iter()
+            .filter(|a| matches!(a.action, FaultAction::Drop { .. } | FaultAction::Delay { .. }))
+            .map(|a| self.rec.faults[a.window].label.clone())
+            .collect();
+        let alive = self.responsive();
+        let t_s = self.now();
+        self.rec.topology.push(TopologyChange { t_s, cause, recovery, alive, cut, impaired });
+    }
+
+    /// A fault that could not start because a selector found no node.
+    fn not_started(&mut self, f: &Fault) {
+        let note = format!("fault (line {}) {} not started: no node to pick", f.line, f.action.describe());
+        self.say(note.clone());
+        self.rec.notes.push(note);
     }
 
     fn apply_rules(&mut self) {
@@ -751,12 +867,22 @@ impl<'a> Runner<'a> {
         }
     }
 
-    fn open_window(&mut self, fault: usize, nodes: Vec<String>) -> usize {
+    /// Open the window of fault `fault`; `resolved` is the action with its selectors replaced, for
+    /// the label, when that says more than the nodes column (a partition's sets).
+    fn open_window(&mut self, fault: usize, nodes: Vec<String>, resolved: Option<&FaultAction>) -> usize {
         let f = &self.sc.faults[fault];
         let t = self.now();
+        let label = match resolved {
+            Some(r) => {
+                let resolved = r.describe();
+                let sets = resolved.strip_prefix(r.keyword()).unwrap_or(&resolved).trim_start();
+                format!("{} = {sets}", f.action.describe())
+            }
+            None => f.action.describe(),
+        };
         self.rec.faults.push(FaultWindow {
             action: f.action.keyword().to_string(),
-            label: f.action.describe(),
+            label,
             nodes,
             start_s: t,
             end_s: t,
@@ -772,30 +898,45 @@ impl<'a> Runner<'a> {
     fn start_fault(&mut self, i: usize) -> Result<(), RunError> {
         let f: Fault = self.sc.faults[i].clone();
         self.say(format!("fault (line {}): {}", f.line, f.action.describe()));
+        let line = f.line;
         match &f.action {
             FaultAction::Partition { sets } => {
-                let nodes = sets.iter().flatten().map(|n| n.to_string()).collect();
-                let window = self.open_window(i, nodes);
-                self.active_net.push(Active { fault: i, nodes: Vec::new(), window });
+                let Some((resolved, named)) = self.resolve_partition(sets) else {
+                    self.not_started(&f);
+                    return Ok(());
+                };
+                let nodes = partition_nodes(&resolved);
+                let action = FaultAction::Partition { sets: resolved };
+                let has_selector = sets.iter().flatten().any(NodeRef::is_selector);
+                let window = self.open_window(i, nodes, has_selector.then_some(&action));
+                let label = self.rec.faults[window].label.clone();
+                self.active_net.push(Active { fault: i, action, nodes: named, window });
                 self.apply_rules();
+                self.record_topology(format!("{label} (line {line})"), false);
             }
             FaultAction::Isolate { node } => {
-                let Some(n) = self.resolve(node) else { return Ok(()) };
-                let window = self.open_window(i, vec![n.clone()]);
-                self.active_net.push(Active { fault: i, nodes: vec![n], window });
+                let Some(n) = self.resolve(node, &mut Picks::default()) else {
+                    self.not_started(&f);
+                    return Ok(());
+                };
+                let window = self.open_window(i, vec![n.clone()], None);
+                self.active_net.push(Active { fault: i, action: f.action.clone(), nodes: vec![n.clone()], window });
                 self.apply_rules();
+                self.record_topology(format!("isolate {n} (line {line})"), false);
             }
             FaultAction::Asymmetric { from, to } => {
-                let nodes = from.iter().chain(to).map(|n| n.to_string()).collect();
-                let window = self.open_window(i, nodes);
-                self.active_net.push(Active { fault: i, nodes: Vec::new(), window });
+                let nodes: Vec<String> = from.iter().chain(to).map(|n| n.to_string()).collect();
+                let window = self.open_window(i, nodes.clone(), None);
+                self.active_net.push(Active { fault: i, action: f.action.clone(), nodes, window });
                 self.apply_rules();
+                self.record_topology(format!("{} (line {line})", f.action.describe()), false);
             }
             FaultAction::Drop { nodes, .. } | FaultAction::Delay { nodes, .. } => {
                 let nodes = self.resolve_all(nodes);
-                let window = self.open_window(i, nodes.clone());
-                self.active_net.push(Active { fault: i, nodes, window });
+                let window = self.open_window(i, nodes.clone(), None);
+                self.active_net.push(Active { fault: i, action: f.action.clone(), nodes, window });
                 self.apply_rules();
+                self.record_topology(format!("{} (line {line})", f.action.describe()), false);
             }
             FaultAction::Heal => {
                 let t = self.now();
@@ -803,17 +944,22 @@ impl<'a> Runner<'a> {
                     self.rec.faults[a.window].end_s = t;
                 }
                 self.apply_rules();
+                self.record_topology(format!("heal (line {line})"), true);
             }
             FaultAction::Kill { node } => {
-                let Some(n) = self.resolve(node) else { return Ok(()) };
+                let Some(n) = self.resolve(node, &mut Picks::default()) else {
+                    self.not_started(&f);
+                    return Ok(());
+                };
                 let Some(idx) = self.index(&n) else { return Ok(()) };
-                let window = self.open_window(i, vec![n.clone()]);
+                let window = self.open_window(i, vec![n.clone()], None);
                 if let Some(p) = self.slots[idx].process.as_mut() {
                     p.kill9();
                 }
                 self.record_local(&n, "signal", json!({"signal": "SIGKILL"}));
                 self.end_life(idx, EndCause::Killed);
-                self.active_other.push(Active { fault: i, nodes: vec![n], window });
+                self.active_other.push(Active { fault: i, action: f.action.clone(), nodes: vec![n.clone()], window });
+                self.record_topology(format!("kill -9 {n} (line {line})"), false);
             }
             FaultAction::Restart { node } => {
                 let n = node.to_string();
@@ -821,20 +967,24 @@ impl<'a> Runner<'a> {
                     matches!(self.sc.faults[a.fault].action, FaultAction::Kill { .. }) && a.nodes == [n.clone()]
                 }) {
                     let a = self.active_other.remove(pos);
-                    self.restart(&n)?;
+                    self.restart(&n, format!("restart {n} (line {line})"))?;
                     self.close_window(a.window);
                 }
             }
             FaultAction::Pause { node } => {
-                let Some(n) = self.resolve(node) else { return Ok(()) };
+                let Some(n) = self.resolve(node, &mut Picks::default()) else {
+                    self.not_started(&f);
+                    return Ok(());
+                };
                 let Some(idx) = self.index(&n) else { return Ok(()) };
-                let window = self.open_window(i, vec![n.clone()]);
+                let window = self.open_window(i, vec![n.clone()], None);
                 if let Some(p) = &self.slots[idx].process {
                     p.signal(libc::SIGSTOP);
                 }
                 self.record_local(&n, "signal", json!({"signal": "SIGSTOP"}));
                 self.truth.set_paused(&n, true);
-                self.active_other.push(Active { fault: i, nodes: vec![n], window });
+                self.active_other.push(Active { fault: i, action: f.action.clone(), nodes: vec![n.clone()], window });
+                self.record_topology(format!("SIGSTOP {n} (line {line})"), false);
             }
             FaultAction::Resume { node } => {
                 let n = node.to_string();
@@ -842,20 +992,20 @@ impl<'a> Runner<'a> {
                     matches!(self.sc.faults[a.fault].action, FaultAction::Pause { .. }) && a.nodes == [n.clone()]
                 }) {
                     let a = self.active_other.remove(pos);
-                    self.resume(&n);
+                    self.resume(&n, format!("SIGCONT {n} (line {line})"));
                     self.close_window(a.window);
                 }
             }
             FaultAction::Flood { nodes, .. } => {
                 let nodes = self.resolve_all(nodes);
-                let window = self.open_window(i, nodes.clone());
-                self.active_other.push(Active { fault: i, nodes, window });
+                let window = self.open_window(i, nodes.clone(), None);
+                self.active_other.push(Active { fault: i, action: f.action.clone(), nodes, window });
             }
         }
         Ok(())
     }
 
-    fn restart(&mut self, n: &str) -> Result<(), RunError> {
+    fn restart(&mut self, n: &str, cause: String) -> Result<(), RunError> {
         let Some(idx) = self.index(n) else { return Ok(()) };
         self.start_node(idx)?;
         let pending = self.wait_ready(&[n.to_string()], READY_TIMEOUT);
@@ -863,11 +1013,12 @@ impl<'a> Runner<'a> {
             self.say(format!("{n} restarted but not ready within {} s", READY_TIMEOUT.as_secs()));
         }
         self.apply_rules();
+        self.record_topology(cause, true);
         self.node_workload(n);
         Ok(())
     }
 
-    fn resume(&mut self, n: &str) {
+    fn resume(&mut self, n: &str, cause: String) {
         if let Some(idx) = self.index(n)
             && let Some(p) = &self.slots[idx].process
         {
@@ -875,6 +1026,7 @@ impl<'a> Runner<'a> {
         }
         self.record_local(n, "signal", json!({"signal": "SIGCONT"}));
         self.truth.set_paused(n, false);
+        self.record_topology(cause, true);
     }
 
     /// The end of a fault's `for_s`.
@@ -886,15 +1038,23 @@ impl<'a> Runner<'a> {
                 self.say(format!("end of (line {}): {}", f.line, f.action.describe()));
                 self.close_window(a.window);
                 self.apply_rules();
+                let label = self.rec.faults[a.window].label.clone();
+                // A partition's and an asymmetric fault's labels name their nodes already.
+                let named = match a.action {
+                    FaultAction::Partition { .. } | FaultAction::Asymmetric { .. } => String::new(),
+                    _ => format!(" [{}]", a.nodes.join(",")),
+                };
+                self.record_topology(format!("end of {label}{named} (line {})", f.line), true);
             }
             return Ok(());
         }
         let Some(pos) = self.active_other.iter().position(|a| a.fault == i) else { return Ok(()) };
         let a = self.active_other.remove(pos);
         self.say(format!("end of (line {}): {}", f.line, f.action.describe()));
+        let n = a.nodes.first().cloned().unwrap_or_default();
         match f.action {
-            FaultAction::Kill { .. } => self.restart(&a.nodes[0])?,
-            FaultAction::Pause { .. } => self.resume(&a.nodes[0]),
+            FaultAction::Kill { .. } => self.restart(&n, format!("restart {n} (end of line {})", f.line))?,
+            FaultAction::Pause { .. } => self.resume(&n, format!("SIGCONT {n} (end of line {})", f.line)),
             _ => {}
         }
         self.close_window(a.window);
@@ -1102,13 +1262,28 @@ impl<'a> Runner<'a> {
             let dt = last.elapsed().as_secs_f64();
             last = Instant::now();
             if self.rec.ops.len() < MAX_OPS {
+                let step_start = Instant::now();
+                let mut issued = [0u32; 4];
                 for (k, rate) in rates.iter().enumerate() {
-                    acc[k] += rate * dt;
-                    // At most a few per step, so a slow node cannot make the backlog explode.
-                    let mut n = 0;
-                    while acc[k] >= 1.0 && n < 20 {
+                    acc[k] = (acc[k] + rate * dt).min(f64::from(MAX_OPS_PER_STEP));
+                }
+                // Round robin over the kinds, so requests that wait for their timeout in one kind
+                // (Strong lookups without a leader) do not starve the others (the writes).
+                let mut progressed = true;
+                while progressed {
+                    progressed = false;
+                    for k in 0..rates.len() {
+                        let fault_due = events.get(next_event).is_some_and(|e| e.0 <= t0.elapsed().as_secs_f64());
+                        if fault_due || step_start.elapsed() > WORKLOAD_STEP_BUDGET {
+                            progressed = false;
+                            break;
+                        }
+                        if acc[k] < 1.0 || issued[k] >= MAX_OPS_PER_STEP {
+                            continue;
+                        }
                         acc[k] -= 1.0;
-                        n += 1;
+                        issued[k] += 1;
+                        progressed = true;
                         match k {
                             0 => self.broadcast_one(),
                             1 => self.join_churn_one(),
@@ -1116,7 +1291,6 @@ impl<'a> Runner<'a> {
                             _ => self.lookup(),
                         }
                     }
-                    acc[k] = acc[k].min(20.0);
                 }
                 self.flood_step(dt);
             }
@@ -1245,6 +1419,40 @@ pub fn network_rules(all: &[String], active: &[(&FaultAction, &[String])]) -> BT
         }
     }
     rules
+}
+
+/// The nodes `follower` picks from, in node order: responsive, neither the fault's `leader` nor
+/// one of its earlier picks, and, while there are such nodes, named by no active fault (so composed
+/// faults hit different nodes).
+fn follower_pool(
+    responsive: &[String],
+    leader: Option<&str>,
+    taken: &[String],
+    named: &BTreeSet<String>,
+) -> Vec<String> {
+    let candidates: Vec<String> =
+        responsive.iter().filter(|n| Some(n.as_str()) != leader && !taken.contains(n)).cloned().collect();
+    let idle: Vec<String> = candidates.iter().filter(|n| !named.contains(*n)).cloned().collect();
+    if idle.is_empty() { candidates } else { idle }
+}
+
+/// The node pairs whose link drops every packet in at least one direction under `rules`, each
+/// pair sorted, in order.
+fn cut_pairs(rules: &BTreeMap<String, Vec<FaultRule>>) -> Vec<[String; 2]> {
+    let mut cut: BTreeSet<[String; 2]> = BTreeSet::new();
+    for (node, rules) in rules {
+        for r in rules.iter().filter(|r| r.drop >= 1.0) {
+            let mut pair = [node.clone(), r.peer.clone()];
+            pair.sort();
+            cut.insert(pair);
+        }
+    }
+    cut.into_iter().collect()
+}
+
+/// Every node of a partition's sets, in order.
+fn partition_nodes(sets: &[Vec<NodeRef>]) -> Vec<String> {
+    sets.iter().flatten().map(|n| n.to_string()).collect()
 }
 
 fn outcome(r: &Reply) -> Outcome {
@@ -1385,6 +1593,11 @@ fn take_sample(
             term: b.get("term").and_then(|v| v.as_u64()).unwrap_or(0),
             leader: b.get("leader").and_then(leader_name),
             commit_index: b.get("commit_index").and_then(|v| v.as_u64()).unwrap_or(0),
+            voters: b
+                .get("voters")
+                .and_then(|v| v.as_array())
+                .map(|a| a.iter().filter_map(|n| n.as_str().map(str::to_string)).collect())
+                .unwrap_or_default(),
         });
     }
     if presence.planes
@@ -1489,6 +1702,45 @@ mod tests {
         for r in rules.values() {
             FaultRules { rules: r.clone() }.validate().unwrap();
         }
+    }
+
+    #[test]
+    fn follower_pool_avoids_the_leader_earlier_picks_and_busy_nodes_while_it_can() {
+        let up = n(&["node-1", "node-2", "node-3", "node-4"]);
+        let busy: BTreeSet<String> = n(&["node-2"]).into_iter().collect();
+        let pool = follower_pool(&up, Some("node-1"), &n(&["node-3"]), &busy);
+        assert_eq!(pool, n(&["node-4"]));
+        // Every candidate busy: any candidate will do.
+        let busy: BTreeSet<String> = n(&["node-2", "node-4"]).into_iter().collect();
+        assert_eq!(follower_pool(&up, Some("node-1"), &n(&["node-3"]), &busy), n(&["node-2", "node-4"]));
+        assert!(follower_pool(&n(&["node-1"]), Some("node-1"), &[], &BTreeSet::new()).is_empty());
+    }
+
+    #[test]
+    fn a_resolved_partition_with_an_isolated_node_cuts_the_pairs_between_sides() {
+        let all = n(&["node-1", "node-2", "node-3", "node-4"]);
+        let p = FaultAction::Partition {
+            sets: vec![vec![NodeRef::Index(1), NodeRef::Index(2)], vec![NodeRef::Index(3), NodeRef::Index(4)]],
+        };
+        let isolate = FaultAction::Isolate { node: NodeRef::Follower };
+        let resolved = n(&["node-4"]);
+        let cut = cut_pairs(&network_rules(&all, &[(&p, &[]), (&isolate, resolved.as_slice())]));
+        let expected: Vec<[String; 2]> = [
+            ("node-1", "node-3"),
+            ("node-1", "node-4"),
+            ("node-2", "node-3"),
+            ("node-2", "node-4"),
+            ("node-3", "node-4"),
+        ]
+        .iter()
+        .map(|(a, b)| [a.to_string(), b.to_string()])
+        .collect();
+        assert_eq!(cut, expected);
+        // A one-way loss cuts the pair too; a lossy link does not.
+        let a = FaultAction::Asymmetric { from: vec![NodeRef::Index(1)], to: vec![NodeRef::Index(2)] };
+        let d = FaultAction::Drop { probability: 0.3, nodes: vec![] };
+        let cut = cut_pairs(&network_rules(&all, &[(&a, &[]), (&d, all.as_slice())]));
+        assert_eq!(cut, vec![["node-1".to_string(), "node-2".to_string()]]);
     }
 
     #[test]

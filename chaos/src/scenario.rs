@@ -7,7 +7,9 @@
 //! the nodes to.
 //!
 //! Invariants of a validated [`Scenario`]:
-//! - every node reference names a node of the run (`node-1` .. `node-N`) or `leader`;
+//! - every node reference names a node of the run (`node-1` .. `node-N`) or a selector resolved
+//!   when the fault starts (`leader`, `follower`, and `rest` in a partition's sets); a partition
+//!   that uses selectors names no node by number, since a selector may pick that same node;
 //! - replaying the schedule in time order never kills a dead node, restarts a running one, pauses a
 //!   paused one or resumes a running one; every paused node is resumed and every network fault is
 //!   healed (by `for_s` or a `heal`) before `duration_s`, so the settle window starts from a
@@ -192,12 +194,27 @@ pub struct NamesWorkload {
     pub churn_per_s: f64,
     /// `Strong` lookups of consistent names per second during the chaos phase.
     pub lookups_per_s: f64,
+    /// Which node each `Strong` lookup is sent to.
+    pub strong_on: StrongOn,
 }
 
 impl Default for NamesWorkload {
     fn default() -> Self {
-        Self { local: 2, eventual: 2, consistent: 4, churn_per_s: 1.0, lookups_per_s: 2.0 }
+        Self { local: 2, eventual: 2, consistent: 4, churn_per_s: 1.0, lookups_per_s: 2.0, strong_on: StrongOn::Leader }
     }
+}
+
+/// Where the workload sends its `Strong` lookups.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StrongOn {
+    /// The raft leader the latest samples name (a random responsive node when none is known), so
+    /// that a tier which serves `Strong` on the leader only answers most of them.
+    #[default]
+    Leader,
+    /// A random responsive node: followers and learners must serve `Strong` too (a ReadIndex
+    /// forwarded to the leader), or refuse it; the history must stay linearizable either way.
+    Any,
 }
 
 /// Bounds every node must stay within for the whole run.
@@ -224,6 +241,20 @@ pub enum NodeRef {
     Index(u16),
     /// The raft leader when the fault starts (`/admin/raft`); without raft, the lowest-named live node.
     Leader,
+    /// A responsive node other than the one `leader` resolves to, picked when the fault starts with
+    /// a random generator seeded from the run's seed. Nodes that no active fault names are
+    /// preferred, and one fault never picks the same node twice.
+    Follower,
+    /// In a partition's `sets` only: every node that no other set names (dead ones included, so a
+    /// node restarted during the partition lands on this side).
+    Rest,
+}
+
+impl NodeRef {
+    /// Whether the node is only known when the fault starts.
+    pub fn is_selector(&self) -> bool {
+        !matches!(self, Self::Index(_))
+    }
 }
 
 impl fmt::Display for NodeRef {
@@ -231,6 +262,8 @@ impl fmt::Display for NodeRef {
         match self {
             Self::Index(i) => write!(f, "{}", node_name(*i)),
             Self::Leader => f.write_str("leader"),
+            Self::Follower => f.write_str("follower"),
+            Self::Rest => f.write_str("rest"),
         }
     }
 }
@@ -651,26 +684,35 @@ fn fault(f: FaultFile, line: usize, nodes: u16, duration_s: f64, workload: &Work
             return Err(err(format!("{keyword} at {} for {d} s ends after duration_s = {duration_s}", f.at_s)));
         }
     }
-    let node_ref = |s: &str, leader_ok: bool| -> Result<NodeRef, ScenarioError> {
-        if s == "leader" {
-            return if leader_ok {
-                Ok(NodeRef::Leader)
-            } else {
-                Err(err(format!("`leader` is not allowed in {keyword}")))
-            };
+    // `selectors_ok`: `leader` and `follower` may be used; `rest` only ever in a partition's sets.
+    let node_ref = |s: &str, selectors_ok: bool, rest_ok: bool| -> Result<NodeRef, ScenarioError> {
+        let selector = match s {
+            "leader" => Some((NodeRef::Leader, selectors_ok)),
+            "follower" => Some((NodeRef::Follower, selectors_ok)),
+            "rest" => Some((NodeRef::Rest, rest_ok)),
+            _ => None,
+        };
+        if let Some((r, allowed)) = selector {
+            return if allowed { Ok(r) } else { Err(err(format!("`{s}` is not allowed in {keyword}"))) };
         }
         match s.strip_prefix("node-").and_then(|i| i.parse::<u16>().ok()) {
             Some(i) if (1..=nodes).contains(&i) => Ok(NodeRef::Index(i)),
-            _ => Err(err(format!("unknown node `{s}` (nodes are node-1..node-{nodes}, or `leader`)"))),
+            _ => Err(err(format!("unknown node `{s}` (nodes are node-1..node-{nodes}, `leader` or `follower`)"))),
         }
     };
-    let list = |v: &Option<Vec<String>>, key: &str, required: bool| -> Result<Vec<NodeRef>, ScenarioError> {
+    let list = |v: &Option<Vec<String>>,
+                key: &str,
+                required: bool,
+                selectors_ok: bool|
+     -> Result<Vec<NodeRef>, ScenarioError> {
         let Some(v) = v else {
             return if required { Err(err(format!("{keyword} needs `{key}`"))) } else { Ok(Vec::new()) };
         };
-        let refs = v.iter().map(|s| node_ref(s, false)).collect::<Result<Vec<_>, _>>()?;
-        let distinct: BTreeSet<_> = refs.iter().collect();
-        if distinct.len() != refs.len() {
+        let refs = v.iter().map(|s| node_ref(s, selectors_ok, selectors_ok)).collect::<Result<Vec<_>, _>>()?;
+        // `follower` may repeat: each one picks another node.
+        let named: Vec<_> = refs.iter().filter(|r| **r != NodeRef::Follower).collect();
+        let distinct: BTreeSet<_> = named.iter().collect();
+        if distinct.len() != named.len() {
             return Err(err(format!("`{key}` names a node twice")));
         }
         if required && refs.is_empty() {
@@ -678,9 +720,9 @@ fn fault(f: FaultFile, line: usize, nodes: u16, duration_s: f64, workload: &Work
         }
         Ok(refs)
     };
-    let single = |leader_ok: bool| -> Result<NodeRef, ScenarioError> {
+    let single = |selectors_ok: bool| -> Result<NodeRef, ScenarioError> {
         let Some(n) = &f.node else { return Err(err(format!("{keyword} needs `node`"))) };
-        node_ref(n, leader_ok)
+        node_ref(n, selectors_ok, false)
     };
     // Keys an action does not use are refused, so a typo'd schedule is not silently different.
     let used: &[&str] = match f.action {
@@ -722,20 +764,34 @@ fn fault(f: FaultFile, line: usize, nodes: u16, duration_s: f64, workload: &Work
             let mut sets = Vec::new();
             let mut seen = BTreeSet::new();
             for set in raw {
-                let refs = list(&Some(set.clone()), "sets", true)?;
-                for r in &refs {
+                let refs = list(&Some(set.clone()), "sets", true, true)?;
+                for r in refs.iter().filter(|r| **r != NodeRef::Follower) {
                     if !seen.insert(r.clone()) {
                         return Err(err(format!("partition sets overlap on {r}")));
                     }
                 }
+                if refs.contains(&NodeRef::Rest) && refs.len() > 1 {
+                    return Err(err("`rest` must be alone in its set".into()));
+                }
                 sets.push(refs);
+            }
+            let all: Vec<&NodeRef> = sets.iter().flatten().collect();
+            if all.iter().any(|r| r.is_selector()) && all.iter().any(|r| !r.is_selector()) {
+                return Err(err(
+                    "a partition with `leader`, `follower` or `rest` cannot also name nodes: a selector may pick the same node"
+                        .into(),
+                ));
+            }
+            let picked = all.iter().filter(|r| matches!(r, NodeRef::Leader | NodeRef::Follower)).count();
+            if picked > usize::from(nodes) {
+                return Err(err(format!("the sets pick {picked} nodes, but the run has {nodes}")));
             }
             FaultAction::Partition { sets }
         }
         ActionKeyword::Isolate => FaultAction::Isolate { node: single(true)? },
         ActionKeyword::Asymmetric => {
-            let from = list(&f.from, "from", true)?;
-            let to = list(&f.to, "to", true)?;
+            let from = list(&f.from, "from", true, false)?;
+            let to = list(&f.to, "to", true, false)?;
             if let Some(n) = from.iter().find(|n| to.contains(n)) {
                 return Err(err(format!("{n} is in both `from` and `to`")));
             }
@@ -747,7 +803,7 @@ fn fault(f: FaultFile, line: usize, nodes: u16, duration_s: f64, workload: &Work
             if !(0.0..=1.0).contains(&p) {
                 return Err(err(format!("`probability` must be in [0, 1], got {p}")));
             }
-            FaultAction::Drop { probability: p, nodes: list(&f.nodes, "nodes", false)? }
+            FaultAction::Drop { probability: p, nodes: list(&f.nodes, "nodes", false, false)? }
         }
         ActionKeyword::Delay => {
             let Some(delay_ms) = f.delay_ms else { return Err(err("delay needs `delay_ms`".into())) };
@@ -758,7 +814,7 @@ fn fault(f: FaultFile, line: usize, nodes: u16, duration_s: f64, workload: &Work
             if jitter_ms > delay_ms {
                 return Err(err(format!("`jitter_ms` ({jitter_ms}) must be at most `delay_ms` ({delay_ms})")));
             }
-            FaultAction::Delay { delay_ms, jitter_ms, nodes: list(&f.nodes, "nodes", false)? }
+            FaultAction::Delay { delay_ms, jitter_ms, nodes: list(&f.nodes, "nodes", false, false)? }
         }
         ActionKeyword::Kill => FaultAction::Kill { node: single(true)? },
         ActionKeyword::Restart => FaultAction::Restart { node: single(false)? },
@@ -786,7 +842,7 @@ fn fault(f: FaultFile, line: usize, nodes: u16, duration_s: f64, workload: &Work
             if !workload.groups.contains(&group) {
                 return Err(err(format!("flood group `{group}` is not one of the workload's groups")));
             }
-            FaultAction::Flood { nodes: list(&f.nodes, "nodes", false)?, group, rate_per_s: rate, payload_bytes }
+            FaultAction::Flood { nodes: list(&f.nodes, "nodes", false, false)?, group, rate_per_s: rate, payload_bytes }
         }
     };
     if action.is_network() && matches!(action, FaultAction::Drop { probability, .. } if probability == 0.0) {
@@ -815,17 +871,19 @@ fn check_schedule(faults: &[Fault], nodes: u16, duration_s: f64) -> Result<(), S
     events.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.2.cmp(&a.2)).then(a.1.cmp(&b.1)));
     let mut life = vec![Life::Running; usize::from(nodes) + 1];
     let mut open_network: Vec<usize> = Vec::new();
-    // `leader` is only known at run time: such faults are checked for shape, and a schedule that
-    // refers to `leader` may not also name nodes in process faults that could be the same node.
-    let uses_leader_process_fault = faults.iter().any(|f| {
-        matches!(&f.action, FaultAction::Kill { node: NodeRef::Leader } | FaultAction::Pause { node: NodeRef::Leader })
+    // `leader` and `follower` are only known at run time: such faults are checked for shape (the
+    // runner picks among the running nodes), and a schedule that kills or pauses a selector may not
+    // also name nodes in process faults that could be the same node.
+    let uses_selector_process_fault = faults.iter().any(|f| match &f.action {
+        FaultAction::Kill { node } | FaultAction::Pause { node } => node.is_selector(),
+        _ => false,
     });
     for (_, i, is_end) in events {
         let f = &faults[i];
         let err = |message: String| ScenarioError::Invalid { line: f.line, message };
         let index = |n: &NodeRef| match n {
             NodeRef::Index(i) => Some(usize::from(*i)),
-            NodeRef::Leader => None,
+            _ => None,
         };
         match (&f.action, is_end) {
             (a, false) if a.is_network() => open_network.push(i),
@@ -833,10 +891,10 @@ fn check_schedule(faults: &[Fault], nodes: u16, duration_s: f64) -> Result<(), S
             (FaultAction::Heal, _) => open_network.clear(),
             (FaultAction::Kill { node } | FaultAction::Pause { node } | FaultAction::Restart { node }, _)
             | (FaultAction::Resume { node }, _)
-                if uses_leader_process_fault && !matches!(node, NodeRef::Leader) =>
+                if uses_selector_process_fault && !node.is_selector() =>
             {
                 return Err(err(format!(
-                    "{} names {node} while another fault kills or pauses `leader`, which may be the same node",
+                    "{} names {node} while another fault kills or pauses `leader` or `follower`, which may be the same node",
                     f.action.keyword()
                 )));
             }
@@ -888,12 +946,13 @@ fn check_schedule(faults: &[Fault], nodes: u16, duration_s: f64) -> Result<(), S
         });
     }
     for (i, f) in faults.iter().enumerate() {
-        if let FaultAction::Pause { node: NodeRef::Leader } = f.action
+        if let FaultAction::Pause { node } = &f.action
+            && node.is_selector()
             && f.for_s.is_none()
         {
             return Err(ScenarioError::Invalid {
                 line: faults[i].line,
-                message: "pause of `leader` needs `for_s`".into(),
+                message: format!("pause of `{node}` needs `for_s`"),
             });
         }
     }
@@ -1070,6 +1129,84 @@ mod tests {
             err_line(with("[[faults]]\nat_s = 1\nfor_s = 2\naction = \"flood\"\nrate_per_s = 10\ngroup = \"zz\"\n"));
         assert!(msg.contains("zz"), "{msg}");
     }
+
+    #[test]
+    fn follower_and_leader_selectors_compose_in_one_schedule() {
+        let s = with(
+            "[[faults]]\nat_s = 1\nfor_s = 6\naction = \"isolate\"\nnode = \"follower\"\n\
+             [[faults]]\nat_s = 2\nfor_s = 3\naction = \"partition\"\nsets = [[\"leader\", \"follower\"], [\"rest\"]]\n\
+             [[faults]]\nat_s = 8\nfor_s = 3\naction = \"kill\"\nnode = \"leader\"\n\
+             [[faults]]\nat_s = 9\nfor_s = 3\naction = \"kill\"\nnode = \"follower\"\n\
+             [[faults]]\nat_s = 13\nfor_s = 2\naction = \"pause\"\nnode = \"follower\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.faults[0].action, FaultAction::Isolate { node: NodeRef::Follower });
+        assert_eq!(
+            s.faults[1].action,
+            FaultAction::Partition { sets: vec![vec![NodeRef::Leader, NodeRef::Follower], vec![NodeRef::Rest]] }
+        );
+        assert_eq!(s.faults[3].action, FaultAction::Kill { node: NodeRef::Follower });
+    }
+
+    #[test]
+    fn follower_may_repeat_in_a_partition_but_leader_may_not() {
+        with("[[faults]]\nat_s = 1\nfor_s = 2\naction = \"partition\"\nsets = [[\"follower\"], [\"follower\"]]\n")
+            .unwrap();
+        let (_, msg) = err_line(with(
+            "[[faults]]\nat_s = 1\nfor_s = 2\naction = \"partition\"\nsets = [[\"leader\"], [\"leader\", \"follower\"]]\n",
+        ));
+        assert!(msg.contains("overlap on leader"), "{msg}");
+        // Three nodes cannot hold a leader and three followers.
+        let (_, msg) = err_line(with(
+            "[[faults]]\nat_s = 1\nfor_s = 2\naction = \"partition\"\nsets = [[\"leader\", \"follower\"], [\"follower\", \"follower\"]]\n",
+        ));
+        assert!(msg.contains("pick 4 nodes"), "{msg}");
+    }
+
+    #[test]
+    fn a_partition_with_selectors_names_no_node() {
+        let (line, msg) = err_line(with(
+            "[[faults]]\nat_s = 1\nfor_s = 2\naction = \"partition\"\nsets = [[\"leader\"], [\"node-2\"]]\n",
+        ));
+        assert_eq!(line, 5);
+        assert!(msg.contains("same node"), "{msg}");
+    }
+
+    #[test]
+    fn rest_is_alone_in_a_partition_set_and_nowhere_else() {
+        let (_, msg) = err_line(with(
+            "[[faults]]\nat_s = 1\nfor_s = 2\naction = \"partition\"\nsets = [[\"leader\"], [\"rest\", \"follower\"]]\n",
+        ));
+        assert!(msg.contains("alone"), "{msg}");
+        let (_, msg) = err_line(with("[[faults]]\nat_s = 1\nfor_s = 2\naction = \"isolate\"\nnode = \"rest\"\n"));
+        assert!(msg.contains("`rest` is not allowed in isolate"), "{msg}");
+    }
+
+    #[test]
+    fn selectors_cannot_be_restarted_resumed_or_paused_for_good() {
+        let (_, msg) = err_line(with("[[faults]]\nat_s = 1\naction = \"restart\"\nnode = \"follower\"\n"));
+        assert!(msg.contains("`follower` is not allowed in restart"), "{msg}");
+        let (_, msg) = err_line(with("[[faults]]\nat_s = 1\naction = \"pause\"\nnode = \"follower\"\n"));
+        assert!(msg.contains("pause of `follower` needs `for_s`"), "{msg}");
+    }
+
+    #[test]
+    fn a_killed_follower_and_a_named_kill_cannot_be_mixed() {
+        let (_, msg) = err_line(with(
+            "[[faults]]\nat_s = 1\nfor_s = 2\naction = \"kill\"\nnode = \"follower\"\n\
+             [[faults]]\nat_s = 5\nfor_s = 2\naction = \"kill\"\nnode = \"node-1\"\n",
+        ));
+        assert!(msg.contains("same node"), "{msg}");
+    }
+
+    #[test]
+    fn strong_lookups_go_to_the_leader_unless_any_node_is_asked_for() {
+        assert_eq!(with("").unwrap().workload.names.strong_on, StrongOn::Leader);
+        let s = with("[workload.names]\nstrong_on = \"any\"\n").unwrap();
+        assert_eq!(s.workload.names.strong_on, StrongOn::Any);
+        let (line, _) = err_line(with("[workload.names]\nstrong_on = \"followers\"\n"));
+        assert_eq!(line, 6);
+    }
 }
 
 #[cfg(test)]
@@ -1091,6 +1228,7 @@ mod shipped {
             "asymmetric-partition",
             "broadcast-flood",
             "ci-smoke",
+            "composed-faults",
             "flapping-partition",
             "isolate-leader",
             "kill-restart",

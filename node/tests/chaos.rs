@@ -67,7 +67,7 @@ fn invariant<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::V
         .unwrap_or_else(|| panic!("no invariant {name} in {report}"))
 }
 
-const EXPECTED_INVARIANTS: [&str; 12] = [
+const EXPECTED_INVARIANTS: [&str; 13] = [
     "membership_converges",
     "pg_converges",
     "names_local_converge",
@@ -75,6 +75,7 @@ const EXPECTED_INVARIANTS: [&str; 12] = [
     "consistent_single_owner_per_token",
     "consistent_tokens_monotonic",
     "consistent_linearizable",
+    "consistent_available_after_heal",
     "queue_depth_bounded",
     "rss_bounded",
     "no_unexpected_node_death",

@@ -9,6 +9,7 @@
 //! [`MAX_EVIDENCE`] entries (the summary says how many were left out); `first_violation_s` is the
 //! earliest time the recording shows the invariant broken (or the deadline it missed).
 
+pub mod availability;
 pub mod bounds;
 pub mod broadcast;
 pub mod consistent;
@@ -136,6 +137,7 @@ pub fn check_all(rec: &Recording) -> Vec<Verdict> {
         consistent::single_owner_per_token(rec),
         consistent::tokens_monotonic(rec),
         consistent::linearizable(rec),
+        availability::available_after_heal(rec),
         bounds::queue_depth(rec),
         bounds::rss(rec),
         liveness::no_unexpected_death(rec),

@@ -80,7 +80,13 @@ mod tests {
         let mut rec = recording(&["node-1", "node-2", "node-3"], 12, |tick, n, s| {
             let term = if term_bump_at.is_some_and(|t| tick >= t) { 3 } else { 2 };
             let leader = if n == "node-3" && tick == 12 { leader_of_node_3 } else { "node-1" };
-            s.raft = Some(RaftSample { role: "follower".into(), term, leader: Some(leader.into()), commit_index: 1 });
+            s.raft = Some(RaftSample {
+                role: "follower".into(),
+                term,
+                leader: Some(leader.into()),
+                commit_index: 1,
+                voters: Vec::new(),
+            });
         });
         rec.presence.raft = true;
         rec.faults.push(FaultWindow {
