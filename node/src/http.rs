@@ -146,6 +146,7 @@ pub(crate) fn router(state: HttpState, max_body_bytes: usize) -> Router {
         .route("/admin/probe/unregister", post(http_registry::probe_unregister))
         .route("/admin/probe/send", post(http_registry::probe_send))
         .route("/admin/raft", get(http_registry::raft))
+        .route("/admin/raft/inject", post(http_registry::raft_inject))
         .route("/admin/planes", get(http_registry::planes))
         .route("/admin/registry/lookup/{name}", get(http_registry::lookup))
         .route("/admin/registry/{tier}", get(http_registry::names))

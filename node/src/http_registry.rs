@@ -17,7 +17,7 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use cohort_actors::Pid;
-use cohort_registry::consistent::service::{PlanesStatus, RaftStatus};
+use cohort_registry::consistent::service::{PlanesStatus, RaftFault, RaftStatus};
 use cohort_registry::consistent::{Freshness, ReadRequest, ReadWitness, RootToken};
 use cohort_registry::{RegistryError, Tier};
 use serde::{Deserialize, Serialize};
@@ -165,6 +165,26 @@ pub(crate) async fn lookup(
 /// `GET /admin/raft`: role, term, leader, indices, voters, learners, last contact.
 pub(crate) async fn raft(State(state): State<HttpState>) -> Result<Json<RaftStatus>, ApiError> {
     Ok(Json(consistent(&state)?.raft_status()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct InjectBody {
+    fault: RaftFault,
+}
+
+/// `POST /admin/raft/inject` (chaos only): feeds this node's raft actor a fault,
+/// `{"fault": "malformed_heartbeat"}` (refused and counted before raft-rs sees it) or
+/// `{"fault": "panic"}` (the supervisor restarts the actor from its durable state). Proves the
+/// SPEC 7 supervision on a real node; the answer is `{"injected": "..."}` once queued.
+pub(crate) async fn raft_inject(
+    State(state): State<HttpState>,
+    JsonBody(body): JsonBody<InjectBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    probes(&state)?;
+    let tier = consistent(&state)?;
+    tier.inject_fault(body.fault).map_err(|a| registry_error(RegistryError::from_admission(a)))?;
+    Ok(Json(serde_json::json!({ "injected": body.fault })))
 }
 
 /// `GET /admin/planes`: the control plane (RootToken, CatchUpState, DegradedMode, transitions) and

@@ -519,3 +519,73 @@ async fn three_nodes_survive_a_follower_partition_then_a_leader_crash() {
 async fn five_nodes_survive_a_follower_partition_then_a_leader_crash() {
     partition_then_heal_then_leader_crash(5).await;
 }
+
+/// The value of `name{label}` in a Prometheus text page (0 when absent).
+fn metric_with(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// SPEC 7: a raft message raft-rs would abort on is refused and counted before `step`; a panic
+/// anyway restarts the raft actor from its durable state, counted and visible, and the tier serves.
+#[tokio::test]
+async fn the_raft_actor_refuses_a_malformed_heartbeat_and_is_restarted_after_a_panic() {
+    let c = cluster("consistent-supervised", "memory").await;
+    let leader = wait_for_voters(&c.urls, 3).await;
+    let f = (0..3).find(|i| format!("n{i}") != leader).unwrap();
+    let url = &c.urls[f];
+    let pid = spawn(url).await;
+    let (status, j) = register(url, "before-faults", &pid).await;
+    assert_eq!(status, 200, "{j}");
+    let token = j["fence_token"].as_u64().unwrap();
+
+    let (status, j) = post(url, "/admin/raft/inject", json!({"fault": "malformed_heartbeat"})).await;
+    assert_eq!(status, 200, "{j}");
+    wait_for(WITHIN, "the malformed heartbeat counted as unsafe", || async {
+        let m = get(url, "/metrics").await.body;
+        (metric_with(&m, "cohort_raft_frames_dropped_total", "reason=\"unsafe\"") >= 1.0).then_some(())
+    })
+    .await;
+    let (status, j) = register(url, "after-heartbeat", &pid).await;
+    assert_eq!(status, 200, "the tier keeps serving: {j}");
+    assert_eq!(get(url, "/livez").await.status, 200);
+    let planes = get(url, "/admin/planes").await.json();
+    assert_eq!(planes["execution"]["raft_actor_restarts"], 0, "{planes}");
+
+    // A panic inside the actor: restarted from its durable state (memory mode: the same image).
+    let (status, j) = post(url, "/admin/raft/inject", json!({"fault": "panic"})).await;
+    assert_eq!(status, 200, "{j}");
+    let planes = wait_for(WITHIN, "the raft actor restarted", || async {
+        let planes = get(url, "/admin/planes").await.json();
+        (planes["execution"]["raft_actor_restarts"] == 1).then_some(planes)
+    })
+    .await;
+    assert_eq!(planes["execution"]["restart_state"]["state"], "recovered", "{planes}");
+    let m = get(url, "/metrics").await.body;
+    assert_eq!(metric_sum(&m, "cohort_raft_actor_restarts_total"), 1.0);
+    common::promtool_check(&m);
+    assert_eq!(get(url, "/livez").await.status, 200);
+    // It rebuilt its view from the log and serves reads and writes again.
+    wait_for(WITHIN, "a Strong read on the restarted follower", || async {
+        let (status, j) = lookup(url, "before-faults", "strong").await;
+        (status == 200 && j["fence_token"].as_u64() == Some(token)).then_some(())
+    })
+    .await;
+    wait_for(WITHIN, "a write through the restarted follower", || async {
+        (register(url, "after-panic", &pid).await.0 == 200).then_some(())
+    })
+    .await;
+    // The leader too: a restarted leader keeps its term's log; the group writes on.
+    let leader_url = &c.urls[index_of(&c, &leader)];
+    assert_eq!(post(leader_url, "/admin/raft/inject", json!({"fault": "panic"})).await.0, 200);
+    let other = spawn(leader_url).await;
+    wait_for(WITHIN, "a write after the leader's actor restarted", || async {
+        (register(leader_url, "after-leader-panic", &other).await.0 == 200).then_some(())
+    })
+    .await;
+    // Unknown faults are a 4xx naming the field, not a panic.
+    let (status, j) = post(url, "/admin/raft/inject", json!({"fault": "meteor"})).await;
+    assert_eq!((status, j["error"].as_str()), (422, Some("BadRequest")), "{j}");
+}

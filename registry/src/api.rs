@@ -176,7 +176,8 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
-    fn from_admission(admission: Admission) -> Self {
+    /// The registry error for an execution-plane refusal (SPEC 8 `Admission`).
+    pub fn from_admission(admission: Admission) -> Self {
         match admission {
             Admission::NotLeader { leader_hint } => Self::NotLeader { leader_hint },
             Admission::TimedOut => Self::TimedOut,

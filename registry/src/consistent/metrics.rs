@@ -1,6 +1,6 @@
 //! The consistent tier's Prometheus series (SPEC 10): raft term and indices, leader changes,
 //! proposals by outcome, admissions by reason, reads by freshness and result, fence rejections,
-//! dropped raft frames, snapshots and storage writes.
+//! dropped raft frames, snapshots, chunked snapshot transfers and storage writes.
 //!
 //! Invariants: registered once per node at boot, every labelled series present at 0 (the safety
 //! counters especially: fence rejections, dropped frames, admissions refused); labels are bounded
@@ -11,6 +11,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use super::core::CoreStats;
 use super::planes::{Admission, ExecutionOutcome, Freshness};
+use super::snapshot_transfer::TransferStats;
 use super::storage::StoreStats;
 
 /// Results a consistent read is counted under: `ok`, the read refusals of the freshness decision,
@@ -33,6 +34,24 @@ pub const READ_RESULTS: [&str; 9] = [
 pub const FRAME_DROPS: [&str; 7] =
     ["malformed", "too_large", "forged", "refused_by_raft", "unsafe", "unknown_kind", "no_route"];
 
+/// How an outgoing chunked snapshot transfer ended (`cohort_raft_snapshot_transfers_total`).
+pub const SNAPSHOT_TRANSFER_RESULTS: [&str; 4] = ["completed", "failed", "refused", "replaced"];
+
+/// How an incoming snapshot assembly ended (`cohort_raft_snapshot_receives_total`): completed, or
+/// why it was dropped (a refused chunk's reason, replaced by a newer transfer, expired, evicted).
+pub const SNAPSHOT_RECEIVE_RESULTS: [&str; 10] = [
+    "completed",
+    "malformed",
+    "too_large",
+    "out_of_order",
+    "inconsistent",
+    "stale",
+    "invalid_message",
+    "replaced",
+    "expired",
+    "evicted",
+];
+
 /// The consistent tier's series.
 #[derive(Clone)]
 pub struct ConsistentMetrics {
@@ -46,9 +65,14 @@ pub struct ConsistentMetrics {
     pub(crate) admissions: IntCounterVec,
     pub(crate) reads: IntCounterVec,
     pub(crate) fence_rejections: IntCounter,
+    pub(crate) raft_actor_restarts: IntCounter,
     pub(crate) frames_dropped: IntCounterVec,
     pub(crate) frames_sent_failed: IntCounter,
     pub(crate) snapshots: IntCounterVec,
+    pub(crate) snapshot_chunks_sent: IntCounter,
+    pub(crate) snapshot_chunks_received: IntCounter,
+    pub(crate) snapshot_transfers: IntCounterVec,
+    pub(crate) snapshot_receives: IntCounterVec,
     pub(crate) storage_writes: IntCounter,
     pub(crate) conf_changes: IntCounter,
 }
@@ -87,6 +111,10 @@ impl ConsistentMetrics {
             "cohort_registry_fence_rejections_total",
             "Sends by consistent name refused on this node because their fencing token was stale (EpochMismatch).",
         )?;
+        let raft_actor_restarts = IntCounter::new(
+            "cohort_raft_actor_restarts_total",
+            "Supervised restarts of the raft actor from its durable state after a panic inside raft-rs.",
+        )?;
         let frames_dropped = counter_vec(
             "cohort_raft_frames_dropped_total",
             "Incoming raft-class frames dropped by reason (the node keeps running).",
@@ -100,6 +128,24 @@ impl ConsistentMetrics {
             "cohort_raft_snapshots_total",
             "Registry snapshots created here or installed from the leader.",
             &["kind"],
+        )?;
+        let snapshot_chunks_sent = IntCounter::new(
+            "cohort_raft_snapshot_chunks_sent_total",
+            "Chunk frames of raft snapshots sent by this node (a snapshot travels in chunks of raft.snapshot_chunk_bytes).",
+        )?;
+        let snapshot_chunks_received = IntCounter::new(
+            "cohort_raft_snapshot_chunks_received_total",
+            "Chunk frames of raft snapshots taken in order into an assembly on this node.",
+        )?;
+        let snapshot_transfers = counter_vec(
+            "cohort_raft_snapshot_transfers_total",
+            "Outgoing raft snapshot transfers by result: completed (all acknowledged), failed (no progress, aborted by the receiver, unsent; reported to raft, which retries), refused (over the concurrency or size bound), replaced (by a newer snapshot to the same peer).",
+            &["result"],
+        )?;
+        let snapshot_receives = counter_vec(
+            "cohort_raft_snapshot_receives_total",
+            "Incoming raft snapshot assemblies by result: completed, or why it was dropped.",
+            &["result"],
         )?;
         let storage_writes = IntCounter::new(
             "cohort_raft_storage_writes_total",
@@ -118,9 +164,14 @@ impl ConsistentMetrics {
             Box::new(admissions.clone()),
             Box::new(reads.clone()),
             Box::new(fence_rejections.clone()),
+            Box::new(raft_actor_restarts.clone()),
             Box::new(frames_dropped.clone()),
             Box::new(frames_sent_failed.clone()),
             Box::new(snapshots.clone()),
+            Box::new(snapshot_chunks_sent.clone()),
+            Box::new(snapshot_chunks_received.clone()),
+            Box::new(snapshot_transfers.clone()),
+            Box::new(snapshot_receives.clone()),
             Box::new(storage_writes.clone()),
             Box::new(conf_changes.clone()),
         ] {
@@ -143,6 +194,12 @@ impl ConsistentMetrics {
         for kind in ["created", "installed"] {
             snapshots.with_label_values(&[kind]).inc_by(0);
         }
+        for result in SNAPSHOT_TRANSFER_RESULTS {
+            snapshot_transfers.with_label_values(&[result]).inc_by(0);
+        }
+        for result in SNAPSHOT_RECEIVE_RESULTS {
+            snapshot_receives.with_label_values(&[result]).inc_by(0);
+        }
         Ok(Self {
             term,
             commit_index,
@@ -154,9 +211,14 @@ impl ConsistentMetrics {
             admissions,
             reads,
             fence_rejections,
+            raft_actor_restarts,
             frames_dropped,
             frames_sent_failed,
             snapshots,
+            snapshot_chunks_sent,
+            snapshot_chunks_received,
+            snapshot_transfers,
+            snapshot_receives,
             storage_writes,
             conf_changes,
         })
@@ -210,6 +272,37 @@ impl ConsistentMetrics {
             .inc_by(now.messages_unsafe.saturating_sub(before.messages_unsafe));
         self.conf_changes.inc_by(now.conf_changes_applied.saturating_sub(before.conf_changes_applied));
         self.storage_writes.inc_by(store.writes.saturating_sub(store_before.writes));
+    }
+
+    /// Advances the snapshot-transfer counters by the difference of the transfer core's stats
+    /// (dropped assemblies are counted by reason where the chunk is refused:
+    /// [`ConsistentMetrics::snapshot_receive_dropped`]).
+    pub(crate) fn observe_transfers(&self, before: &TransferStats, now: &TransferStats) {
+        let diff = |f: fn(&TransferStats) -> u64| f(now).saturating_sub(f(before));
+        self.snapshot_chunks_sent.inc_by(diff(|s| s.chunks_sent));
+        self.snapshot_chunks_received.inc_by(diff(|s| s.chunks_received));
+        for (result, count) in [
+            ("completed", diff(|s| s.sent_completed)),
+            ("failed", diff(|s| s.sent_failed)),
+            ("refused", diff(|s| s.sent_refused)),
+            ("replaced", diff(|s| s.sent_replaced)),
+        ] {
+            self.snapshot_transfers.with_label_values(&[result]).inc_by(count);
+        }
+        for (result, count) in [
+            ("completed", diff(|s| s.received_completed)),
+            ("replaced", diff(|s| s.received_replaced)),
+            ("expired", diff(|s| s.received_expired)),
+            ("evicted", diff(|s| s.received_evicted)),
+        ] {
+            self.snapshot_receives.with_label_values(&[result]).inc_by(count);
+        }
+    }
+
+    /// Counts an incoming snapshot chunk refused for `reason` (a `ChunkRefusal::reason`).
+    pub(crate) fn snapshot_receive_dropped(&self, reason: &'static str) {
+        let reason = if SNAPSHOT_RECEIVE_RESULTS.contains(&reason) { reason } else { "malformed" };
+        self.snapshot_receives.with_label_values(&[reason]).inc();
     }
 
     /// Admission counts by reason, for `/admin/planes`.

@@ -284,8 +284,10 @@ pub struct ControlPlane {
 /// The execution half of `GET /admin/planes`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ExecutionPlane {
-    /// The durable state as found at boot.
+    /// The durable state as found at boot, or at the raft actor's last supervised restart.
     pub restart_state: RestartState,
+    /// Supervised restarts of the raft actor (a panic inside raft-rs), since boot.
+    pub raft_actor_restarts: u64,
     /// Admission verdicts by reason.
     pub admission: std::collections::BTreeMap<&'static str, u64>,
     /// Writes by outcome.
@@ -318,9 +320,67 @@ type ReadReply = oneshot::Sender<Result<ReadAnswer, ReadError>>;
 enum Cmd {
     Propose { proposal: Proposal, reply: Option<WriteReply>, deadline: Instant },
     StrongRead { name: String, request: ReadRequest, reply: ReadReply, deadline: Instant },
+    Inject(RaftFault),
+}
+
+/// A fault fed to the raft actor by [`ConsistentTier::inject_fault`] (chaos mode and tests).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RaftFault {
+    /// A heartbeat from the leader that commits far past the local log (raft-rs would abort the
+    /// process in `commit_to`): it must be refused and counted (`frames_dropped{reason="unsafe"}`).
+    MalformedHeartbeat,
+    /// A panic inside the actor's turn: the supervisor must restart it from its durable state.
+    Panic,
+}
+
+/// Supervised restarts allowed within [`RESTART_WINDOW`] before the actor gives up (OTP's
+/// restart intensity): a fault that recurs on every restart must stop, visibly, not spin.
+pub const MAX_RESTARTS: usize = 5;
+
+/// See [`MAX_RESTARTS`].
+pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
+
+/// Where the actor's durable state lives, to reopen it after a panic.
+enum Disk {
+    Durable(PathBuf),
+    Memory(MemoryBackend),
+}
+
+impl Disk {
+    fn open(&self) -> Result<Box<dyn LogBackend>, String> {
+        match self {
+            Self::Durable(dir) => Ok(Box::new(RedbBackend::open(dir).map_err(|e| e.to_string())?)),
+            Self::Memory(image) => Ok(Box::new(image.clone())),
+        }
+    }
+}
+
+/// One event of the actor loop, taken by the (async) select and handled by the (sync) turn.
+enum Event {
+    Stop,
+    Cmd(Cmd),
+    Frame(Inbound),
+    InboundClosed,
+    Tick,
+}
+
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 struct View {
+    /// The durable state as found at boot, or at the last supervised restart.
+    restart_state: RestartState,
+    /// Supervised restarts of the raft actor so far.
+    actor_restarts: u64,
+    /// Set when the actor stopped for good (restart intensity exceeded, storage unusable): `/livez`
+    /// fails with this reason.
+    down: Option<String>,
     names: HashMap<String, Registration>,
     owners: HashMap<Pid, u32>,
     control: ControlView,
@@ -337,7 +397,6 @@ struct Shared {
     view: RwLock<View>,
     seq: AtomicU64,
     metrics: ConsistentMetrics,
-    restart_state: RestartState,
     request_timeout: Duration,
     stopped: AtomicBool,
     stop: Mutex<Option<oneshot::Sender<()>>>,
@@ -375,12 +434,12 @@ impl ConsistentTier {
         metrics: ConsistentMetrics,
         config: ConsistentConfig,
     ) -> Result<Self, ConsistentStartError> {
-        let backend: Box<dyn LogBackend> = match &config.storage {
-            StorageMode::Durable(dir) => {
-                Box::new(RedbBackend::open(dir).map_err(|e| ConsistentStartError::Storage(e.to_string()))?)
-            }
-            StorageMode::Memory => Box::new(MemoryBackend::new()),
+        let disk = match &config.storage {
+            StorageMode::Durable(dir) => Disk::Durable(dir.clone()),
+            // Clones share one image: the supervisor reopens the same "disk" after a panic.
+            StorageMode::Memory => Disk::Memory(MemoryBackend::new()),
         };
+        let backend = disk.open().map_err(ConsistentStartError::Storage)?;
         let raft_id = ladder::raft_id_for(&local);
         let mut core_config = CoreConfig::new(raft_id, local.clone());
         // A forwarded proposal lost with its message is retried by the actor well within the
@@ -388,7 +447,7 @@ impl ConsistentTier {
         let ticks = (config.request_timeout.as_millis() / config.tick.as_millis().max(1)) as u64;
         core_config.proposal_timeout_ticks = (ticks / 3).max(5);
         let bootstrap = [(raft_id, local.clone())];
-        let mut core = RaftCore::open(backend, core_config, config.bootstrap.then_some(&bootstrap[..]))
+        let mut core = RaftCore::open(backend, core_config.clone(), config.bootstrap.then_some(&bootstrap[..]))
             .map_err(|e| ConsistentStartError::Storage(e.to_string()))?;
         if core.restart_state() == &RestartState::Clean && config.bootstrap {
             // The sole voter of a new group: lead at once instead of after an election timeout.
@@ -404,6 +463,9 @@ impl ConsistentTier {
             local: local.clone(),
             tx,
             view: RwLock::new(View {
+                restart_state: core.restart_state().clone(),
+                actor_restarts: 0,
+                down: None,
                 names: HashMap::new(),
                 owners: HashMap::new(),
                 control,
@@ -415,14 +477,14 @@ impl ConsistentTier {
             }),
             seq: AtomicU64::new(1),
             metrics,
-            restart_state: core.restart_state().clone(),
             request_timeout: config.request_timeout,
             stopped: AtomicBool::new(false),
             stop: Mutex::new(Some(stop_tx)),
             done: Mutex::new(Some(done_rx)),
         });
         let durable = matches!(config.storage, StorageMode::Durable(_));
-        let actor = Actor::new(core, shared.clone(), membership, transport, config);
+        let mut actor = Actor::new(core, shared.clone(), membership, transport, config);
+        actor.disk = Some((disk, core_config));
         if !durable && let Ok(handle) = tokio::runtime::Handle::try_current() {
             // Nothing blocks in memory mode: the actor is a task of the node's runtime, where
             // waking it (and the transport tasks it feeds) costs no thread hand-off.
@@ -588,12 +650,15 @@ impl ConsistentTier {
             quorum_reachable: c.quorum_reachable,
             transitions: view.transitions.clone(),
         };
+        let restart_state = view.restart_state.clone();
+        let raft_actor_restarts = view.actor_restarts;
         drop(view);
         let metrics = &self.shared.metrics;
         PlanesStatus {
             control,
             execution: ExecutionPlane {
-                restart_state: self.shared.restart_state.clone(),
+                restart_state,
+                raft_actor_restarts,
                 admission: metrics.admission_counts().into_iter().collect(),
                 outcomes: metrics.outcome_counts().into_iter().collect(),
                 fence_rejections: metrics.fence_rejections(),
@@ -601,15 +666,24 @@ impl ConsistentTier {
         }
     }
 
-    /// The durable state found at boot.
-    pub fn restart_state(&self) -> &RestartState {
-        &self.shared.restart_state
+    /// The durable state found at boot, or at the raft actor's last supervised restart.
+    pub fn restart_state(&self) -> RestartState {
+        read_view(&self.shared.view).restart_state.clone()
+    }
+
+    /// Test and chaos hook: feeds the raft actor a fault (a message raft-rs would abort on, or a
+    /// panic), to prove the refusal and the supervised restart. Refused when the actor is gone.
+    pub fn inject_fault(&self, fault: RaftFault) -> Result<(), Admission> {
+        self.enqueue(Cmd::Inject(fault))
     }
 
     /// The `/livez` raft check: the actor loop turns, and a voter has had quorum contact within
     /// [`RAFT_CONTACT_MAX_SILENCE`].
     pub fn health(&self, now: Instant) -> RaftHealth {
         let view = read_view(&self.shared.view);
+        if let Some(reason) = &view.down {
+            return RaftHealth { ok: false, detail: format!("raft actor down: {reason}") };
+        }
         let silent = now.saturating_duration_since(view.last_loop);
         if silent > RAFT_LOOP_MAX_SILENCE {
             return RaftHealth { ok: false, detail: format!("raft actor loop silent for {} ms", silent.as_millis()) };
@@ -727,6 +801,10 @@ struct Actor {
     members_changed_at: Instant,
     /// raft id -> since when the leader has seen it down (the ladder's `down_for`).
     down_since: HashMap<u64, Instant>,
+    /// The durable state and core settings to reopen after a panic (None in unit harnesses).
+    disk: Option<(Disk, CoreConfig)>,
+    /// Recent supervised restarts (bounded by [`MAX_RESTARTS`] within [`RESTART_WINDOW`]).
+    restarts: Vec<Instant>,
     last_hello: Option<Instant>,
     last_sweep: Instant,
     last_stats: CoreStats,
@@ -763,6 +841,8 @@ impl Actor {
             members_fingerprint: 0,
             members_changed_at: now,
             down_since: HashMap::new(),
+            disk: None,
+            restarts: Vec::new(),
             last_hello: None,
             last_sweep: now,
             last_stats: CoreStats::default(),
@@ -784,12 +864,12 @@ impl Actor {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.publish();
         loop {
-            tokio::select! {
+            let event = tokio::select! {
                 biased;
-                _ = &mut stop => break,
+                _ = &mut stop => Event::Stop,
                 cmd = commands.recv() => match cmd {
-                    Some(cmd) => self.on_cmd(cmd),
-                    None => break,
+                    Some(cmd) => Event::Cmd(cmd),
+                    None => Event::Stop,
                 },
                 frame = async {
                     match inbound.as_mut() {
@@ -797,37 +877,158 @@ impl Actor {
                         None => std::future::pending().await,
                     }
                 } => match frame {
-                    Some(frame) => self.on_frame(frame),
-                    None => inbound = None,
+                    Some(frame) => Event::Frame(frame),
+                    None => Event::InboundClosed,
                 },
-                _ = ticker.tick() => self.on_tick(),
+                _ = ticker.tick() => Event::Tick,
+            };
+            match event {
+                Event::Stop => break,
+                Event::InboundClosed => inbound = None,
+                _ => {}
             }
+            // The supervisor (SPEC 7): raft-rs panics on states it cannot handle; a panic in a
+            // turn restarts the core from its durable state instead of killing the tier behind
+            // a green /livez. Channels and callers live outside the turn and survive it.
+            let turn = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.turn(event, &mut commands, &mut inbound)
+            }));
+            let keep_going = match turn {
+                Ok(keep_going) => keep_going,
+                Err(payload) => self.restart_after_panic(panic_text(payload.as_ref())),
+            };
+            if !keep_going {
+                break;
+            }
+        }
+        self.drain_on_stop(&mut commands);
+    }
+
+    /// One turn: the event, then a batch of whatever else is queued, then one `Ready` (one storage
+    /// write for the batch: group commit). False when the actor must stop.
+    fn turn(
+        &mut self,
+        event: Event,
+        commands: &mut mpsc::Receiver<Cmd>,
+        inbound: &mut Option<mpsc::Receiver<Inbound>>,
+    ) -> bool {
+        match event {
+            Event::Cmd(cmd) => self.on_cmd(cmd),
+            Event::Frame(frame) => self.on_frame(frame),
+            Event::Tick => self.on_tick(),
+            Event::Stop | Event::InboundClosed => {}
+        }
+        for _ in 0..MAX_BATCH {
+            match commands.try_recv() {
+                Ok(cmd) => self.on_cmd(cmd),
+                Err(_) => break,
+            }
+        }
+        if let Some(rx) = inbound.as_mut() {
             for _ in 0..MAX_BATCH {
-                match commands.try_recv() {
-                    Ok(cmd) => self.on_cmd(cmd),
+                match rx.try_recv() {
+                    Ok(frame) => self.on_frame(frame),
                     Err(_) => break,
                 }
             }
-            if let Some(rx) = inbound.as_mut() {
-                for _ in 0..MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(frame) => self.on_frame(frame),
-                        Err(_) => break,
-                    }
-                }
-            }
-            match self.core.handle_ready() {
-                Ok(out) => self.dispatch(out),
-                Err(error) => {
-                    // raft-rs: after a storage error the instance is inoperable. Stop taking work;
-                    // /livez fails on the silent loop and the operator sees why in the log.
-                    tracing::error!(%error, "consistent: raft storage failed; the raft actor stops");
-                    break;
-                }
-            }
-            self.publish();
         }
-        self.drain_on_stop(&mut commands);
+        match self.core.handle_ready() {
+            Ok(out) => self.dispatch(out),
+            Err(error) => {
+                // raft-rs: after a storage error the instance is inoperable. Stop taking work;
+                // /livez fails with the reason and the operator sees it in the log.
+                tracing::error!(%error, "consistent: raft storage failed; the raft actor stops");
+                self.go_down(format!("raft storage failed: {error}"));
+                return false;
+            }
+        }
+        self.publish();
+        true
+    }
+
+    /// Reopens the core from its durable state after a panic (counted, logged, visible in
+    /// `/admin/planes` and `RestartState`). In-flight writes go back to waiting with their
+    /// request ids (a write that did commit answers from the FSM's cache), reads are asked again.
+    /// False when the restart intensity is exceeded or the state cannot be reopened.
+    fn restart_after_panic(&mut self, what: String) -> bool {
+        self.shared.metrics.raft_actor_restarts.inc();
+        tracing::error!(panic = %what, "consistent: the raft actor panicked; restarting it from its durable state");
+        let now = Instant::now();
+        self.restarts.retain(|t| now.saturating_duration_since(*t) < RESTART_WINDOW);
+        self.restarts.push(now);
+        if self.restarts.len() > MAX_RESTARTS {
+            self.go_down(format!("{} panics within {} s; last: {what}", self.restarts.len(), RESTART_WINDOW.as_secs()));
+            return false;
+        }
+        let Some((disk, core_config)) = self.disk.take() else {
+            self.go_down(format!("no durable state to restart from after: {what}"));
+            return false;
+        };
+        // Close the old store first (redb holds a lock on its file), then reopen it.
+        let scratch = RaftCore::open(Box::new(MemoryBackend::new()), core_config.clone(), None);
+        let reopened = match scratch {
+            Ok(scratch) => {
+                drop(std::mem::replace(&mut self.core, scratch));
+                disk.open().and_then(|backend| RaftCore::open(backend, core_config.clone(), None).map_err(|e| e.to_string()))
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        self.disk = Some((disk, core_config));
+        match reopened {
+            Ok(core) => self.core = core,
+            Err(reason) => {
+                self.go_down(format!("durable state could not be reopened after a panic: {reason}"));
+                return false;
+            }
+        }
+        self.last_stats = CoreStats::default();
+        self.last_store = StoreStats::default();
+        self.down_since.clear();
+        let in_flight: Vec<Pending> = self.pending.drain().map(|(_, p)| p).collect();
+        for pending in in_flight {
+            if self.waiting.len() < MAX_WAITING {
+                self.waiting.push_back(pending);
+            } else {
+                self.time_out(pending);
+            }
+        }
+        let reads: Vec<PendingRead> = self.reads.drain().map(|(_, r)| r).collect();
+        for read in reads {
+            self.start_strong_read(read);
+        }
+        {
+            let mut view = self.shared.view.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+            view.restart_state = self.core.restart_state().clone();
+            view.actor_restarts += 1;
+        }
+        self.publish();
+        true
+    }
+
+    fn go_down(&mut self, reason: String) {
+        tracing::error!(%reason, "consistent: the raft actor is down");
+        let mut view = self.shared.view.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        view.restart_state = RestartState::Fatal { reason: reason.clone() };
+        view.down = Some(reason);
+    }
+
+    fn inject(&mut self, fault: RaftFault) {
+        match fault {
+            RaftFault::MalformedHeartbeat => {
+                let stats = self.core.stats();
+                let mut msg = Message::default();
+                msg.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
+                msg.from = self.core.leader().filter(|l| *l != self.core.raft_id()).unwrap_or(u64::MAX);
+                msg.to = self.core.raft_id();
+                msg.term = stats.term;
+                msg.commit = self.core.last_index() + 1_000_000;
+                tracing::warn!("consistent: injected a heartbeat that commits past the local log");
+                if let Err(error) = self.core.step(msg) {
+                    tracing::warn!(%error, "consistent: injected raft message refused");
+                }
+            }
+            RaftFault::Panic => panic!("injected fault: raft actor panic"),
+        }
     }
 
     fn drain_on_stop(&mut self, commands: &mut mpsc::Receiver<Cmd>) {
@@ -842,6 +1043,7 @@ impl Actor {
                 Cmd::StrongRead { reply, .. } => {
                     let _ = reply.send(Err(ReadError::Refused(Admission::Canceled)));
                 }
+                Cmd::Inject(_) => {}
             }
         }
         for (_, pending) in self.pending.drain().chain(self.waiting.drain(..).map(|p| (0, p))) {
@@ -866,6 +1068,7 @@ impl Actor {
             Cmd::StrongRead { name, request, reply, deadline } => {
                 self.start_strong_read(PendingRead { name, request, reply, deadline })
             }
+            Cmd::Inject(fault) => self.inject(fault),
         }
     }
 
