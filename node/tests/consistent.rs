@@ -335,6 +335,17 @@ async fn a_removed_node_s_names_disappear_everywhere() {
 
 /// Starts `cohort node` named `name` with its data in `dir` (kept across restarts).
 fn start_node(name: &str, dir: &std::path::Path, secret: &std::path::Path, seed: Option<&str>) -> common::Proc {
+    start_node_with(name, dir, secret, seed, &[])
+}
+
+/// [`start_node`] with extra flags.
+fn start_node_with(
+    name: &str,
+    dir: &std::path::Path,
+    secret: &std::path::Path,
+    seed: Option<&str>,
+    extra: &[&str],
+) -> common::Proc {
     let mut args: Vec<String> = [
         "node",
         "--name",
@@ -359,6 +370,7 @@ fn start_node(name: &str, dir: &std::path::Path, secret: &std::path::Path, seed:
     if let Some(seed) = seed {
         args.extend(["--seeds".into(), seed.to_string()]);
     }
+    args.extend(extra.iter().map(|a| a.to_string()));
     common::Proc::spawn(&common::as_strs(&args))
 }
 
@@ -422,9 +434,7 @@ async fn member_states(url: &str) -> Vec<(String, String)> {
     j["members"]
         .as_array()
         .map(|a| {
-            a.iter()
-                .filter_map(|m| Some((m["node"].as_str()?.to_string(), m["state"].as_str()?.to_string())))
-                .collect()
+            a.iter().filter_map(|m| Some((m["node"].as_str()?.to_string(), m["state"].as_str()?.to_string()))).collect()
         })
         .unwrap_or_default()
 }
@@ -448,7 +458,11 @@ async fn partition_then_heal_then_leader_crash(n: usize) {
     let started = std::time::Instant::now();
     let victim_name = format!("n{victim}");
     wait_for(WITHIN, "the leader sees the cut-off follower down", || async {
-        member_states(&c.urls[dead]).await.iter().any(|(name, state)| *name == victim_name && state == "down").then_some(())
+        member_states(&c.urls[dead])
+            .await
+            .iter()
+            .any(|(name, state)| *name == victim_name && state == "down")
+            .then_some(())
     })
     .await;
     // Hold the cut for 8 s in all (the report's figure), well past the ladder's debounce.
@@ -588,4 +602,85 @@ async fn the_raft_actor_refuses_a_malformed_heartbeat_and_is_restarted_after_a_p
     // Unknown faults are a 4xx naming the field, not a panic.
     let (status, j) = post(url, "/admin/raft/inject", json!({"fault": "meteor"})).await;
     assert_eq!((status, j["error"].as_str()), (422, Some("BadRequest")), "{j}");
+}
+
+/// SPEC 7: a voter dead for `dead_voter_after` is replaced by a caught-up learner in one joint
+/// change whose reason names it; when it comes back on its durable state it learns its removal
+/// from the log and rejoins as a learner.
+#[tokio::test]
+async fn a_dead_voter_is_replaced_by_a_learner_and_rejoins_as_a_learner_when_it_returns() {
+    let dir = std::env::temp_dir().join(format!(
+        "cohort-consistent-dead-voter-{}-{}",
+        std::process::id(),
+        common::rand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef").unwrap();
+    let config = dir.join("node.toml");
+    std::fs::write(&config, "[raft]\nstorage = \"durable\"\nmax_voters = 3\ndead_voter_after_ms = 3000\n").unwrap();
+    let config = config.display().to_string();
+    let extra = ["--config", config.as_str()];
+    let mut procs = vec![start_node_with("n0", &dir, &secret, None, &extra)];
+    let first = procs[0].wait_stdout("cohort node listening", Duration::from_secs(20)).await;
+    let seed = common::field(&first, "gossip").unwrap();
+    let mut urls = vec![common::field(&first, "http").unwrap()];
+    for name in ["n1", "n2", "n3"] {
+        let p = start_node_with(name, &dir, &secret, Some(&seed), &extra);
+        urls.push(p.node_url().await);
+        procs.push(p);
+    }
+    let leader = wait_for_voters(&urls, 3).await;
+    let leader_url = urls[leader.trim_start_matches('n').parse::<usize>().unwrap()].clone();
+    let learner = wait_for(WITHIN, "one learner", || async {
+        let r = raft(&leader_url).await;
+        let learners = r["learners"].as_array()?.clone();
+        (learners.len() == 1).then(|| learners[0].as_str().map(str::to_string)).flatten()
+    })
+    .await;
+    let victim_name = (0..4).map(|i| format!("n{i}")).find(|n| *n != leader && *n != learner).unwrap();
+    let victim = victim_name.trim_start_matches('n').parse::<usize>().unwrap();
+    procs[victim].signal(libc::SIGKILL);
+    procs[victim].wait_exit(Duration::from_secs(10)).await;
+    let replaced = wait_for(WITHIN, "the dead voter replaced by the learner", || async {
+        let r = raft(&leader_url).await;
+        let voters: Vec<String> =
+            r["voters"].as_array()?.iter().filter_map(|v| v.as_str().map(str::to_string)).collect();
+        (voters.len() == 3 && voters.contains(&learner) && !voters.contains(&victim_name)).then_some(r)
+    })
+    .await;
+    assert!(
+        replaced["learners"].as_array().unwrap().is_empty(),
+        "the dead node is out of the configuration: {replaced}"
+    );
+    let planes = get(&leader_url, "/admin/planes").await.json();
+    let swap = planes["control"]["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["reason"].as_str().is_some_and(|r| r.contains(&format!("replace voter {victim_name}"))))
+        .unwrap_or_else(|| panic!("no replacement transition with its reason: {planes}"))
+        .clone();
+    assert_eq!(swap["steps"].as_array().unwrap().len(), 2, "one joint change: {swap}");
+    assert!(swap["reason"].as_str().unwrap().contains("dead_voter_after 3 s"), "{swap}");
+    // It comes back on its durable state: it learns its removal and rejoins as a learner.
+    let back = start_node_with(&victim_name, &dir, &secret, Some(&seed), &extra);
+    let back_url = back.node_url().await;
+    procs[victim] = back;
+    wait_for(WITHIN, "the returned node rejoins as a learner", || async {
+        let mine = raft(&back_url).await;
+        let theirs = raft(&leader_url).await;
+        (mine["role"] == "learner" && theirs["learners"].as_array()?.contains(&json!(victim_name))).then_some(())
+    })
+    .await;
+    // And it serves Strong reads as a learner.
+    let pid = spawn(&leader_url).await;
+    let (status, j) = register(&leader_url, "after-return", &pid).await;
+    assert_eq!(status, 200, "{j}");
+    let token = j["fence_token"].as_u64().unwrap();
+    wait_for(WITHIN, "a Strong read on the returned learner", || async {
+        let (status, j) = lookup(&back_url, "after-return", "strong").await;
+        (status == 200 && j["fence_token"].as_u64() == Some(token)).then_some(())
+    })
+    .await;
 }
