@@ -540,7 +540,8 @@ fn ladder_plan_grows_three_voters_to_five_through_transitions() {
         let cs = sim.core(leader).conf_state().clone();
         let config =
             RaftConfig { voters: cs.voters.iter().copied().collect(), learners: cs.learners.iter().copied().collect() };
-        let plan = reconcile(&members, &config, leader, &LadderPolicy::default(), sim.core(leader).next_transition_id());
+        let plan =
+            reconcile(&members, &config, leader, &LadderPolicy::default(), sim.core(leader).next_transition_id());
         let Some(next) = plan.into_iter().next() else { break };
         sim.core_mut(leader).propose_transition(next).expect("proposed");
         sim.tick(5);
@@ -578,7 +579,11 @@ fn strong_reads_on_a_follower_and_a_learner_are_forwarded_and_served_from_their_
     let learner = sim.id(3);
     let add = Transition {
         id: sim.core(leader).next_transition_id(),
-        steps: vec![ConfStep { kind: ConfStepKind::AddLearner, raft_id: learner, node: Some(sim.nodes[&learner].id.clone()) }],
+        steps: vec![ConfStep {
+            kind: ConfStepKind::AddLearner,
+            raft_id: learner,
+            node: Some(sim.nodes[&learner].id.clone()),
+        }],
         phase: TransitionPhase::Planned,
         reason: "test".into(),
     };

@@ -367,8 +367,7 @@ pub fn reconcile(
     }
     // 2. Departed voters are swapped for learners of the target in one joint change each.
     let newcomers: Vec<u64> = target.iter().copied().filter(|v| sim.learners.contains(v)).collect();
-    let leaving: Vec<u64> =
-        sim.voters.iter().copied().filter(|v| !target.contains(v) && departed(*v)).collect();
+    let leaving: Vec<u64> = sim.voters.iter().copied().filter(|v| !target.contains(v) && departed(*v)).collect();
     let mut newcomers = newcomers.into_iter();
     let mut unpaired_leaving = Vec::new();
     for old in leaving {
@@ -385,7 +384,11 @@ pub fn reconcile(
             let why = departure_reason(&classified.standing(old), down_for(old), policy);
             push(
                 vec![(ConfStepKind::Promote, new), (ConfStepKind::Remove, old)],
-                format!("replace voter {} ({why}) with caught-up learner {}", classified.label(old), classified.label(new)),
+                format!(
+                    "replace voter {} ({why}) with caught-up learner {}",
+                    classified.label(old),
+                    classified.label(new)
+                ),
                 &mut plan,
             );
         } else {
@@ -657,7 +660,11 @@ mod tests {
         let mut old_c = m("c", "", MemberState::Down);
         old_c.down_for = Duration::from_secs(1);
         let new_c_node = NodeId::new("c", 2);
-        let new_c = LadderMember { node: new_c_node.clone(), raft_id: raft_id_for(&new_c_node), ..m("c", "", MemberState::Alive) };
+        let new_c = LadderMember {
+            node: new_c_node.clone(),
+            raft_id: raft_id_for(&new_c_node),
+            ..m("c", "", MemberState::Alive)
+        };
         members.extend([old_c, new_c.clone()]);
         let config = cfg(&["a", "b", "c"], &[]);
         let plan = reconcile(&members, &config, id("a"), &policy(5), TransitionId::default());
