@@ -108,6 +108,10 @@ pub struct RaftSection {
     /// learner, in milliseconds (30000). A partition or a restart shorter than this changes no
     /// voter (docs/consistent.md "Voter rules").
     pub dead_voter_after_ms: u64,
+    /// Bytes of raft snapshot per chunk frame (1048576): a snapshot travels in chunks of this
+    /// size, at most 4 MiB unacknowledged (4096 to 4194304; smaller chunks delay heartbeats less
+    /// on a slow link).
+    pub snapshot_chunk_bytes: usize,
     /// Whether this node starts a one-voter group on a clean store. Unset: only a node without
     /// `seeds` does (see docs/consistent.md).
     pub bootstrap: Option<bool>,
@@ -121,6 +125,7 @@ impl Default for RaftSection {
             tick_interval_ms: 100,
             request_timeout_ms: 5_000,
             dead_voter_after_ms: 30_000,
+            snapshot_chunk_bytes: cohort_registry::consistent::snapshot_transfer::SNAPSHOT_CHUNK_BYTES,
             bootstrap: None,
         }
     }
@@ -498,6 +503,15 @@ impl Config {
                 "must be between 1000 (1 s) and 86400000 (one day)",
             ));
         }
+        {
+            use cohort_registry::consistent::snapshot_transfer::{MAX_SNAPSHOT_CHUNK_BYTES, MIN_SNAPSHOT_CHUNK_BYTES};
+            if !(MIN_SNAPSHOT_CHUNK_BYTES..=MAX_SNAPSHOT_CHUNK_BYTES).contains(&self.raft.snapshot_chunk_bytes) {
+                return Err(ConfigError::invalid(
+                    "raft.snapshot_chunk_bytes",
+                    format!("must be between {MIN_SNAPSHOT_CHUNK_BYTES} and {MAX_SNAPSHOT_CHUNK_BYTES}"),
+                ));
+            }
+        }
         if !(1..=65_536).contains(&self.http.max_in_flight) {
             return Err(ConfigError::invalid("http.max_in_flight", "must be between 1 and 65536"));
         }
@@ -755,6 +769,19 @@ timeout_ms = 2000
         assert!(c.validate().unwrap_err().to_string().contains("raft.max_voters"));
         let err = parse("[raft]\nstorage = \"disk\"\n").unwrap_err().to_string();
         assert!(err.contains("raft.storage"), "{err}");
+    }
+
+    #[test]
+    fn raft_snapshot_chunk_bytes_defaults_to_one_mib_and_is_bounded() {
+        let c = parse("").unwrap();
+        assert_eq!(c.raft.snapshot_chunk_bytes, 1024 * 1024);
+        let c = parse("[raft]\nsnapshot_chunk_bytes = 65536\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.raft.snapshot_chunk_bytes, 65_536);
+        for bad in [0, 4_095, 4 * 1024 * 1024 + 1] {
+            let c = parse(&format!("[raft]\nsnapshot_chunk_bytes = {bad}\n")).unwrap();
+            assert!(c.validate().unwrap_err().to_string().contains("raft.snapshot_chunk_bytes"), "{bad}");
+        }
     }
 
     #[test]

@@ -74,6 +74,7 @@ pub fn consistent_config(config: &Config) -> ConsistentConfig {
         request_timeout: Duration::from_millis(config.raft.request_timeout_ms),
         reconcile_debounce: Duration::from_secs(1),
         dead_voter_after: Duration::from_millis(config.raft.dead_voter_after_ms),
+        snapshot_chunk_bytes: config.raft.snapshot_chunk_bytes,
         bootstrap: config.raft.bootstrap.unwrap_or(config.seeds.is_empty()) && config.raft_eligible,
     }
 }

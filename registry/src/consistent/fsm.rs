@@ -979,7 +979,8 @@ mod tests {
         }
         let per_request = (size(&fsm) - before) / 10;
         let before = size(&fsm);
-        let departed: Vec<NodeId> = (0..10).map(|i| NodeId::new("d".repeat(MAX_NODE_NAME_BYTES), u64::MAX - i)).collect();
+        let departed: Vec<NodeId> =
+            (0..10).map(|i| NodeId::new("d".repeat(MAX_NODE_NAME_BYTES), u64::MAX - i)).collect();
         for node in &departed {
             apply(&mut fsm, Proposal { request_id: None, command: Command::RemoveByNode { node: node.clone() } });
         }

@@ -6,7 +6,8 @@
 //! [`ladder`] voter selection and reconfiguration plans; [`storage`] the raft log over redb or
 //! memory; [`core`] the `RawNode` driver that ties them together. The raft actor
 //! ([`service::ConsistentTier`]: ticks, the internode `raft` class, raft-id hellos, voter
-//! reconciliation, departed-node cleanup, the published view) owns a [`core::RaftCore`];
+//! reconciliation, departed-node cleanup, the published view) owns a [`core::RaftCore`] and a
+//! [`snapshot_transfer::SnapshotTransfers`] (raft snapshots sent and received in bounded chunks);
 //! [`metrics`] holds its Prometheus series. `docs/consistent.md` is the long form.
 //!
 //! Invariants: only the raft log is truth (the registry view is derived from snapshot + log); a
@@ -20,6 +21,7 @@ pub mod ladder;
 pub mod metrics;
 pub mod planes;
 pub mod service;
+pub mod snapshot_transfer;
 pub mod storage;
 
 pub use planes::{
