@@ -217,6 +217,17 @@ async fn an_isolated_node_refuses_strong_and_bounded_and_serves_best_effort_mark
     let served_mode = j["witness"]["degraded_mode"].as_str().unwrap();
     assert!(matches!(served_mode, "view_only" | "root_unavailable"), "{j} (planes said {mode})");
     assert_eq!(j["witness"]["served_freshness"], "best_effort");
+    // Admission during failover: a write on the cut-off node is answered within request_timeout
+    // (5 s, plus a tick and the HTTP hop) with a typed refusal, never later.
+    let local = spawn(url).await;
+    let asked = std::time::Instant::now();
+    let (status, j) = register(url, "from-the-cut-off-node", &local).await;
+    let took = asked.elapsed();
+    assert!(took < Duration::from_millis(6_500), "answered after {took:?}: {j}");
+    assert!(
+        matches!((status, j["error"].as_str()), (503, Some("NotLeader")) | (504, Some("TimedOut"))),
+        "{status} {j}"
+    );
     // The majority side keeps committing.
     let majority = (0..3).find(|i| *i != victim).unwrap();
     let other = spawn(&c.urls[majority]).await;
@@ -236,6 +247,17 @@ async fn killing_the_leader_elects_a_new_one_and_writes_continue() {
     c.procs[dead].signal(libc::SIGKILL);
     c.procs[dead].wait_exit(Duration::from_secs(10)).await;
     let alive: Vec<String> = (0..3).filter(|i| *i != dead).map(|i| c.urls[i].clone()).collect();
+    // A write right after the kill (its forward may be lost with the dead leader) is answered
+    // within request_timeout: committed, or a typed refusal; never later (issue 11).
+    let early = spawn(&alive[0]).await;
+    let asked = std::time::Instant::now();
+    let (status, j) = register(&alive[0], "right-after-the-kill", &early).await;
+    let took = asked.elapsed();
+    assert!(took < Duration::from_millis(6_500), "answered after {took:?}: {j}");
+    assert!(
+        matches!((status, j["error"].as_str()), (200, _) | (503, Some("NotLeader")) | (504, Some("TimedOut"))),
+        "{status} {j}"
+    );
     let new_leader = wait_for(WITHIN, "a new leader among the survivors", || async {
         let mut seen: Option<String> = None;
         for u in &alive {
