@@ -62,12 +62,12 @@ use super::freshness::{ControlView, RaftRole, ReadRejection, decide};
 use super::fsm::{Applied, Command, CommandResult, Proposal, Registration, RequestId};
 use super::ladder::{self, LadderMember, LadderPolicy, MaxVoters, RaftConfig};
 use super::metrics::ConsistentMetrics;
-use super::snapshot_transfer::{
-    AckRefusal, SNAPSHOT_CHUNK_BYTES, SnapshotOutcome, SnapshotTransfers, TransferLimits, TransferStats, Transmit,
-};
 use super::planes::{
     Admission, CatchUpState, ConfStepKind, DegradedMode, ExecutionOutcome, Freshness, ReadRequest, ReadWitness,
     RestartState, RootToken, Transition,
+};
+use super::snapshot_transfer::{
+    AckRefusal, SNAPSHOT_CHUNK_BYTES, SnapshotOutcome, SnapshotTransfers, TransferLimits, TransferStats, Transmit,
 };
 use super::storage::{LogBackend, MemoryBackend, RedbBackend, StoreStats};
 
@@ -824,8 +824,10 @@ impl Actor {
         config: ConsistentConfig,
     ) -> Self {
         let now = Instant::now();
-        let transfers =
-            SnapshotTransfers::new(TransferLimits { chunk_bytes: config.snapshot_chunk_bytes, ..TransferLimits::default() });
+        let transfers = SnapshotTransfers::new(TransferLimits {
+            chunk_bytes: config.snapshot_chunk_bytes,
+            ..TransferLimits::default()
+        });
         Self {
             core,
             shared,
@@ -969,7 +971,8 @@ impl Actor {
         let reopened = match scratch {
             Ok(scratch) => {
                 drop(std::mem::replace(&mut self.core, scratch));
-                disk.open().and_then(|backend| RaftCore::open(backend, core_config.clone(), None).map_err(|e| e.to_string()))
+                disk.open()
+                    .and_then(|backend| RaftCore::open(backend, core_config.clone(), None).map_err(|e| e.to_string()))
             }
             Err(e) => Err(e.to_string()),
         };
