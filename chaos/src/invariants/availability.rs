@@ -20,7 +20,9 @@
 //!   lossy or delaying links (`drop`, `delay`) are active (availability there is a matter of
 //!   degree), when a later step takes the majority away before a write succeeded (interrupted), when
 //!   its deadline falls after the end of the workload with no success before, or when the runner
-//!   called no consistent write before the deadline (nothing was observed).
+//!   gave the cluster no chance: no consistent write went, at least [`ANSWER_TIME_S`] before the
+//!   deadline, to a node that could reach the majority (a write sent to a node cut off since is
+//!   refused or times out whatever the majority does).
 //!
 //! Skipped, with the reason, without a consistent tier, without consistent writes in the workload,
 //! without such steps, or when no step could be judged.
@@ -38,6 +40,10 @@ pub const WRITE_DEADLINE_S: f64 = 10.0;
 
 /// Largest voter set judged: finding the largest connected group tries every subset (2^16 here).
 const MAX_VOTERS: usize = 16;
+
+/// How long before the deadline a write must have been called to count as a chance the cluster
+/// had, in seconds: the runner's request timeout, the longest a write it calls can take.
+pub const ANSWER_TIME_S: f64 = 2.0;
 
 /// How one recovery step was judged.
 enum Judgement<'a> {
@@ -152,9 +158,11 @@ fn judge<'a>(rec: &Recording, i: usize, writes: &[&'a Operation]) -> Judgement<'
     }
     let attempts: Vec<&Operation> =
         writes.iter().filter(|w| w.invoke_s >= step.t_s && w.invoke_s <= deadline).copied().collect();
-    if attempts.is_empty() {
+    let fair = attempts.iter().filter(|w| w.invoke_s <= deadline - ANSWER_TIME_S && reaches_majority(rec, w)).count();
+    if fair == 0 {
         return Judgement::NotJudged(format!(
-            "no consistent write was called between {:.1} s and {deadline:.1} s",
+            "none of the {} consistent writes called between {:.1} s and {deadline:.1} s went to a node connected to the majority at least {ANSWER_TIME_S} s before the deadline",
+            attempts.len(),
             step.t_s
         ));
     }
@@ -201,15 +209,20 @@ fn judge<'a>(rec: &Recording, i: usize, writes: &[&'a Operation]) -> Judgement<'
         ),
         Evidence::when(
             step.t_s,
-            format!("{} writes called before the deadline: {}", attempts.len(), counts(&outcomes)),
+            format!(
+                "{} writes called before the deadline ({fair} to a node connected to the majority in time): {}",
+                attempts.len(),
+                counts(&outcomes)
+            ),
         ),
         Evidence::when(step.t_s, format!("raft leader named in the samples of the window: {}", counts(&leaders))),
         Evidence::when(step.t_s, next),
     ])
 }
 
-/// `Ok` when the step leaves a majority of voters alive and pairwise connected, else why not.
-fn majority_after(rec: &Recording, step: &TopologyChange) -> Result<(), String> {
+/// The largest group of alive, pairwise connected voters after the step when it is a majority of
+/// the voters, else why there is none.
+fn majority_after(rec: &Recording, step: &TopologyChange) -> Result<Vec<String>, String> {
     if !step.impaired.is_empty() {
         return Err(format!("lossy or delaying links are active ({})", step.impaired.join("; ")));
     }
@@ -219,7 +232,7 @@ fn majority_after(rec: &Recording, step: &TopologyChange) -> Result<(), String> 
     }
     let group = largest_connected_voters(&voters, &step.alive, &step.cut);
     if group.len() * 2 > voters.len() {
-        Ok(())
+        Ok(group)
     } else {
         Err(format!(
             "no majority of the {} voters [{}] alive and connected (largest group: [{}])",
@@ -228,6 +241,18 @@ fn majority_after(rec: &Recording, step: &TopologyChange) -> Result<(), String> 
             group.join(",")
         ))
     }
+}
+
+/// Whether a write went to a node that could reach the majority when it was called: alive and in,
+/// or cut from no member of, the connected majority group after the latest step at or before the
+/// call. A write sent to a node the schedule has cut off since (the old leader isolated right
+/// after a heal) is no chance the cluster missed.
+fn reaches_majority(rec: &Recording, write: &Operation) -> bool {
+    let Some(step) = rec.topology.iter().rev().find(|c| c.t_s <= write.invoke_s) else { return false };
+    let Ok(group) = majority_after(rec, step) else { return false };
+    let node = write.node.as_str();
+    let cut = |m: &str| step.cut.iter().any(|[x, y]| (x == node && y == m) || (x == m && y == node));
+    step.alive.iter().any(|a| a == node) && group.iter().all(|m| m == node || !cut(m))
 }
 
 /// The voter list most nodes reported in their last sample at or before `t_s` (ties: the list of
@@ -323,10 +348,14 @@ mod tests {
     }
 
     fn write(rec: &mut Recording, invoke_s: f64, complete_s: f64, result: OpResult) {
+        write_on(rec, "node-2", invoke_s, complete_s, result);
+    }
+
+    fn write_on(rec: &mut Recording, node: &str, invoke_s: f64, complete_s: f64, result: OpResult) {
         let id = rec.ops.len() as u64 + 1;
         rec.ops.push(Operation {
             id,
-            node: "node-2".into(),
+            node: node.into(),
             kind: "register".into(),
             request: serde_json::json!({"tier": "consistent", "name": "chaos-c-0", "pid": "<node-2.1.1>"}),
             invoke_s,
@@ -378,6 +407,25 @@ mod tests {
         write(&mut rec, 4.0, 6.0, ok());
         write(&mut rec, 8.0, 8.2, refused("NotLeader"));
         assert_eq!(available_after_heal(&rec).status, Status::Fail);
+    }
+
+    #[test]
+    fn writes_sent_to_a_node_cut_off_since_or_too_late_are_no_chance_missed() {
+        let mut rec = healed_at_5();
+        // node-1 isolated one second after the heal: the other four stay connected.
+        let cut: Vec<[String; 2]> =
+            ["node-2", "node-3", "node-4", "node-5"].iter().map(|n| pair("node-1", n)).collect();
+        rec.topology.push(change(6.0, "isolate node-1 (line 16)", false, &NODES, &cut));
+        write_on(&mut rec, "node-1", 7.0, 9.0, OpResult::Indeterminate { error: "timeout".into() });
+        write_on(&mut rec, "node-2", 13.5, 15.5, OpResult::Indeterminate { error: "timeout".into() });
+        let v = available_after_heal(&rec);
+        assert_eq!(v.status, Status::Skipped, "{v:?}");
+        assert!(v.evidence[0].detail.contains("none of the 2 consistent writes"), "{:?}", v.evidence);
+        // A write to a node of the majority, called in time, was a chance.
+        write_on(&mut rec, "node-3", 8.0, 8.1, refused("NotLeader"));
+        let v = available_after_heal(&rec);
+        assert_eq!(v.status, Status::Fail, "{v:?}");
+        assert!(v.evidence[1].detail.contains("3 writes called before the deadline (1 to a node"), "{:?}", v.evidence);
     }
 
     #[test]
