@@ -458,7 +458,7 @@ impl ConsistentTier {
         let (stop_tx, stop_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
         let control = core.control_view(None);
-        let status = raft_status(&core, None, &config.storage);
+        let status = raft_status(&core, &control, &(Vec::new(), Vec::new()), &config.storage);
         let shared = Arc::new(Shared {
             local: local.clone(),
             tx,
@@ -735,21 +735,25 @@ impl FenceGuard for ConsistentTier {
     }
 }
 
-fn raft_status(core: &RaftCore, last_contact: Option<Instant>, storage: &StorageMode) -> RaftStatus {
-    let name_of = |id: &u64| core.fsm().member(*id).map_or_else(|| id.to_string(), |n| n.name.clone());
-    let conf = core.conf_state();
+/// `names`: the voters' and learners' names (see `Actor::status_names`). `last_contact_ms` is
+/// filled in when read.
+fn raft_status(
+    core: &RaftCore,
+    control: &ControlView,
+    names: &(Vec<String>, Vec<String>),
+    storage: &StorageMode,
+) -> RaftStatus {
     let stats = core.stats();
-    let control = core.control_view(None);
     RaftStatus {
         raft_id: core.raft_id(),
         role: core.role(),
         term: stats.term,
-        leader: core.leader_hint(),
+        leader: control.leader_hint.clone(),
         commit_index: stats.commit_index,
         applied_index: stats.applied_index,
-        voters: conf.voters.iter().map(name_of).collect(),
-        learners: conf.learners.iter().map(name_of).collect(),
-        last_contact_ms: last_contact.map(|t| t.elapsed().as_millis() as u64),
+        voters: names.0.clone(),
+        learners: names.1.clone(),
+        last_contact_ms: None,
         quorum_reachable: control.quorum_reachable,
         storage: storage.as_str(),
     }
@@ -805,6 +809,10 @@ struct Actor {
     disk: Option<(Disk, CoreConfig)>,
     /// Recent supervised restarts (bounded by [`MAX_RESTARTS`] within [`RESTART_WINDOW`]).
     restarts: Vec<Instant>,
+    /// The voters' and learners' names for `/admin/raft`, keyed by what they derive from.
+    status_names: ((Vec<u64>, Vec<u64>, usize), (Vec<String>, Vec<String>)),
+    /// Whether the core's transitions changed since the view last copied them.
+    transitions_dirty: bool,
     last_hello: Option<Instant>,
     last_sweep: Instant,
     last_stats: CoreStats,
@@ -845,6 +853,8 @@ impl Actor {
             down_since: HashMap::new(),
             disk: None,
             restarts: Vec::new(),
+            status_names: ((Vec::new(), Vec::new(), usize::MAX), (Vec::new(), Vec::new())),
+            transitions_dirty: true,
             last_hello: None,
             last_sweep: now,
             last_stats: CoreStats::default(),
@@ -944,7 +954,7 @@ impl Actor {
                 return false;
             }
         }
-        self.publish();
+        // `dispatch` published the view (it must, before answering callers): once per turn.
         true
     }
 
@@ -987,6 +997,7 @@ impl Actor {
         self.last_stats = CoreStats::default();
         self.last_store = StoreStats::default();
         self.down_since.clear();
+        self.transitions_dirty = true;
         let in_flight: Vec<Pending> = self.pending.drain().map(|(_, p)| p).collect();
         for pending in in_flight {
             if self.waiting.len() < MAX_WAITING {
@@ -1423,6 +1434,7 @@ impl Actor {
             self.removing.clear();
             self.down_since.clear();
         }
+        self.transitions_dirty |= !out.transitions.is_empty();
         for transition in out.transitions {
             tracing::info!(id = %transition.id, phase = ?transition.phase, reason = %transition.reason, "consistent: transition");
         }
@@ -1650,9 +1662,19 @@ impl Actor {
         if control.quorum_reachable {
             self.last_contact = Some(now);
         }
-        let status = raft_status(&self.core, self.last_contact, &self.config.storage);
+        // Names of voters and learners and the transitions list are rebuilt only when they
+        // changed: publish runs on every turn of the actor, on the write path of every hop.
+        let conf = self.core.conf_state();
+        let key = (conf.voters.clone(), conf.learners.clone(), self.core.fsm().members().len());
+        if self.status_names.0 != key {
+            let name_of = |id: &u64| self.core.fsm().member(*id).map_or_else(|| id.to_string(), |n| n.name.clone());
+            let names = (conf.voters.iter().map(name_of).collect(), conf.learners.iter().map(name_of).collect());
+            self.status_names = (key, names);
+        }
+        let status = raft_status(&self.core, &control, &self.status_names.1, &self.config.storage);
         let is_voter = self.core.conf_state().voters.contains(&self.core.raft_id());
-        let transitions: Vec<Transition> = self.core.transitions().cloned().collect();
+        let transitions: Option<Vec<Transition>> =
+            std::mem::take(&mut self.transitions_dirty).then(|| self.core.transitions().cloned().collect());
         {
             let mut view = self.shared.view.write().unwrap_or_else(|poisoned| poisoned.into_inner());
             if changes.reset {
@@ -1684,7 +1706,9 @@ impl Actor {
             }
             view.control = control;
             view.status = status;
-            view.transitions = transitions;
+            if let Some(transitions) = transitions {
+                view.transitions = transitions;
+            }
             view.is_voter = is_voter;
             view.last_contact = self.last_contact;
             view.last_loop = now;
