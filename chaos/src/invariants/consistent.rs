@@ -37,6 +37,11 @@ fn token_of(body: &serde_json::Value) -> Option<u64> {
     body.get("fence_token").and_then(|t| t.as_u64())
 }
 
+/// The index of the entry that applied a write (`root_token.index` of a register's answer).
+fn root_index_of(body: &serde_json::Value) -> Option<u64> {
+    body.get("root_token").and_then(|t| t.get("index")).and_then(|i| i.as_u64())
+}
+
 /// The consistent-tier operations of a recording as a history for the linearizability checker.
 pub fn history(rec: &Recording) -> Vec<HistoryOp> {
     let mut out = Vec::new();
@@ -318,16 +323,40 @@ pub fn tokens_monotonic(rec: &Recording) -> Verdict {
             }
         }
     }
-    // Registrations: one that was called after another returned has a larger token.
-    let regs: Vec<(&Operation, u64)> = rec
+    // Registrations: one that was called after another returned has a larger token. Only writes
+    // that created their registration count: the owner registering a name it already holds (its
+    // earlier attempt timed out on the client but committed) is answered with the existing
+    // registration's token, applied at a later index (`root_token.index > fence_token`). Such an
+    // answer must come after an attempt of the same (name, pid), or the token came from nowhere.
+    let all: Vec<(&Operation, u64, bool)> = rec
         .ops
         .iter()
         .filter(|o| o.kind == "register" && tier_of(o) == Some("consistent"))
         .filter_map(|o| match &o.result {
-            OpResult::Ok { body } => token_of(body).map(|t| (o, t)),
+            OpResult::Ok { body } => token_of(body).map(|t| (o, t, root_index_of(body).is_none_or(|i| i == t))),
             _ => None,
         })
         .collect();
+    let same_target = |a: &Operation, b: &Operation| {
+        a.request.get("name") == b.request.get("name") && a.request.get("pid") == b.request.get("pid")
+    };
+    for (b, tb, _) in all.iter().filter(|(_, _, created)| !created) {
+        checked += 1;
+        let attempted_before = rec
+            .ops
+            .iter()
+            .any(|a| a.kind == "register" && a.id != b.id && a.invoke_s < b.invoke_s && same_target(a, b));
+        if !attempted_before {
+            first = Some(first.map_or(b.complete_s, |f: f64| f.min(b.complete_s)));
+            evidence.push(Evidence::at(
+                b.complete_s,
+                b.node.clone(),
+                format!("register op {} was answered with the existing token {tb}, but no earlier attempt of that name and pid exists", b.id),
+            ));
+        }
+    }
+    let regs: Vec<(&Operation, u64)> =
+        all.iter().filter(|(_, _, created)| *created).map(|(o, t, _)| (*o, *t)).collect();
     for (b, tb) in &regs {
         checked += 1;
         if let Some((a, ta)) = regs.iter().filter(|(a, _)| a.complete_s < b.invoke_s).max_by_key(|(_, t)| *t)
@@ -452,6 +481,46 @@ mod tests {
         // Concurrent registrations may commit in either order.
         rec.ops[1].invoke_s = 0.5;
         assert_eq!(tokens_monotonic(&rec).status, Status::Pass);
+    }
+
+    #[test]
+    fn an_owner_re_registering_its_name_may_get_the_older_token_of_its_earlier_attempt() {
+        // Seen in composed-faults seed 3: op 161 timed out on the client but committed at token
+        // 26; op 419 registered another name at 57; op 467, the same pid again, got 26 (applied
+        // at index 60).
+        let mut rec = recording(&["node-1"], 1, |_, _, _| {});
+        rec.presence.consistent = true;
+        let req = |n: &str| json!({"tier":"consistent","name":n,"pid":"<node-1.1.1>"});
+        rec.ops.push(op(
+            161,
+            "register",
+            req("c2"),
+            (12.7, 14.7),
+            OpResult::Indeterminate { error: "timed out".into() },
+        ));
+        rec.ops.push(op(
+            419,
+            "register",
+            req("c4"),
+            (27.5, 27.6),
+            ok(json!({"fence_token":57,"root_token":{"term":4,"index":57}})),
+        ));
+        rec.ops.push(op(
+            467,
+            "register",
+            req("c2"),
+            (32.6, 32.7),
+            ok(json!({"fence_token":26,"root_token":{"term":5,"index":60}})),
+        ));
+        assert_eq!(tokens_monotonic(&rec).status, Status::Pass, "{:?}", tokens_monotonic(&rec));
+        // The same answer with no earlier attempt of that name and pid is a token from nowhere.
+        rec.ops.remove(0);
+        let v = tokens_monotonic(&rec);
+        assert_eq!(v.status, Status::Fail);
+        assert!(v.evidence[0].detail.contains("no earlier attempt"), "{v:?}");
+        // A write that created its registration (token = applied index) is held to the order.
+        rec.ops[1].result = ok(json!({"fence_token":26,"root_token":{"term":5,"index":26}}));
+        assert_eq!(tokens_monotonic(&rec).status, Status::Fail);
     }
 
     fn lin_rec(lookup_result: OpResult, fault_at: Option<f64>) -> Recording {
