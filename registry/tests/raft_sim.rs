@@ -615,6 +615,8 @@ fn strong_reads_on_a_follower_and_a_learner_are_forwarded_and_served_from_their_
     assert!(sim.nodes[&leader].reads.contains_key(&c), "leader's read answered");
 }
 
+// rust-protobuf messages are built by assigning fields on a default value, as raft-proto does.
+#[allow(clippy::field_reassign_with_default)]
 #[test]
 fn a_heartbeat_committing_past_the_log_is_refused_and_counted_and_the_tier_keeps_serving() {
     use raft::eraftpb::{Entry, MessageType};

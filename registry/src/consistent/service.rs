@@ -356,6 +356,10 @@ impl Disk {
     }
 }
 
+/// What the cached voter and learner names derive from: the configured ids and the size of the
+/// replicated address book.
+type StatusNamesKey = (Vec<u64>, Vec<u64>, usize);
+
 /// One event of the actor loop, taken by the (async) select and handled by the (sync) turn.
 enum Event {
     Stop,
@@ -810,7 +814,7 @@ struct Actor {
     /// Recent supervised restarts (bounded by [`MAX_RESTARTS`] within [`RESTART_WINDOW`]).
     restarts: Vec<Instant>,
     /// The voters' and learners' names for `/admin/raft`, keyed by what they derive from.
-    status_names: ((Vec<u64>, Vec<u64>, usize), (Vec<String>, Vec<String>)),
+    status_names: (StatusNamesKey, (Vec<String>, Vec<String>)),
     /// Whether the core's transitions changed since the view last copied them.
     transitions_dirty: bool,
     last_hello: Option<Instant>,
