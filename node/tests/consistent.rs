@@ -368,26 +368,8 @@ fn start_node_with(
     seed: Option<&str>,
     extra: &[&str],
 ) -> common::Proc {
-    let mut args: Vec<String> = [
-        "node",
-        "--name",
-        name,
-        "--http",
-        "127.0.0.1:0",
-        "--gossip",
-        "127.0.0.1:0",
-        "--internode",
-        "127.0.0.1:0",
-        "--admin-token",
-        TOKEN,
-        "--chaos",
-        "--log-filter",
-        "warn",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(["--data-dir".into(), dir.join(name).display().to_string()]);
+    let mut args = common::node_args_in(name, &dir.join(name));
+    args.extend(["--admin-token", TOKEN, "--chaos", "--log-filter", "warn"].iter().map(|s| s.to_string()));
     args.extend(["--cluster-secret-file".into(), secret.display().to_string()]);
     if let Some(seed) = seed {
         args.extend(["--seeds".into(), seed.to_string()]);

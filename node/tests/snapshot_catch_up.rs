@@ -171,18 +171,8 @@ async fn catch_up_scenario(names: usize, chunk: usize) -> Figures {
 
     let config_file = dir.join(format!("{wiped_name}.toml"));
     std::fs::write(&config_file, format!("[raft]\nstorage = \"durable\"\nsnapshot_chunk_bytes = {chunk}\n")).unwrap();
-    let args: Vec<String> = vec![
-        "node".into(),
-        "--name".into(),
-        wiped_name.clone(),
-        "--http".into(),
-        "127.0.0.1:0".into(),
-        "--gossip".into(),
-        "127.0.0.1:0".into(),
-        "--internode".into(),
-        "127.0.0.1:0".into(),
-        "--data-dir".into(),
-        wiped_dir.display().to_string(),
+    let mut args = common::node_args_in(&wiped_name, &wiped_dir);
+    args.extend([
         "--cluster-secret-file".into(),
         secret.display().to_string(),
         "--seeds".into(),
@@ -191,7 +181,7 @@ async fn catch_up_scenario(names: usize, chunk: usize) -> Figures {
         config_file.display().to_string(),
         "--log-filter".into(),
         "warn".into(),
-    ];
+    ]);
     let restarted_at = Instant::now();
     let child = Proc::spawn(&as_strs(&args));
     let line = child.wait_stdout("cohort node listening", Duration::from_secs(30)).await;

@@ -254,6 +254,11 @@ pub fn field(line: &str, key: &str) -> Option<String> {
 /// Flags for a node on free loopback ports with its data in a fresh temp dir.
 pub fn node_args(name: &str) -> Vec<String> {
     let dir = std::env::temp_dir().join(format!("cohort-test-{}-{name}-{}", std::process::id(), rand_suffix()));
+    node_args_in(name, &dir)
+}
+
+/// [`node_args`] with the data dir given (kept across restarts of the node).
+pub fn node_args_in(name: &str, dir: &std::path::Path) -> Vec<String> {
     vec![
         "node".into(),
         "--name".into(),

@@ -167,7 +167,8 @@ impl Standing {
     }
 }
 
-fn rank(s: MemberState) -> u8 {
+/// How alive a membership state is (lower is livelier): picks one row per raft id.
+pub(crate) fn rank(s: MemberState) -> u8 {
     match s {
         MemberState::Alive => 0,
         MemberState::Suspect => 1,

@@ -1571,12 +1571,7 @@ impl Actor {
     /// `dead_voter_after` again, which errs on the side of keeping voters), and fills `down_for`.
     fn track_down(&mut self, now: Instant, config: &RaftConfig, members: &mut [LadderMember]) {
         let best = |id: u64, members: &[LadderMember]| {
-            members.iter().filter(|m| m.raft_id == id).map(|m| m.state).min_by_key(|s| match s {
-                MemberState::Alive => 0,
-                MemberState::Suspect => 1,
-                MemberState::Down => 2,
-                MemberState::Left => 3,
-            })
+            members.iter().filter(|m| m.raft_id == id).map(|m| m.state).min_by_key(|s| ladder::rank(*s))
         };
         self.down_since.retain(|id, _| config.voters.contains(id) || config.learners.contains(id));
         for id in config.voters.iter().chain(config.learners.iter()) {
