@@ -136,12 +136,34 @@ pub struct LadderPolicy {
     pub max_voters: MaxVoters,
     /// How long a member must have been down before it is replaced (`raft.dead_voter_after`).
     pub dead_voter_after: Duration,
+    /// Which rule decides (always [`LadderRule::Autopilot`] outside regression tests).
+    pub rule: LadderRule,
 }
 
 impl Default for LadderPolicy {
     fn default() -> Self {
-        Self { max_voters: MaxVoters::default(), dead_voter_after: DEFAULT_DEAD_VOTER_AFTER }
+        Self {
+            max_voters: MaxVoters::default(),
+            dead_voter_after: DEFAULT_DEAD_VOTER_AFTER,
+            rule: LadderRule::Autopilot,
+        }
     }
+}
+
+/// The voter ladder's rule.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LadderRule {
+    /// SPEC 7: a down voter keeps its vote for `dead_voter_after`, the set never shrinks below
+    /// [`MIN_VOTERS_FLOOR`] while that many eligible members exist.
+    #[default]
+    Autopilot,
+    /// Test-only: the rule before issue 11, which reconciled the voters to the live members on
+    /// every membership change (a down voter departs at once, no floor). A follower partition
+    /// followed by a leader crash then leaves a two-voter set with one voter alive: the tier is
+    /// unavailable although a majority of the nodes is back. Kept so the simulator's regression
+    /// seed can show that it finds that loss (`cohort sim --ladder-rule live-members`).
+    #[doc(hidden)]
+    LiveMembers,
 }
 
 /// Where a raft id stands for the ladder.
@@ -205,7 +227,9 @@ pub fn standing_of(m: &LadderMember, members: &[LadderMember], policy: &LadderPo
     match m.state {
         MemberState::Alive => Standing::Live,
         MemberState::Suspect => Standing::Unreachable,
-        MemberState::Down if m.down_for >= policy.dead_voter_after => Standing::Dead,
+        MemberState::Down if m.down_for >= policy.dead_voter_after || policy.rule == LadderRule::LiveMembers => {
+            Standing::Dead
+        }
         MemberState::Down => Standing::Unreachable,
         MemberState::Left => Standing::Left,
     }
@@ -267,7 +291,11 @@ fn target_of(classified: &Classified<'_>, config: &RaftConfig, policy: &LadderPo
         .filter(|(m, s)| m.raft_eligible && *s == Standing::Dead && is_voter(m.raft_id))
         .map(|(m, _)| m.raft_id)
         .collect();
-    if size < MIN_VOTERS_FLOOR && max >= MIN_VOTERS_FLOOR && candidates.len() + fill.len() >= MIN_VOTERS_FLOOR {
+    if policy.rule == LadderRule::Autopilot
+        && size < MIN_VOTERS_FLOOR
+        && max >= MIN_VOTERS_FLOOR
+        && candidates.len() + fill.len() >= MIN_VOTERS_FLOOR
+    {
         let mut target: BTreeSet<u64> = candidates.iter().map(|m| m.raft_id).collect();
         for id in fill {
             if target.len() == MIN_VOTERS_FLOOR {
@@ -487,7 +515,7 @@ mod tests {
     }
 
     fn policy(max: usize) -> LadderPolicy {
-        LadderPolicy { max_voters: MaxVoters::new(max).unwrap(), dead_voter_after: DEAD }
+        LadderPolicy { max_voters: MaxVoters::new(max).unwrap(), dead_voter_after: DEAD, rule: LadderRule::Autopilot }
     }
 
     fn down(member: &mut LadderMember, for_s: u64) {
@@ -601,6 +629,19 @@ mod tests {
         // Suspect and partitioned: the same.
         members[2].state = MemberState::Suspect;
         members[2].down_for = Duration::ZERO;
+        assert!(reconcile(&members, &config, id("a"), &policy(5), TransitionId::default()).is_empty());
+    }
+
+    #[test]
+    fn the_old_live_members_rule_removes_a_partitioned_voter_at_once() {
+        // The regression switch of the simulator: the rule of before issue 11 must still show
+        // the shrink (else the simulator's regression seed proves nothing).
+        let mut members = alive(&[("a", ""), ("b", ""), ("c", "")]);
+        let config = cfg(&["a", "b", "c"], &[]);
+        down(&mut members[2], 0);
+        let old = LadderPolicy { rule: LadderRule::LiveMembers, ..policy(5) };
+        let plan = reconcile(&members, &config, id("a"), &old, TransitionId::default());
+        assert_eq!(kinds(&plan), vec![vec![(ConfStepKind::Remove, id("c"))]]);
         assert!(reconcile(&members, &config, id("a"), &policy(5), TransitionId::default()).is_empty());
     }
 

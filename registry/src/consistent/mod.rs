@@ -8,13 +8,15 @@
 //! ([`service::ConsistentTier`]: ticks, the internode `raft` class, raft-id hellos, voter
 //! reconciliation, departed-node cleanup, the published view) owns a [`core::RaftCore`] and a
 //! [`snapshot_transfer::SnapshotTransfers`] (raft snapshots sent and received in bounded chunks);
-//! [`metrics`] holds its Prometheus series. `docs/consistent.md` is the long form.
+//! [`driver`] holds the service's protocol decisions without I/O (the actor is a shell around
+//! it; the simulator drives it directly); [`metrics`] holds its Prometheus series. `docs/consistent.md` is the long form.
 //!
 //! Invariants: only the raft log is truth (the registry view is derived from snapshot + log); a
 //! fencing token is the log index that applied the registration; a stale read is only ever a
 //! `BestEffort` answer and its witness says so.
 
 pub mod core;
+pub mod driver;
 pub mod freshness;
 pub mod fsm;
 pub mod ladder;

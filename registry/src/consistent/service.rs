@@ -33,42 +33,43 @@
 //!   while names remain) for node incarnations membership declares down or left or that a newer
 //!   incarnation replaced.
 //!
+//! The decisions above live in the [`Driver`] (`driver.rs`, no I/O, `now` passed in); the actor
+//! here is its shell: it turns mailbox commands, transport frames and ticks into the driver's
+//! `handle_*` calls, publishes the view after each `Ready`, then performs the driver's outputs
+//! (frames onto the transport, answers to callers), and supervises it (restart after a panic).
+//!
 //! Invariants: the actor is the only owner of the core. In durable mode it runs on a thread of its
 //! own (a current-thread runtime), so a storage fsync never stalls the node's shared runtime; in
 //! memory mode nothing blocks and it is a task of the node's runtime (cheaper wake-ups); every
 //! queue and map here has a named bound; the published view is updated before a caller is
 //! answered, so a caller reads its own write on this node.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use cohort_actors::{FenceGuard, Pid};
+use cohort_cluster::NodeId;
 use cohort_cluster::membership::Membership;
 use cohort_cluster::net::transport::{Inbound, Transport};
 use cohort_cluster::queue::Class;
-use cohort_cluster::{MemberState, NodeId};
-use protobuf::Message as _;
-use raft::eraftpb::{Message, MessageType};
+use raft::eraftpb::Message;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use super::core::{CoreConfig, CoreError, CoreStats, ProposalId, ProposeError, RaftCore, ReadId, ReadyOutput};
+use super::core::{CoreConfig, CoreError, CoreStats, RaftCore};
+use super::driver::{Driver, Output};
 use super::freshness::{ControlView, RaftRole, ReadRejection, decide};
-use super::fsm::{Applied, Command, CommandResult, Proposal, Registration, RequestId};
-use super::ladder::{self, LadderMember, LadderPolicy, MaxVoters, RaftConfig};
+use super::fsm::{Applied, Command, Proposal, Registration, RequestId};
+use super::ladder::{self, MaxVoters};
 use super::metrics::ConsistentMetrics;
 use super::planes::{
-    Admission, CatchUpState, ConfStepKind, DegradedMode, ExecutionOutcome, Freshness, ReadRequest, ReadWitness,
-    RestartState, RootToken, Transition,
+    Admission, CatchUpState, DegradedMode, ExecutionOutcome, Freshness, ReadRequest, ReadWitness, RestartState,
+    RootToken, Transition,
 };
-use super::snapshot_transfer::{
-    AckRefusal, SNAPSHOT_CHUNK_BYTES, SnapshotOutcome, SnapshotTransfers, TransferLimits, TransferStats, Transmit,
-};
+use super::snapshot_transfer::SNAPSHOT_CHUNK_BYTES;
 use super::storage::{LogBackend, MemoryBackend, RedbBackend, StoreStats};
 
 /// Raft-class frame kind: one protobuf-encoded raft `Message`.
@@ -114,7 +115,7 @@ pub const RAFT_CONTACT_MAX_SILENCE: Duration = Duration::from_secs(30);
 /// How long the actor loop may be silent before `/livez` fails (it turns every tick).
 pub const RAFT_LOOP_MAX_SILENCE: Duration = Duration::from_secs(5);
 
-const HELLO_VERSION: u8 = 1;
+pub(crate) const HELLO_VERSION: u8 = 1;
 
 /// Where the raft log lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -399,7 +400,7 @@ struct Shared {
     local: NodeId,
     tx: mpsc::Sender<Cmd>,
     view: RwLock<View>,
-    seq: AtomicU64,
+    seq: Arc<AtomicU64>,
     metrics: ConsistentMetrics,
     request_timeout: Duration,
     stopped: AtomicBool,
@@ -479,7 +480,7 @@ impl ConsistentTier {
                 last_contact: None,
                 last_loop: Instant::now(),
             }),
-            seq: AtomicU64::new(1),
+            seq: Arc::new(AtomicU64::new(1)),
             metrics,
             request_timeout: config.request_timeout,
             stopped: AtomicBool::new(false),
@@ -763,68 +764,22 @@ fn raft_status(
     }
 }
 
-/// Why an internal proposal was made (what to do when it applies).
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Internal {
-    /// A client write (answered when it applies).
-    Client,
-    /// A membership-driven change for this node: remove its names (re-proposed while some
-    /// remain), or readmit it; one at a time per node (`Actor::removing`).
-    RemoveNode(NodeId),
-    /// Remove an exited process's names; re-proposed while some remain.
-    RemovePid(Pid),
-}
-
-struct Pending {
-    proposal: Proposal,
-    reply: Option<WriteReply>,
-    deadline: Instant,
-    internal: Internal,
-}
-
-struct PendingRead {
-    name: String,
-    request: ReadRequest,
-    reply: ReadReply,
-    /// When the caller gets `TimedOut` (`request_timeout` after it asked); until then a lost
-    /// forward or a leader change is retried.
-    deadline: Instant,
-}
-
+/// The shell around the [`Driver`]: it owns the channels, the transport, the published view and
+/// the supervisor; every protocol decision is the driver's.
 struct Actor {
-    core: RaftCore,
+    driver: Driver<WriteReply, ReadReply>,
     shared: Arc<Shared>,
     membership: Membership,
     transport: Transport,
-    config: ConsistentConfig,
-    /// raft id -> node name, learned from hellos and authenticated raft frames.
-    routes: HashMap<u64, String>,
-    /// node name -> (incarnation, raft id) from hellos.
-    hellos: HashMap<String, (NodeId, u64)>,
-    pending: HashMap<ProposalId, Pending>,
-    waiting: VecDeque<Pending>,
-    reads: HashMap<ReadId, PendingRead>,
-    removing: BTreeSet<NodeId>,
-    members_fingerprint: u64,
-    members_changed_at: Instant,
-    /// raft id -> since when the leader has seen it down (the ladder's `down_for`).
-    down_since: HashMap<u64, Instant>,
     /// The durable state and core settings to reopen after a panic (None in unit harnesses).
     disk: Option<(Disk, CoreConfig)>,
     /// Recent supervised restarts (bounded by [`MAX_RESTARTS`] within [`RESTART_WINDOW`]).
     restarts: Vec<Instant>,
     /// The voters' and learners' names for `/admin/raft`, keyed by what they derive from.
     status_names: (StatusNamesKey, (Vec<String>, Vec<String>)),
-    /// Whether the core's transitions changed since the view last copied them.
-    transitions_dirty: bool,
-    last_hello: Option<Instant>,
-    last_sweep: Instant,
     last_stats: CoreStats,
     last_store: StoreStats,
     last_contact: Option<Instant>,
-    /// Raft snapshots sent and received in chunks.
-    transfers: SnapshotTransfers,
-    last_transfer_stats: TransferStats,
 }
 
 impl Actor {
@@ -835,37 +790,19 @@ impl Actor {
         transport: Transport,
         config: ConsistentConfig,
     ) -> Self {
-        let now = Instant::now();
-        let transfers = SnapshotTransfers::new(TransferLimits {
-            chunk_bytes: config.snapshot_chunk_bytes,
-            ..TransferLimits::default()
-        });
+        let driver =
+            Driver::new(Instant::now(), core, shared.local.clone(), config, shared.metrics.clone(), shared.seq.clone());
         Self {
-            core,
+            driver,
             shared,
             membership,
             transport,
-            config,
-            routes: HashMap::new(),
-            hellos: HashMap::new(),
-            pending: HashMap::new(),
-            waiting: VecDeque::new(),
-            reads: HashMap::new(),
-            removing: BTreeSet::new(),
-            members_fingerprint: 0,
-            members_changed_at: now,
-            down_since: HashMap::new(),
             disk: None,
             restarts: Vec::new(),
             status_names: ((Vec::new(), Vec::new(), usize::MAX), (Vec::new(), Vec::new())),
-            transitions_dirty: true,
-            last_hello: None,
-            last_sweep: now,
             last_stats: CoreStats::default(),
             last_store: StoreStats::default(),
             last_contact: None,
-            transfers,
-            last_transfer_stats: TransferStats::default(),
         }
     }
 
@@ -876,7 +813,7 @@ impl Actor {
         mut stop: oneshot::Receiver<()>,
     ) {
         let mut inbound = Some(inbound);
-        let mut ticker = tokio::time::interval(self.config.tick);
+        let mut ticker = tokio::time::interval(self.driver.config().tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.publish();
         loop {
@@ -921,45 +858,70 @@ impl Actor {
     }
 
     /// One turn: the event, then a batch of whatever else is queued, then one `Ready` (one storage
-    /// write for the batch: group commit). False when the actor must stop.
+    /// write for the batch: group commit), the view, and the driver's outputs. False when the
+    /// actor must stop.
     fn turn(
         &mut self,
         event: Event,
         commands: &mut mpsc::Receiver<Cmd>,
         inbound: &mut Option<mpsc::Receiver<Inbound>>,
     ) -> bool {
+        let now = Instant::now();
         match event {
-            Event::Cmd(cmd) => self.on_cmd(cmd),
-            Event::Frame(frame) => self.on_frame(frame),
-            Event::Tick => self.on_tick(),
+            Event::Cmd(cmd) => self.on_cmd(now, cmd),
+            Event::Frame(frame) => self.driver.handle_frame(now, &frame.from, frame.kind, &frame.payload),
+            Event::Tick => {
+                self.driver.handle_members(self.membership.members());
+                self.driver.handle_tick(now);
+            }
             Event::Stop | Event::InboundClosed => {}
         }
         for _ in 0..MAX_BATCH {
             match commands.try_recv() {
-                Ok(cmd) => self.on_cmd(cmd),
+                Ok(cmd) => self.on_cmd(now, cmd),
                 Err(_) => break,
             }
         }
         if let Some(rx) = inbound.as_mut() {
             for _ in 0..MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(frame) => self.on_frame(frame),
+                    Ok(frame) => self.driver.handle_frame(now, &frame.from, frame.kind, &frame.payload),
                     Err(_) => break,
                 }
             }
         }
-        match self.core.handle_ready() {
-            Ok(out) => self.dispatch(out),
-            Err(error) => {
-                // raft-rs: after a storage error the instance is inoperable. Stop taking work;
-                // /livez fails with the reason and the operator sees it in the log.
-                tracing::error!(%error, "consistent: raft storage failed; the raft actor stops");
-                self.go_down(format!("raft storage failed: {error}"));
-                return false;
+        if let Err(error) = self.driver.handle_ready(now) {
+            // raft-rs: after a storage error the instance is inoperable. Stop taking work;
+            // /livez fails with the reason and the operator sees it in the log.
+            tracing::error!(%error, "consistent: raft storage failed; the raft actor stops");
+            self.go_down(format!("raft storage failed: {error}"));
+            self.perform();
+            return false;
+        }
+        // The view mirror must show what was applied before any caller is answered: once per turn.
+        self.publish();
+        self.perform();
+        true
+    }
+
+    /// Performs the driver's outputs: frames onto the transport (a refusal goes back to the
+    /// driver), answers to callers.
+    fn perform(&mut self) {
+        while let Some(output) = self.driver.poll_output() {
+            match output {
+                Output::Transmit { to, kind, payload, unsent } => {
+                    if self.transport.send(&to, Class::Raft, kind, payload).is_err() {
+                        self.driver.handle_unsent(unsent);
+                    }
+                }
+                Output::Written { reply, result } => {
+                    let _ = reply.send(result);
+                }
+                Output::Read { reply, result } => {
+                    let _ = reply.send(result);
+                }
             }
         }
-        // `dispatch` published the view (it must, before answering callers): once per turn.
-        true
     }
 
     /// Reopens the core from its durable state after a panic (counted, logged, visible in
@@ -984,7 +946,7 @@ impl Actor {
         let scratch = RaftCore::open(Box::new(MemoryBackend::new()), core_config.clone(), None);
         let reopened = match scratch {
             Ok(scratch) => {
-                drop(std::mem::replace(&mut self.core, scratch));
+                drop(self.driver.replace_core(scratch));
                 disk.open()
                     .and_then(|backend| RaftCore::open(backend, core_config.clone(), None).map_err(|e| e.to_string()))
             }
@@ -992,7 +954,7 @@ impl Actor {
         };
         self.disk = Some((disk, core_config));
         match reopened {
-            Ok(core) => self.core = core,
+            Ok(core) => drop(self.driver.replace_core(core)),
             Err(reason) => {
                 self.go_down(format!("durable state could not be reopened after a panic: {reason}"));
                 return false;
@@ -1000,26 +962,14 @@ impl Actor {
         }
         self.last_stats = CoreStats::default();
         self.last_store = StoreStats::default();
-        self.down_since.clear();
-        self.transitions_dirty = true;
-        let in_flight: Vec<Pending> = self.pending.drain().map(|(_, p)| p).collect();
-        for pending in in_flight {
-            if self.waiting.len() < MAX_WAITING {
-                self.waiting.push_back(pending);
-            } else {
-                self.time_out(pending);
-            }
-        }
-        let reads: Vec<PendingRead> = self.reads.drain().map(|(_, r)| r).collect();
-        for read in reads {
-            self.start_strong_read(read);
-        }
+        self.driver.restarted(now);
         {
             let mut view = self.shared.view.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-            view.restart_state = self.core.restart_state().clone();
+            view.restart_state = self.driver.core().restart_state().clone();
             view.actor_restarts += 1;
         }
         self.publish();
+        self.perform();
         true
     }
 
@@ -1033,15 +983,16 @@ impl Actor {
     fn inject(&mut self, fault: RaftFault) {
         match fault {
             RaftFault::MalformedHeartbeat => {
-                let stats = self.core.stats();
+                let core = self.driver.core_mut();
+                let stats = core.stats();
                 let mut msg = Message::default();
                 msg.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
-                msg.from = self.core.leader().filter(|l| *l != self.core.raft_id()).unwrap_or(u64::MAX);
-                msg.to = self.core.raft_id();
+                msg.from = core.leader().filter(|l| *l != core.raft_id()).unwrap_or(u64::MAX);
+                msg.to = core.raft_id();
                 msg.term = stats.term;
-                msg.commit = self.core.last_index() + 1_000_000;
+                msg.commit = core.last_index() + 1_000_000;
                 tracing::warn!("consistent: injected a heartbeat that commits past the local log");
-                if let Err(error) = self.core.step(msg) {
+                if let Err(error) = core.step(msg) {
                     tracing::warn!(%error, "consistent: injected raft message refused");
                 }
             }
@@ -1064,628 +1015,54 @@ impl Actor {
                 Cmd::Inject(_) => {}
             }
         }
-        for (_, pending) in self.pending.drain().chain(self.waiting.drain(..).map(|p| (0, p))) {
-            if let Some(reply) = pending.reply {
-                let _ = reply.send(Err(Admission::Canceled));
-            }
-        }
-        for (_, read) in self.reads.drain() {
-            let _ = read.reply.send(Err(ReadError::Refused(Admission::Canceled)));
-        }
+        self.driver.cancel_all();
+        self.perform();
     }
 
-    fn on_cmd(&mut self, cmd: Cmd) {
+    fn on_cmd(&mut self, now: Instant, cmd: Cmd) {
         match cmd {
-            Cmd::Propose { proposal, reply, deadline } => {
-                let internal = match &proposal.command {
-                    Command::RemoveByPid { pid } if reply.is_none() => Internal::RemovePid(pid.clone()),
-                    _ => Internal::Client,
-                };
-                self.submit(Pending { proposal, reply, deadline, internal }, true);
-            }
+            Cmd::Propose { proposal, reply, deadline } => self.driver.handle_propose(now, proposal, reply, deadline),
             Cmd::StrongRead { name, request, reply, deadline } => {
-                self.start_strong_read(PendingRead { name, request, reply, deadline })
+                self.driver.handle_strong_read(now, name, request, reply, deadline)
             }
             Cmd::Inject(fault) => self.inject(fault),
-        }
-    }
-
-    /// Hands a write to raft; with no leader known it waits for one (bounded).
-    fn submit(&mut self, pending: Pending, first: bool) {
-        match self.core.propose(&pending.proposal) {
-            Ok(id) => {
-                if first {
-                    self.shared.metrics.admission(&Admission::Accepted);
-                    self.shared.metrics.outcome(ExecutionOutcome::Proposed);
-                }
-                self.pending.insert(id, pending);
-            }
-            Err(ProposeError::Refused(Admission::NotLeader { .. })) if self.waiting.len() < MAX_WAITING => {
-                if first {
-                    self.shared.metrics.outcome(ExecutionOutcome::Queued);
-                }
-                self.waiting.push_back(pending);
-            }
-            Err(ProposeError::Refused(admission)) => self.finish(pending, Err(admission), ExecutionOutcome::Rejected),
-            Err(ProposeError::Invalid(error)) => {
-                tracing::debug!(%error, "consistent: invalid proposal refused");
-                self.finish(pending, Err(Admission::Canceled), ExecutionOutcome::Rejected);
-            }
-        }
-    }
-
-    fn finish(&mut self, pending: Pending, result: Result<Applied, Admission>, outcome: ExecutionOutcome) {
-        self.shared.metrics.outcome(outcome);
-        if let Err(admission) = &result
-            && outcome == ExecutionOutcome::Rejected
-        {
-            self.shared.metrics.admission(admission);
-        }
-        if let Internal::RemoveNode(node) = &pending.internal {
-            self.removing.remove(node);
-        }
-        if let Some(reply) = pending.reply {
-            let _ = reply.send(result);
-        }
-    }
-
-    /// Starts (or retries) a `Strong` read: a ReadIndex on the leader, forwarded to it from a
-    /// follower or learner (SPEC 8). With no leader known it is refused at once by the freshness
-    /// decision (`Unavailable`, or `NotLeader` with the last hint): waiting would only delay the
-    /// same answer on an isolated node.
-    fn start_strong_read(&mut self, read: PendingRead) {
-        match self.core.read_index() {
-            Ok(id) => {
-                self.reads.insert(id, read);
-            }
-            Err(ProposeError::Refused(Admission::NotLeader { .. })) => {
-                let result = decide(&read.request, &self.core.control_view(None))
-                    .map(|witness| ReadAnswer { registration: self.core.fsm().lookup(&read.name).cloned(), witness })
-                    .map_err(ReadError::Rejected);
-                self.answer_read(read.request.freshness, read.reply, result);
-            }
-            Err(ProposeError::Refused(admission)) => {
-                self.answer_read(read.request.freshness, read.reply, Err(ReadError::Refused(admission)))
-            }
-            Err(ProposeError::Invalid(_)) => {
-                self.answer_read(read.request.freshness, read.reply, Err(ReadError::Refused(Admission::Canceled)))
-            }
-        }
-    }
-
-    fn answer_read(&self, freshness: Freshness, reply: ReadReply, result: Result<ReadAnswer, ReadError>) {
-        self.shared.metrics.read(freshness, result.as_ref().map_or_else(ReadError::reason, |_| "ok"));
-        let _ = reply.send(result);
-    }
-
-    fn on_frame(&mut self, frame: Inbound) {
-        match frame.kind {
-            KIND_RAFT_MESSAGE => self.on_raft_frame(&frame.from, &frame.payload),
-            KIND_HELLO => self.on_hello(&frame.from, &frame.payload),
-            KIND_SNAPSHOT_CHUNK => self.on_snapshot_chunk(&frame.from, &frame.payload),
-            KIND_SNAPSHOT_ACK => self.on_snapshot_ack(&frame.from, &frame.payload),
-            _ => self.shared.metrics.frame_dropped("unknown_kind"),
-        }
-    }
-
-    fn on_raft_frame(&mut self, from: &NodeId, payload: &Bytes) {
-        if payload.len() > MAX_RAFT_FRAME_BYTES {
-            return self.shared.metrics.frame_dropped("too_large");
-        }
-        let Ok(msg) = Message::parse_from_bytes(payload) else {
-            return self.shared.metrics.frame_dropped("malformed");
-        };
-        self.step_raft_message(from, msg);
-    }
-
-    /// Steps a raft message from the authenticated `from` (one frame, or a snapshot rebuilt from
-    /// chunks): its raft id must belong to that node.
-    fn step_raft_message(&mut self, from: &NodeId, msg: Message) {
-        if msg.from == 0 {
-            return self.shared.metrics.frame_dropped("malformed");
-        }
-        match self.routes.get(&msg.from) {
-            Some(name) if *name != from.name => return self.shared.metrics.frame_dropped("forged"),
-            Some(_) => {}
-            None if self.routes.len() < MAX_KNOWN_PEERS => {
-                self.routes.insert(msg.from, from.name.clone());
-            }
-            None => {}
-        }
-        if self.core.step(msg).is_err() {
-            // Counted by the core (messages_dropped), mirrored into the frames_dropped metric.
-        }
-    }
-
-    fn on_snapshot_chunk(&mut self, from: &NodeId, payload: &Bytes) {
-        if let Err(refusal) = self.transfers.handle_chunk(Instant::now(), from, payload) {
-            tracing::debug!(from = %from, %refusal, "consistent: snapshot chunk refused");
-            self.shared.metrics.snapshot_receive_dropped(refusal.reason());
-        }
-        self.flush_snapshot_transfers();
-    }
-
-    fn on_snapshot_ack(&mut self, from: &NodeId, payload: &Bytes) {
-        match self.transfers.handle_ack(Instant::now(), from, payload) {
-            Err(AckRefusal::Malformed) => self.shared.metrics.frame_dropped("malformed"),
-            Err(AckRefusal::WrongPeer) => self.shared.metrics.frame_dropped("forged"),
-            // An ack of a transfer that ended or was replaced: normal, nothing to do.
-            Err(AckRefusal::UnknownTransfer | AckRefusal::Inconsistent) | Ok(()) => {}
-        }
-        self.flush_snapshot_transfers();
-    }
-
-    /// The tick's part of snapshot transfers: fail those without progress (reported to raft).
-    fn drive_snapshot_transfers(&mut self, now: Instant) {
-        self.transfers.handle_timeout(now);
-        self.flush_snapshot_transfers();
-    }
-
-    /// Sends the transfer core's chunks and acks, hands its reports to raft, and steps the
-    /// snapshots it rebuilt.
-    fn flush_snapshot_transfers(&mut self) {
-        while let Some(transmit) = self.transfers.poll_transmit() {
-            match transmit {
-                Transmit::Chunk { to, peer, payload } => {
-                    if self.transport.send(&peer, Class::Raft, KIND_SNAPSHOT_CHUNK, payload).is_err() {
-                        self.shared.metrics.frames_sent_failed.inc();
-                        self.transfers.abort(to);
-                    }
-                }
-                Transmit::Ack { peer, payload } => {
-                    if self.transport.send(&peer, Class::Raft, KIND_SNAPSHOT_ACK, payload).is_err() {
-                        self.shared.metrics.frames_sent_failed.inc();
-                    }
-                }
-            }
-        }
-        while let Some(report) = self.transfers.poll_report() {
-            match report.outcome {
-                SnapshotOutcome::Finished => self.core.report_snapshot(report.to, true),
-                SnapshotOutcome::Failed(failure) => {
-                    tracing::info!(to = report.to, ?failure, "consistent: snapshot transfer failed; raft retries it");
-                    self.core.report_snapshot(report.to, false);
-                    self.core.report_unreachable(report.to);
-                }
-            }
-        }
-        while let Some(received) = self.transfers.poll_snapshot() {
-            self.step_raft_message(&received.from, received.message);
-        }
-        let stats = self.transfers.stats();
-        self.shared.metrics.observe_transfers(&self.last_transfer_stats, &stats);
-        self.last_transfer_stats = stats;
-    }
-
-    fn on_hello(&mut self, from: &NodeId, payload: &Bytes) {
-        if payload.len() > MAX_HELLO_BYTES {
-            return self.shared.metrics.frame_dropped("too_large");
-        }
-        let Ok(hello) = rmp_serde::from_slice::<Hello>(payload) else {
-            return self.shared.metrics.frame_dropped("malformed");
-        };
-        if hello.v != HELLO_VERSION || hello.raft_id == 0 {
-            return self.shared.metrics.frame_dropped("malformed");
-        }
-        if hello.node != *from {
-            return self.shared.metrics.frame_dropped("forged");
-        }
-        if !self.hellos.contains_key(&from.name) && self.hellos.len() >= MAX_KNOWN_PEERS {
-            return;
-        }
-        // A raft id belongs to one node name for good (ids are never reused).
-        if let Some(name) = self.routes.get(&hello.raft_id)
-            && *name != from.name
-        {
-            return self.shared.metrics.frame_dropped("forged");
-        }
-        if self.routes.len() < MAX_KNOWN_PEERS || self.routes.contains_key(&hello.raft_id) {
-            self.routes.insert(hello.raft_id, from.name.clone());
-        }
-        self.hellos.insert(from.name.clone(), (hello.node, hello.raft_id));
-    }
-
-    fn on_tick(&mut self) {
-        self.core.tick();
-        let now = Instant::now();
-        self.send_hellos(now);
-        self.drive_snapshot_transfers(now);
-        self.retry_waiting(now);
-        self.expire(now);
-        if self.core.is_leader() {
-            self.reconcile(now);
-            if now.saturating_duration_since(self.last_sweep) >= self.config.reconcile_debounce {
-                self.last_sweep = now;
-                self.sweep_departed();
-            }
-        }
-    }
-
-    fn live_peers(&self) -> Vec<NodeId> {
-        self.membership.live_peers()
-    }
-
-    fn send_hellos(&mut self, now: Instant) {
-        if self.last_hello.is_some_and(|t| now.saturating_duration_since(t) < HELLO_INTERVAL) {
-            return;
-        }
-        self.last_hello = Some(now);
-        let hello = Hello { v: HELLO_VERSION, node: self.shared.local.clone(), raft_id: self.core.raft_id() };
-        let Ok(body) = rmp_serde::to_vec(&hello) else { return };
-        let body = Bytes::from(body);
-        for peer in self.live_peers() {
-            let _ = self.transport.send(&peer.name, Class::Raft, KIND_HELLO, body.clone());
-        }
-    }
-
-    fn retry_waiting(&mut self, now: Instant) {
-        if self.core.leader().is_none() || self.waiting.is_empty() {
-            return;
-        }
-        let waiting: Vec<Pending> = self.waiting.drain(..).collect();
-        for pending in waiting {
-            if pending.deadline <= now {
-                self.time_out(pending);
-            } else {
-                self.submit(pending, false);
-            }
-        }
-    }
-
-    fn time_out(&mut self, pending: Pending) {
-        let admission = match self.core.leader() {
-            None => Admission::NotLeader { leader_hint: None },
-            Some(_) => Admission::TimedOut,
-        };
-        self.shared.metrics.admission(&admission);
-        self.finish(pending, Err(admission), ExecutionOutcome::Failed);
-    }
-
-    /// Answers every caller whose `request_timeout` passed, wherever its request is: waiting for a
-    /// leader, proposed (the core's own attempt may still commit later: a retry with the same
-    /// request id then returns that result), or a read in flight. So a caller never waits longer
-    /// than `request_timeout` plus one tick, also during a failover (issue 11).
-    fn expire(&mut self, now: Instant) {
-        let expired: Vec<usize> =
-            self.waiting.iter().enumerate().filter(|(_, p)| p.deadline <= now).map(|(i, _)| i).collect();
-        for i in expired.into_iter().rev() {
-            if let Some(pending) = self.waiting.remove(i) {
-                self.time_out(pending);
-            }
-        }
-        let expired: Vec<ProposalId> =
-            self.pending.iter().filter(|(_, p)| p.deadline <= now).map(|(id, _)| *id).collect();
-        for id in expired {
-            if let Some(pending) = self.pending.remove(&id) {
-                self.time_out(pending);
-            }
-        }
-        let expired: Vec<ReadId> = self.reads.iter().filter(|(_, r)| r.deadline <= now).map(|(id, _)| *id).collect();
-        for id in expired {
-            if let Some(read) = self.reads.remove(&id) {
-                let admission = if self.core.leader().is_some() {
-                    Admission::TimedOut
-                } else {
-                    Admission::NotLeader { leader_hint: None }
-                };
-                self.shared.metrics.admission(&admission);
-                self.answer_read(read.request.freshness, read.reply, Err(ReadError::Refused(admission)));
-            }
-        }
-    }
-
-    /// Messages out, answers to callers, follow-ups of internal writes.
-    fn dispatch(&mut self, out: ReadyOutput) {
-        for msg in out.messages {
-            self.send_message(msg);
-        }
-        // The view mirror must show what was applied before any caller is answered.
-        self.publish();
-        let now = Instant::now();
-        for applied in out.applied {
-            let Some(pending) = self.pending.remove(&applied.proposal_id) else { continue };
-            self.shared.metrics.outcome(ExecutionOutcome::Committed);
-            let follow_up = match (&pending.internal, &applied.applied.result) {
-                (Internal::RemoveNode(node), CommandResult::Removed { remaining: true, .. }) => {
-                    Some(Command::RemoveByNode { node: node.clone() })
-                }
-                (Internal::RemovePid(pid), CommandResult::Removed { remaining: true, .. }) => {
-                    Some(Command::RemoveByPid { pid: pid.clone() })
-                }
-                _ => None,
-            };
-            let internal = pending.internal.clone();
-            let deadline = pending.deadline;
-            self.finish(pending, Ok(applied.applied), ExecutionOutcome::Applied);
-            if let Some(command) = follow_up {
-                let proposal = Proposal::new(self.next_request_id(), command);
-                if let Internal::RemoveNode(node) = &internal {
-                    self.removing.insert(node.clone());
-                }
-                let deadline = deadline.max(now + self.config.request_timeout);
-                self.submit(Pending { proposal, reply: None, deadline, internal }, true);
-            }
-        }
-        for failed in out.failed {
-            let Some(pending) = self.pending.remove(&failed.proposal_id) else { continue };
-            if pending.deadline > now {
-                // Same request id: if the first attempt did commit, the FSM answers from its cache.
-                self.submit(pending, false);
-            } else {
-                self.shared.metrics.admission(&failed.admission);
-                self.finish(pending, Err(failed.admission), ExecutionOutcome::Failed);
-            }
-        }
-        for ready in out.reads {
-            let Some(read) = self.reads.remove(&ready.read_id) else { continue };
-            let result = decide(&read.request, &self.core.control_view(Some(ready.read_index)))
-                .map(|witness| ReadAnswer { registration: self.core.fsm().lookup(&read.name).cloned(), witness })
-                .map_err(ReadError::Rejected);
-            self.answer_read(read.request.freshness, read.reply, result);
-        }
-        for (read_id, admission) in out.failed_reads {
-            let Some(read) = self.reads.remove(&read_id) else { continue };
-            if read.deadline > now && matches!(admission, Admission::TimedOut | Admission::NotLeader { .. }) {
-                // Lost with a leader change or a dropped message: ask again (a read has no
-                // side effect, so a retry needs no id).
-                self.start_strong_read(read);
-            } else {
-                self.answer_read(read.request.freshness, read.reply, Err(ReadError::Refused(admission)));
-            }
-        }
-        if let Some(change) = out.leader_change {
-            tracing::info!(leader = ?change.leader_node.map(|n| n.name), term = change.term, "consistent: leader changed");
-            self.removing.clear();
-            self.down_since.clear();
-        }
-        self.transitions_dirty |= !out.transitions.is_empty();
-        for transition in out.transitions {
-            tracing::info!(id = %transition.id, phase = ?transition.phase, reason = %transition.reason, "consistent: transition");
-        }
-    }
-
-    fn next_request_id(&self) -> RequestId {
-        RequestId::new(self.shared.local.clone(), self.shared.seq.fetch_add(1, Ordering::Relaxed))
-    }
-
-    fn send_message(&mut self, msg: Message) {
-        let to = msg.to;
-        let is_snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
-        let name = match self.routes.get(&to) {
-            Some(name) => name.clone(),
-            None => match self.core.fsm().member(to) {
-                Some(node) => node.name.clone(),
-                None => {
-                    self.shared.metrics.frame_dropped("no_route");
-                    return self.report_unsent(to, is_snapshot);
-                }
-            },
-        };
-        if is_snapshot {
-            // Any size, in bounded chunks; the transfer ends in a report to raft (a refusal too).
-            let _ = self.transfers.send_snapshot(Instant::now(), &name, msg);
-            return self.flush_snapshot_transfers();
-        }
-        let Ok(bytes) = msg.write_to_bytes() else { return self.shared.metrics.frames_sent_failed.inc() };
-        if self.transport.send(&name, Class::Raft, KIND_RAFT_MESSAGE, Bytes::from(bytes)).is_err() {
-            self.shared.metrics.frames_sent_failed.inc();
-            self.report_unsent(to, false);
-        }
-    }
-
-    /// Tells raft a message to `to` was not sent: it probes the peer again instead of assuming
-    /// its appends arrived, and a snapshot it believes in flight is retried.
-    fn report_unsent(&mut self, to: u64, is_snapshot: bool) {
-        if is_snapshot {
-            self.core.report_snapshot(to, false);
-        }
-        self.core.report_unreachable(to);
-    }
-
-    /// The raft id of a membership row: this node's own, a hello's (same incarnation), or the
-    /// replicated address book's.
-    fn raft_id_of(&self, node: &NodeId, is_self: bool) -> Option<u64> {
-        if is_self {
-            return Some(self.core.raft_id());
-        }
-        if let Some((known, id)) = self.hellos.get(&node.name)
-            && known == node
-        {
-            return Some(*id);
-        }
-        self.core.fsm().members().iter().find(|(_, n)| *n == node).map(|(id, _)| *id)
-    }
-
-    fn reconcile(&mut self, now: Instant) {
-        let rows = self.membership.members();
-        let mut hasher = DefaultHasher::new();
-        for row in rows.iter() {
-            (&row.info.id, row.state.as_str(), row.info.raft_eligible).hash(&mut hasher);
-        }
-        let fingerprint = hasher.finish();
-        if fingerprint != self.members_fingerprint {
-            self.members_fingerprint = fingerprint;
-            self.members_changed_at = now;
-        }
-        let mut members = Vec::with_capacity(rows.len());
-        for row in rows.iter() {
-            match self.raft_id_of(&row.info.id, row.is_self) {
-                Some(raft_id) => members.push(LadderMember {
-                    node: row.info.id.clone(),
-                    raft_id,
-                    raft_eligible: row.info.raft_eligible,
-                    failure_domain: row.info.failure_domain.clone(),
-                    state: row.state,
-                    down_for: Duration::ZERO,
-                }),
-                // A live member whose raft id is not known yet: its hello is on its way. Deciding
-                // without it could remove a voter that only restarted; wait.
-                None if matches!(row.state, MemberState::Alive | MemberState::Suspect) => return,
-                None => {}
-            }
-        }
-        let conf = self.core.conf_state();
-        let config = RaftConfig {
-            voters: conf.voters.iter().copied().collect(),
-            learners: conf.learners.iter().copied().collect(),
-        };
-        // A configured raft id that no membership row maps to (its node restarted under another
-        // id, or was forgotten) is listed as down under its address-book identity.
-        for id in config.voters.iter().chain(config.learners.iter()) {
-            if !members.iter().any(|m| m.raft_id == *id) {
-                let node = self.core.fsm().member(*id).cloned().unwrap_or_else(|| NodeId::new(format!("raft-{id}"), 0));
-                members.push(LadderMember {
-                    node,
-                    raft_id: *id,
-                    raft_eligible: true,
-                    failure_domain: String::new(),
-                    state: MemberState::Down,
-                    down_for: Duration::ZERO,
-                });
-            }
-        }
-        self.track_down(now, &config, &mut members);
-        if now.saturating_duration_since(self.members_changed_at) < self.config.reconcile_debounce
-            || self.core.has_pending_conf_change()
-        {
-            return;
-        }
-        let policy =
-            LadderPolicy { max_voters: self.config.max_voters, dead_voter_after: self.config.dead_voter_after };
-        let plan = ladder::reconcile(&members, &config, self.core.raft_id(), &policy, self.core.next_transition_id());
-        let Some(first) = plan.into_iter().next() else { return };
-        // Growing the set promotes only caught-up learners.
-        for step in first.steps.iter().filter(|s| s.kind == ConfStepKind::Promote) {
-            let matched = self.core.progress_matched(step.raft_id).unwrap_or(0);
-            if matched + PROMOTE_MAX_LAG < self.core.last_index() {
-                return;
-            }
-        }
-        if let Err(error) = self.core.propose_transition(first) {
-            tracing::debug!(%error, "consistent: transition not proposed");
-        }
-    }
-
-    /// Measures, per configured raft id, how long it has been down without interruption (the
-    /// clock starts when this node, as leader, first saw it down: a new leader waits the whole
-    /// `dead_voter_after` again, which errs on the side of keeping voters), and fills `down_for`.
-    fn track_down(&mut self, now: Instant, config: &RaftConfig, members: &mut [LadderMember]) {
-        let best = |id: u64, members: &[LadderMember]| {
-            members.iter().filter(|m| m.raft_id == id).map(|m| m.state).min_by_key(|s| ladder::rank(*s))
-        };
-        self.down_since.retain(|id, _| config.voters.contains(id) || config.learners.contains(id));
-        for id in config.voters.iter().chain(config.learners.iter()) {
-            match best(*id, members) {
-                Some(MemberState::Alive | MemberState::Suspect) => {
-                    self.down_since.remove(id);
-                }
-                _ => {
-                    self.down_since.entry(*id).or_insert(now);
-                }
-            }
-        }
-        for m in members.iter_mut() {
-            if m.state == MemberState::Down
-                && let Some(since) = self.down_since.get(&m.raft_id)
-            {
-                m.down_for = now.saturating_duration_since(*since);
-            }
-        }
-    }
-
-    /// Leader: commit `RemoveByNode` for node incarnations that departed (down or left in
-    /// membership, or replaced by a newer incarnation of the same name) and still hold names or
-    /// are not yet marked departed.
-    fn sweep_departed(&mut self) {
-        let rows = self.membership.members();
-        let local = self.shared.local.clone();
-        let mut departed: BTreeSet<NodeId> = BTreeSet::new();
-        for row in rows.iter() {
-            if matches!(row.state, MemberState::Down | MemberState::Left) && !self.core.fsm().is_departed(&row.info.id)
-            {
-                departed.insert(row.info.id.clone());
-            }
-        }
-        for owner in self.core.fsm().owner_nodes() {
-            if owner == local {
-                continue;
-            }
-            let gone = rows.iter().any(|r| {
-                (r.info.id == owner && matches!(r.state, MemberState::Down | MemberState::Left))
-                    || (r.info.id.name == owner.name
-                        && r.info.id.incarnation > owner.incarnation
-                        && r.state == MemberState::Alive)
-            }) || (owner.name == local.name && owner.incarnation < local.incarnation);
-            if gone {
-                departed.insert(owner);
-            }
-        }
-        // A node declared departed that is alive again under the same incarnation (a healed
-        // partition) may register again: without this its every registration would be refused
-        // as `OwnerDeparted` for as long as it runs.
-        for row in rows.iter() {
-            let node = &row.info.id;
-            if row.state == MemberState::Alive
-                && self.core.fsm().is_departed(node)
-                && !self.removing.contains(node)
-                && self.pending.len() < super::core::MAX_PENDING_PROPOSALS
-            {
-                tracing::info!(node = %node, "consistent: readmitting a node that is alive again");
-                self.removing.insert(node.clone());
-                let proposal = Proposal::new(self.next_request_id(), Command::Readmit { node: node.clone() });
-                let deadline = Instant::now() + self.config.request_timeout;
-                let internal = Internal::RemoveNode(node.clone());
-                self.submit(Pending { proposal, reply: None, deadline, internal }, true);
-            }
-        }
-        for node in departed {
-            if node == local
-                || self.removing.contains(&node)
-                || self.pending.len() >= super::core::MAX_PENDING_PROPOSALS
-            {
-                continue;
-            }
-            tracing::info!(node = %node, "consistent: removing the names of a departed node");
-            self.removing.insert(node.clone());
-            let proposal = Proposal::new(self.next_request_id(), Command::RemoveByNode { node: node.clone() });
-            let deadline = Instant::now() + self.config.request_timeout;
-            self.submit(Pending { proposal, reply: None, deadline, internal: Internal::RemoveNode(node) }, true);
         }
     }
 
     /// Updates the published view (names mirror, control view, status) and the metrics.
     fn publish(&mut self) {
         let now = Instant::now();
-        let changes = self.core.take_view_changes();
-        let control = self.core.control_view(None);
+        let changes = self.driver.core_mut().take_view_changes();
+        let control = self.driver.core().control_view(None);
         if control.quorum_reachable {
             self.last_contact = Some(now);
         }
         // Names of voters and learners and the transitions list are rebuilt only when they
         // changed: publish runs on every turn of the actor, on the write path of every hop.
-        let conf = self.core.conf_state();
-        let key = (conf.voters.clone(), conf.learners.clone(), self.core.fsm().members().len());
+        let conf = self.driver.core().conf_state();
+        let key = (conf.voters.clone(), conf.learners.clone(), self.driver.core().fsm().members().len());
         if self.status_names.0 != key {
-            let name_of = |id: &u64| self.core.fsm().member(*id).map_or_else(|| id.to_string(), |n| n.name.clone());
+            let name_of =
+                |id: &u64| self.driver.core().fsm().member(*id).map_or_else(|| id.to_string(), |n| n.name.clone());
             let names = (conf.voters.iter().map(name_of).collect(), conf.learners.iter().map(name_of).collect());
             self.status_names = (key, names);
         }
-        let status = raft_status(&self.core, &control, &self.status_names.1, &self.config.storage);
-        let is_voter = self.core.conf_state().voters.contains(&self.core.raft_id());
+        let status = raft_status(self.driver.core(), &control, &self.status_names.1, &self.driver.config().storage);
+        let is_voter = self.driver.core().conf_state().voters.contains(&self.driver.core().raft_id());
         let transitions: Option<Vec<Transition>> =
-            std::mem::take(&mut self.transitions_dirty).then(|| self.core.transitions().cloned().collect());
+            self.driver.take_transitions_dirty().then(|| self.driver.core().transitions().cloned().collect());
         {
             let mut view = self.shared.view.write().unwrap_or_else(|poisoned| poisoned.into_inner());
             if changes.reset {
                 view.names.clear();
                 view.owners.clear();
-                for (name, reg) in self.core.fsm().names() {
+                for (name, reg) in self.driver.core().fsm().names() {
                     *view.owners.entry(reg.pid.clone()).or_default() += 1;
                     view.names.insert(name.to_string(), reg.clone());
                 }
             } else {
                 for name in changes.names {
-                    let now_reg = self.core.fsm().lookup(&name).cloned();
+                    let now_reg = self.driver.core().fsm().lookup(&name).cloned();
                     let old = match now_reg {
                         Some(reg) => {
                             *view.owners.entry(reg.pid.clone()).or_default() += 1;
@@ -1712,12 +1089,12 @@ impl Actor {
             view.last_contact = self.last_contact;
             view.last_loop = now;
         }
-        let stats = self.core.stats();
-        let store = self.core.store_stats();
+        let stats = self.driver.core().stats();
+        let store = self.driver.core().store_stats();
         let metrics = &self.shared.metrics;
         metrics.observe_core(&self.last_stats, &stats, &self.last_store, &store);
-        metrics.is_leader.set(i64::from(self.core.is_leader()));
-        metrics.voters.set(self.core.conf_state().voters.len() as i64);
+        metrics.is_leader.set(i64::from(self.driver.core().is_leader()));
+        metrics.voters.set(self.driver.core().conf_state().voters.len() as i64);
         self.last_stats = stats;
         self.last_store = store;
     }

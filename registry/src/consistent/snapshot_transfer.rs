@@ -39,7 +39,7 @@
 //!   except one replaced by a newer snapshot to the same peer: raft already moved on to that one.
 //! - No input panics: every length is checked with checked arithmetic before it is used.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -417,7 +417,7 @@ pub struct SnapshotTransfers {
     /// By receiver raft id: at most one transfer per peer.
     outgoing: BTreeMap<u64, Outgoing>,
     /// By authenticated sender: at most one assembly per sender.
-    incoming: HashMap<NodeId, Assembly>,
+    incoming: BTreeMap<NodeId, Assembly>,
     next_id: TransferId,
     acks: VecDeque<Transmit>,
     reports: VecDeque<SnapshotReport>,
@@ -435,7 +435,7 @@ impl SnapshotTransfers {
         Self {
             limits,
             outgoing: BTreeMap::new(),
-            incoming: HashMap::new(),
+            incoming: BTreeMap::new(),
             next_id: 1,
             acks: VecDeque::new(),
             reports: VecDeque::new(),
