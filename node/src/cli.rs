@@ -35,6 +35,8 @@ enum Command {
     /// Chaos scenarios (SPEC 11).
     #[command(subcommand)]
     Chaos(ChaosCommand),
+    /// Deterministic whole-cluster simulation: seeded composed faults on a simulated network and clock.
+    Sim(crate::sim_cli::SimArgs),
 }
 
 /// `cohort chaos ...`
@@ -138,6 +140,7 @@ pub fn main() -> ExitCode {
         Command::Node(args) => run_node(*args),
         Command::Up(args) => crate::up::run(args),
         Command::Chaos(ChaosCommand::Run(args)) => run_chaos(args),
+        Command::Sim(args) => crate::sim_cli::run(args),
     }
 }
 

@@ -36,6 +36,7 @@ mod http_registry;
 pub mod metrics;
 pub mod node;
 pub mod probe;
+pub mod sim_cli;
 pub mod telemetry;
 pub mod up;
 

@@ -107,6 +107,10 @@ pub struct CoreConfig {
     pub election_ticks: usize,
     /// See [`HEARTBEAT_TICKS`].
     pub heartbeat_ticks: usize,
+    /// A fixed election timeout in ticks (at least `election_ticks`, below twice it) instead of
+    /// raft-rs's draw from its thread-local RNG on every reset: the simulator draws one per node
+    /// from its seed so that a run replays exactly. `None` on real nodes.
+    pub election_timeout_ticks: Option<usize>,
     /// See [`SNAPSHOT_INTERVAL`].
     pub snapshot_interval: u64,
     /// See [`LOG_RETAIN_ENTRIES`].
@@ -127,6 +131,7 @@ impl CoreConfig {
             node,
             election_ticks: ELECTION_TICKS,
             heartbeat_ticks: HEARTBEAT_TICKS,
+            election_timeout_ticks: None,
             snapshot_interval: SNAPSHOT_INTERVAL,
             log_retain: LOG_RETAIN_ENTRIES,
             proposal_timeout_ticks: PROPOSAL_TIMEOUT_TICKS,
@@ -414,8 +419,14 @@ impl RaftCore {
         };
         let boot_commit = store.hard_state().commit;
         let conf_state = snap_meta.get_conf_state().clone();
+        let (min_election_tick, max_election_tick) = match cfg.election_timeout_ticks {
+            Some(t) => (t, t + 1),
+            None => (0, 0),
+        };
         let raft_cfg = raft::Config {
             id: raft_id,
+            min_election_tick,
+            max_election_tick,
             election_tick: cfg.election_ticks,
             heartbeat_tick: cfg.heartbeat_ticks,
             applied: snap_meta.index,
