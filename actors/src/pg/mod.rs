@@ -45,6 +45,7 @@
 
 pub mod digest;
 mod metrics;
+pub mod peers;
 pub mod scope;
 pub mod service;
 pub mod snapshot;
