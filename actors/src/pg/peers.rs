@@ -880,3 +880,486 @@ impl Peers {
         false
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use cohort_cluster::NodeId;
+
+    use super::*;
+    use crate::pg::wire::PgFrame;
+
+    const RESYNC: Duration = Duration::from_millis(100);
+    const DIGEST: Duration = Duration::from_secs(1);
+    const ANTI_ENTROPY: Duration = Duration::from_secs(10);
+
+    fn config() -> PeersConfig {
+        PeersConfig { anti_entropy_interval: ANTI_ENTROPY, digest_interval: DIGEST, resync_delay: RESYNC }
+    }
+
+    fn me() -> NodeId {
+        NodeId::new("a", 1)
+    }
+
+    fn node(name: &str) -> NodeId {
+        NodeId::new(name, 1)
+    }
+
+    fn group(name: &str) -> Group {
+        Group::new(name).unwrap()
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// What the driver asked to send: the peer, the decoded message, the completed sync if any.
+    type Sent = (String, PgMessage, Option<SyncReason>);
+
+    fn sent(peers: &mut Peers) -> Vec<Sent> {
+        std::iter::from_fn(|| peers.poll_transmit())
+            .map(|t| {
+                let frame: PgFrame = rmp_serde::from_slice(&t.bytes).expect("the driver encodes valid frames");
+                assert_eq!((frame.scope.as_str(), &frame.from), ("s", &me()));
+                assert_eq!(frame.message.name(), t.message);
+                (t.peer, frame.message, t.completes_sync)
+            })
+            .collect()
+    }
+
+    fn events(peers: &mut Peers) -> Vec<PeersEvent> {
+        std::iter::from_fn(|| peers.poll_event()).collect()
+    }
+
+    fn discovers_to(sent: &[Sent], peer: &str) -> usize {
+        sent.iter().filter(|(p, m, _)| p == peer && *m == PgMessage::Discover).count()
+    }
+
+    /// The groups of the complete syncs in `sent` to `peer`, one entry per sync.
+    fn syncs_to(sent: &[Sent], peer: &str) -> Vec<(SyncReason, NodeState)> {
+        let mut syncs = Vec::new();
+        let mut groups = Vec::new();
+        for (p, message, completes) in sent {
+            if let (true, PgMessage::Sync(chunk)) = (p == peer, message) {
+                groups.extend(chunk.groups.clone());
+                if let Some(reason) = completes {
+                    assert!(chunk.last, "only the last chunk completes a sync");
+                    syncs.push((*reason, std::mem::take(&mut groups)));
+                }
+            }
+        }
+        syncs
+    }
+
+    /// A peer's full state as one sync chunk.
+    fn full_state(groups: NodeState) -> PgMessage {
+        PgMessage::Sync(SyncChunk { sync_id: 1, index: 0, last: true, groups })
+    }
+
+    /// Runs every timeout due up to `until`, stepping through the deadlines the driver asks for;
+    /// returns what it sent.
+    fn run_until(peers: &mut Peers, table: &ScopeTable, until: Instant) -> Vec<Sent> {
+        let mut all = Vec::new();
+        while let Some(at) = peers.poll_timeout().filter(|at| *at <= until) {
+            peers.handle_timeout(at, table);
+            all.extend(sent(peers));
+        }
+        all
+    }
+
+    /// A driver with `names` up, their discovers answered by an empty state; outputs consumed.
+    fn connected(t0: Instant, table: &ScopeTable, names: &[&str]) -> Peers {
+        let mut peers = Peers::new("s", me(), config(), t0, 0);
+        for name in names {
+            peers.handle_peer_up(t0, table, &node(name), SyncReason::Connect);
+            peers.handle_message(t0, table, &node(name), full_state(Vec::new()));
+        }
+        sent(&mut peers);
+        events(&mut peers);
+        peers
+    }
+
+    #[test]
+    fn a_peer_up_sends_a_discover_then_our_full_state() {
+        let (t0, table) = (Instant::now(), ScopeTable::new(me()));
+        let pid = Pid::new(me(), 7);
+        table.join(&group("g"), std::slice::from_ref(&pid)).unwrap();
+        let mut peers = Peers::new("s", me(), config(), t0, 0);
+        peers.handle_peer_up(t0, &table, &node("b"), SyncReason::Connect);
+        let out = sent(&mut peers);
+        assert_eq!(out[0], ("b".to_owned(), PgMessage::Discover, None));
+        assert_eq!(syncs_to(&out, "b"), vec![(SyncReason::Connect, vec![(group("g"), vec![pid])])]);
+        assert!(peers.is_peer("b") && peers.is_awaiting("b"));
+    }
+
+    #[test]
+    fn a_discover_is_resent_with_a_doubling_delay_until_the_peers_state_arrives_then_stops() {
+        let (t0, table) = (Instant::now(), ScopeTable::new(me()));
+        let mut peers = Peers::new("s", me(), config(), t0, 0);
+        peers.handle_peer_up(t0, &table, &node("b"), SyncReason::Connect);
+        assert_eq!(discovers_to(&sent(&mut peers), "b"), 1);
+        assert_eq!(peers.poll_timeout(), Some(t0 + RESYNC));
+
+        peers.handle_timeout(t0 + ms(99), &table);
+        assert_eq!(discovers_to(&sent(&mut peers), "b"), 0, "not before the retry delay");
+        peers.handle_timeout(t0 + RESYNC, &table);
+        assert_eq!(discovers_to(&sent(&mut peers), "b"), 1, "first retry at the resync delay");
+        assert_eq!(peers.poll_timeout(), Some(t0 + ms(300)), "then twice the delay");
+        assert_eq!(events(&mut peers), vec![PeersEvent::DiscoverRetried { peer: "b".to_owned(), retries: 1 }],);
+        peers.handle_timeout(t0 + ms(299), &table);
+        assert_eq!(discovers_to(&sent(&mut peers), "b"), 0);
+        peers.handle_timeout(t0 + ms(300), &table);
+        assert_eq!(discovers_to(&sent(&mut peers), "b"), 1, "second retry 200 ms later");
+
+        peers.handle_message(t0 + ms(350), &table, &node("b"), full_state(Vec::new()));
+        assert!(!peers.is_awaiting("b"));
+        let later = run_until(&mut peers, &table, t0 + ANTI_ENTROPY - ms(1));
+        assert_eq!(discovers_to(&later, "b"), 0, "answered: no discover any more");
+        assert_eq!(peers.stats().discovers_retried, 2);
+    }
+
+    #[test]
+    fn the_discover_retry_delay_is_capped_at_the_anti_entropy_period() {
+        let (t0, table) = (Instant::now(), ScopeTable::new(me()));
+        let mut peers = Peers::new("s", me(), config(), t0, 0);
+        peers.handle_peer_up(t0, &table, &node("b"), SyncReason::Connect);
+        sent(&mut peers);
+        let out = run_until(&mut peers, &table, t0 + Duration::from_secs(60));
+        // 100 ms, then 200, 400, ..., 6.4 s, then every 10 s: t = 0.1, 0.3, 0.7, 1.5, 3.1, 6.3,
+        // 12.7, 22.7, 32.7, 42.7, 52.7 s.
+        assert_eq!(discovers_to(&out, "b"), 11);
+        assert!(out.iter().all(|(_, m, _)| !matches!(m, PgMessage::Digest(_))), "no digest to an awaiting peer");
+    }
+
+    #[test]
+    fn a_digest_goes_every_period_only_to_peers_that_answered() {
+        let (t0, table) = (Instant::now(), ScopeTable::new(me()));
+        let mut peers = connected(t0, &table, &["b"]);
+        peers.handle_peer_up(t0, &table, &node("c"), SyncReason::Connect);
+        sent(&mut peers);
+        let out = run_until(&mut peers, &table, t0 + ms(3_500));
+        let digests: Vec<&str> =
+            out.iter().filter(|(_, m, _)| matches!(m, PgMessage::Digest(_))).map(|(p, _, _)| p.as_str()).collect();
+        assert_eq!(digests, ["b", "b", "b"], "one per period, none to the awaiting peer c");
+        assert!(out.contains(&("b".to_owned(), PgMessage::Digest(table.local_digest()), None)));
+    }
+
+    #[test]
+    fn a_digest_mismatch_pulls_once_per_digest_period_however_many_digests_arrive() {
+        let (t0, table) = (Instant::now(), ScopeTable::new(me()));
+        let b = node("b");
+        let mut peers = connected(t0, &table, &["b"]);
+        let wrong = MembershipDigest { hash: 1, memberships: 1 };
+        let held = table.peer_digest(&b);
+        assert_ne!(held, Some(wrong));
+
+        peers.handle_message(t0 + ms(10), &table, &b, PgMessage::Digest(wrong));
+        assert_eq!(discovers_to(&sent(&mut peers), "b"), 1, "the first mismatch pulls at once");
+        for i in 0..5 {
+            peers.handle_message(t0 + ms(20 + i), &table, &b, PgMessage::Digest(wrong));
+        }
+        assert_eq!(discovers_to(&sent(&mut peers), "b"), 0, "within the period: deferred");
+        let checks: Vec<DigestCheck> = events(&mut peers)
+            .into_iter()
+            .filter_map(|e| match e {
+                PeersEvent::DigestChecked { check, .. } => Some(check),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            checks,
+            [
+                DigestCheck::Pull,
+                DigestCheck::Deferred,
+                DigestCheck::Deferred,
+                DigestCheck::Deferred,
+                DigestCheck::Deferred,
+                DigestCheck::Deferred
+            ]
+        );
+
+        // Our first digest tick ends the partial period of the pull; the next one pulls.
+        let first = run_until(&mut peers, &table, t0 + DIGEST);
+        assert_eq!(discovers_to(&first, "b"), 0);
+        let second = run_until(&mut peers, &table, t0 + 2 * DIGEST);
+        assert_eq!(discovers_to(&second, "b"), 1, "the deferred mismatch, one whole period later");
+        assert!(
+            events(&mut peers)
+                .iter()
+                .any(|e| matches!(e, PeersEvent::DigestChecked { check: DigestCheck::DeferredPull, .. }))
+        );
+
+        // A matching digest ends it: no more pulls.
+        peers.handle_message(t0 + ms(2_100), &table, &b, PgMessage::Digest(held.unwrap()));
+        let after = run_until(&mut peers, &table, t0 + 5 * DIGEST);
+        assert_eq!(discovers_to(&after, "b"), 0);
+    }
+
+    #[test]
+    fn an_overflowed_peer_gets_a_full_resync_at_the_resync_delay() {
+        let (t0, table) = (Instant::now(), ScopeTable::new(me()));
+        let mut peers = connected(t0, &table, &["b", "c"]);
+        let pid = Pid::new(me(), 1);
+        table.join(&group("g"), std::slice::from_ref(&pid)).unwrap();
+        peers.handle_drained(t0 + ms(5), table.drain_events(usize::MAX), true);
+        let b = peers.poll_transmit().unwrap();
+        assert_eq!((b.peer.as_str(), b.message), ("b", "batch"));
+        peers.handle_send_failure(t0 + ms(5), SendFailure::Overflowed);
+        let c = peers.poll_transmit().unwrap();
+        assert_eq!((c.peer.as_str(), c.message), ("c", "batch"), "another peer's run is not affected");
+        assert!(peers.poll_transmit().is_none());
+        assert_eq!(peers.poll_timeout(), Some(t0 + ms(5) + RESYNC));
+
+        let out = run_until(&mut peers, &table, t0 + ms(105));
+        assert_eq!(syncs_to(&out, "b"), vec![(SyncReason::Resync, vec![(group("g"), vec![pid])])]);
+        assert!(syncs_to(&out, "c").is_empty(), "only the overflowed peer is resynced");
+        assert!(run_until(&mut peers, &table, t0 + ms(999)).is_empty(), "once");
+    }
+
+    #[test]
+    fn a_failed_sync_chunk_drops_the_rest_of_its_run() {
+        let (t0, table) = (Instant::now(), ScopeTable::new(me()));
+        let mut peers = Peers::new("s", me(), config(), t0, 0);
+        // A drained local event the table's snapshot does not reflect (a writer between its push
+        // and its publish): replayed after the sync, in the same run.
+        let pid = Pid::new(me(), 1);
+        let event =
+            Event { seq: 1_000, kind: EventKind::Join, group: group("g"), pids: vec![pid], origin: Origin::Local };
+        peers.handle_drained(t0, vec![event], true);
+        peers.handle_peer_up(t0, &table, &node("b"), SyncReason::Connect);
+        assert_eq!(peers.poll_transmit().unwrap().message, "discover");
+        let chunk = peers.poll_transmit().unwrap();
+        assert_eq!(chunk.message, "sync");
+        peers.handle_send_failure(t0, SendFailure::NotSent);
+        assert_eq!(peers.poll_transmit(), None, "the replayed batch after the failed chunk is dropped");
+        assert_eq!(peers.stats().transmits_aborted, 1);
+        assert_eq!(
+            peers.poll_timeout(),
+            Some(t0 + RESYNC),
+            "not sent (not an overflow): no resync, only the discover retry"
+        );
+
+        // Without a failure the same run goes out whole: the chunk, then the replay.
+        peers.handle_peer_up(t0, &table, &node("c"), SyncReason::Connect);
+        let kinds: Vec<&str> = std::iter::from_fn(|| peers.poll_transmit()).map(|t| t.message).collect();
+        assert_eq!(kinds, ["discover", "sync", "batch"]);
+    }
+
+    #[test]
+    fn a_drain_skips_for_a_peer_the_events_its_sync_already_carried() {
+        let (t0, table) = (Instant::now(), ScopeTable::new(me()));
+        let mut peers = connected(t0, &table, &["c"]);
+        peers.handle_drained(t0, Vec::new(), true);
+        let pid = Pid::new(me(), 1);
+        table.join(&group("g"), std::slice::from_ref(&pid)).unwrap();
+        // b is synced after the join and before its event is drained: its snapshot carries it.
+        peers.handle_peer_up(t0, &table, &node("b"), SyncReason::Connect);
+        assert_eq!(
+            syncs_to(&sent(&mut peers), "b"),
+            vec![(SyncReason::Connect, vec![(group("g"), vec![pid.clone()])])]
+        );
+        peers.handle_drained(t0, table.drain_events(usize::MAX), true);
+        let out = sent(&mut peers);
+        let batch = vec![PgOp { kind: EventKind::Join, group: group("g"), pids: vec![pid.clone()] }];
+        assert_eq!(out, vec![("c".to_owned(), PgMessage::Batch(batch.clone()), None)], "b already has it");
+
+        // The cut was dropped with the complete drain: the next change goes to both.
+        table.leave(&group("g"), std::slice::from_ref(&pid)).unwrap();
+        peers.handle_drained(t0, table.drain_events(usize::MAX), true);
+        let peers_sent: Vec<String> = sent(&mut peers).into_iter().map(|(p, _, _)| p).collect();
+        assert_eq!(peers_sent, ["b", "c"]);
+    }
+
+    #[test]
+    fn a_sync_not_sent_whole_does_not_filter_the_batches_that_follow() {
+        let (t0, table) = (Instant::now(), ScopeTable::new(me()));
+        let b = node("b");
+        let (first, second) = (Pid::new(me(), 1), Pid::new(me(), 2));
+        table.join(&group("g"), std::slice::from_ref(&first)).unwrap();
+        let mut peers = Peers::new("s", me(), config(), t0, 0);
+        peers.handle_peer_up(t0, &table, &b, SyncReason::Connect);
+        assert_eq!(syncs_to(&sent(&mut peers), "b").len(), 1, "b holds `first`");
+        table.join(&group("g"), std::slice::from_ref(&second)).unwrap();
+        // b asks again; this sync (it would carry `second`) is refused by the transport.
+        peers.handle_message(t0, &table, &b, PgMessage::Discover);
+        assert_eq!(peers.poll_transmit().unwrap().message, "sync");
+        peers.handle_send_failure(t0, SendFailure::NotSent);
+        assert_eq!(peers.poll_transmit(), None);
+        peers.handle_drained(t0, table.drain_events(usize::MAX), true);
+        let batch = vec![PgOp { kind: EventKind::Join, group: group("g"), pids: vec![second] }];
+        assert_eq!(
+            sent(&mut peers),
+            vec![("b".to_owned(), PgMessage::Batch(batch), None)],
+            "the first sync's cut applies again: `second` is sent, `first` is not sent twice"
+        );
+    }
+
+    #[test]
+    fn anti_entropy_pushes_the_full_state_to_one_peer_per_period_round_robin_in_name_order() {
+        let (t0, table) = (Instant::now(), ScopeTable::new(me()));
+        table.join(&group("g"), &[Pid::new(me(), 1)]).unwrap();
+        let order = |seed: u64| {
+            let mut peers = Peers::new("s", me(), config(), t0, seed);
+            for name in ["d", "b", "c"] {
+                peers.handle_peer_up(t0, &table, &node(name), SyncReason::Connect);
+                peers.handle_message(t0, &table, &node(name), full_state(Vec::new()));
+            }
+            sent(&mut peers);
+            let out = run_until(&mut peers, &table, t0 + 4 * ANTI_ENTROPY);
+            out.into_iter()
+                .filter(|(_, _, c)| *c == Some(SyncReason::AntiEntropy))
+                .map(|(p, _, _)| p)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(order(0), ["b", "c", "d", "b"]);
+        assert_eq!(order(1), ["c", "d", "b", "c"], "the seed picks the starting peer");
+    }
+
+    #[test]
+    fn a_lost_frame_or_an_unknown_sender_pulls_its_full_state_at_the_resync_delay() {
+        let (t0, table) = (Instant::now(), ScopeTable::new(me()));
+        let mut peers = Peers::new("s", me(), config(), t0, 0);
+        peers.handle_frame_lost(t0, "b");
+        // A join from a node the table does not know as a peer is refused and pulls it too.
+        let c = node("c");
+        peers.handle_message(
+            t0 + ms(50),
+            &table,
+            &c,
+            PgMessage::Join { group: group("g"), pids: vec![Pid::new(c.clone(), 1)] },
+        );
+        assert!(sent(&mut peers).is_empty());
+        assert!(matches!(&events(&mut peers)[..], [PeersEvent::Refused { error: PgError::UnknownPeer { .. }, .. }]));
+        let out = run_until(&mut peers, &table, t0 + RESYNC);
+        assert_eq!((discovers_to(&out, "b"), discovers_to(&out, "c")), (1, 1), "one resync deadline for both");
+        assert!(run_until(&mut peers, &table, t0 + ms(999)).is_empty());
+    }
+
+    #[test]
+    fn a_peer_down_forgets_it() {
+        let (t0, table) = (Instant::now(), ScopeTable::new(me()));
+        let mut peers = Peers::new("s", me(), config(), t0, 0);
+        peers.handle_peer_up(t0, &table, &node("b"), SyncReason::Connect);
+        peers.handle_peer_down(t0, "b");
+        assert!(peers.poll_transmit().is_none(), "nothing queued for it is sent");
+        assert!(!peers.is_peer("b") && !peers.is_awaiting("b"));
+        assert!(run_until(&mut peers, &table, t0 + 2 * ANTI_ENTROPY).is_empty());
+    }
+
+    #[test]
+    fn past_max_peers_a_node_is_refused_and_counted() {
+        let (t0, table) = (Instant::now(), ScopeTable::new(me()));
+        let mut peers = Peers::new("s", me(), config(), t0, 0);
+        for i in 0..=MAX_PEERS {
+            peers.handle_peer_up(t0, &table, &node(&format!("n{i:05}")), SyncReason::Connect);
+            sent(&mut peers);
+        }
+        assert!(peers.is_peer("n00000") && !peers.is_peer(&format!("n{MAX_PEERS:05}")));
+        assert_eq!(peers.stats().peers_refused, 1);
+    }
+
+    #[test]
+    fn a_run_that_does_not_fit_the_transmit_queue_is_refused_whole_and_its_peer_resynced() {
+        let (t0, table) = (Instant::now(), ScopeTable::new(me()));
+        let names: Vec<String> = (0..MAX_PEERS).map(|i| format!("n{i:05}")).collect();
+        let mut peers = connected(t0, &table, &names.iter().map(String::as_str).collect::<Vec<_>>());
+        // A shell that does not poll: one batch per peer per drain piles up.
+        let mut local = 0;
+        while peers.stats().transmits_refused == 0 {
+            local += 1;
+            table.join(&group("g"), &[Pid::new(me(), local)]).unwrap();
+            peers.handle_drained(t0, table.drain_events(usize::MAX), true);
+            assert!(local <= MAX_QUEUED_TRANSMITS as u64, "the bound never refused");
+        }
+        let refused = peers.stats().transmits_refused as usize;
+        let queued = sent(&mut peers);
+        assert!(queued.len() <= MAX_QUEUED_TRANSMITS);
+        assert_eq!(queued.len() + refused, local as usize * MAX_PEERS, "every batch queued or refused whole");
+        let resynced: usize = run_until(&mut peers, &table, t0 + RESYNC)
+            .iter()
+            .filter(|(_, _, c)| *c == Some(SyncReason::Resync))
+            .count();
+        assert_eq!(resynced, refused, "each refused peer gets our full state");
+    }
+
+    #[test]
+    fn the_replay_ring_keeps_the_last_events_and_counts_evictions() {
+        let t0 = Instant::now();
+        let mut peers = Peers::new("s", me(), config(), t0, 0);
+        let events: Vec<Event> = (1..=REPLAY_RING_EVENTS as u64 + 3)
+            .map(|seq| Event {
+                seq,
+                kind: EventKind::Join,
+                group: group("g"),
+                pids: vec![Pid::new(me(), seq)],
+                origin: Origin::Remote,
+            })
+            .collect();
+        peers.handle_drained(t0, events, true);
+        assert_eq!(peers.replay_ring().count(), REPLAY_RING_EVENTS);
+        assert_eq!(peers.replay_ring().next().map(|e| e.seq), Some(4));
+        assert_eq!(peers.stats().ring_evicted, 3);
+    }
+
+    /// One scripted run: peers up in a scrambled order, local changes in several groups, digests,
+    /// a lost frame, an overflow, 40 simulated seconds of timeouts. Everything the driver output.
+    fn scripted_run(t0: Instant) -> Vec<String> {
+        let table = ScopeTable::new(me());
+        for (i, name) in ["zeta", "alpha", "mid", "beta", "omega", "kappa"].into_iter().enumerate() {
+            table.join(&group(name), &[Pid::new(me(), i as u64 + 1)]).unwrap();
+        }
+        let mut peers = Peers::new("s", me(), config(), t0, 42);
+        let mut trace = Vec::new();
+        let mut record = |peers: &mut Peers, at: Instant| {
+            while let Some(t) = peers.poll_transmit() {
+                trace.push(format!("{:?} {} {} {:?} {:?}", at - t0, t.peer, t.message, t.bytes, t.completes_sync));
+                if t.peer == "c" && t.message == "batch" {
+                    peers.handle_send_failure(at, SendFailure::Overflowed);
+                }
+            }
+            while let Some(event) = peers.poll_event() {
+                trace.push(format!("{:?} {event:?}", at - t0));
+            }
+            trace.push(format!("{:?} next {:?}", at - t0, peers.poll_timeout().map(|n| n - t0)));
+        };
+        for name in ["d", "b", "c"] {
+            peers.handle_peer_up(t0, &table, &node(name), SyncReason::Connect);
+            record(&mut peers, t0);
+        }
+        peers.handle_message(
+            t0 + ms(30),
+            &table,
+            &node("b"),
+            full_state(vec![(group("x"), vec![Pid::new(node("b"), 1)])]),
+        );
+        peers.handle_message(
+            t0 + ms(40),
+            &table,
+            &node("b"),
+            PgMessage::Digest(MembershipDigest { hash: 9, memberships: 9 }),
+        );
+        peers.handle_frame_lost(t0 + ms(45), "d");
+        record(&mut peers, t0 + ms(45));
+        table.leave(&group("mid"), &[Pid::new(me(), 3)]).unwrap();
+        table.join(&group("new"), &[Pid::new(me(), 9)]).unwrap();
+        peers.handle_drained(t0 + ms(60), table.drain_events(usize::MAX), true);
+        record(&mut peers, t0 + ms(60));
+        while let Some(at) = peers.poll_timeout().filter(|at| *at <= t0 + Duration::from_secs(40)) {
+            peers.handle_timeout(at, &table);
+            record(&mut peers, at);
+        }
+        trace
+    }
+
+    #[test]
+    fn the_same_inputs_give_the_same_outputs() {
+        let t0 = Instant::now();
+        // Two tables: their maps iterate in different (per-instance random) orders, which must not
+        // show in the output.
+        let (first, second) = (scripted_run(t0), scripted_run(t0));
+        assert!(first.len() > 30, "a run with something in it: {}", first.len());
+        assert!(first.iter().any(|line| line.contains("AntiEntropy")));
+        assert_eq!(first, second);
+    }
+}
