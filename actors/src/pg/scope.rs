@@ -1,32 +1,49 @@
 //! One pg scope on one node: the [`Scope`] handle and the scope actor (SPEC 6.2).
 //!
+//! # Shell and driver
+//! The peer protocol (every decision about what to send to which peer, and when) lives in the
+//! sans-I/O driver [`Peers`] (`pg/peers.rs`); this module is its shell. The actor feeds the driver
+//! its inputs with the current time (`handle_peer_up`/`down` from the service's membership work,
+//! `handle_message` for each routed frame of an up member, `handle_drained` for each drain of the
+//! outbox, `handle_frame_lost` when its inbound queue was full, `handle_timeout` when the
+//! driver's deadline passes) and, after each input, performs the outputs: every
+//! `poll_transmit` goes to the transport's pg queue (a refusal goes back as
+//! `handle_send_failure`), every `poll_event` is counted in the metrics, logged, or (a peer's
+//! broadcast) delivered to the local members, and one tokio sleep is armed to `poll_timeout`.
+//! What stays here is I/O and local work: the tokio loop and its mailbox, the transport, the
+//! metrics and logs, monitors (registration, snapshot cuts, dispatch), the member-lock check on
+//! inbound frames, local broadcast fan-out, supervision and the crash hook. The sections below
+//! describe the protocol as a whole; [`Peers`] documents its own inputs, outputs and invariants.
+//!
 //! # Roles
 //! - [`Scope`] (cheap to clone) is what callers use. `join`/`leave` write the [`ScopeTable`]
 //!   directly in the caller's thread (read-your-writes, no actor round trip) and wake the actor;
 //!   reads are lock-free snapshot loads; `broadcast` reads the members and sends directly.
 //! - The **scope actor** is one tokio task per scope per node (a plain task, not a ractor actor:
-//!   it needs a `select!` over six sources), run as the one `Permanent` child of the scope's
+//!   it needs a `select!` over five sources), run as the one `Permanent` child of the scope's
 //!   [`Supervisor`](crate::supervisor::Supervisor), which the service owns (see "Restarts"). It
-//!   owns all of the scope's I/O and peer state: it drains the table's event
-//!   outbox, dispatches events to monitors, sends local changes to peers (one `Batch` frame per peer
-//!   per drain), answers `Discover` with its full state, applies peers' syncs and batches, runs
-//!   anti-entropy (digests, and the full-state backstop) and resyncs peers whose pg queue
-//!   overflowed.
+//!   owns all of the scope's I/O and, through its [`Peers`] driver, all peer state: it drains the
+//!   table's event outbox, dispatches events to monitors, and has the driver send local changes to
+//!   peers (one `Batch` frame per peer per drain), answer `Discover` with its full state, apply
+//!   peers' syncs and batches, run anti-entropy (digests, and the full-state backstop) and resync
+//!   peers whose pg queue overflowed.
 //!
 //! # Wake-ups
 //! Writers call `Notify::notify_one` after each write (a stored permit if the actor is busy, so no
 //! wake-up is lost). The actor loops: take pending membership work, flush the outbox, then wait for
 //! the first of: its stop signal, a monitor command, an inbound frame (routed by the service), the notify,
-//! the anti-entropy tick, the digest tick, the resync deadline.
+//! the driver's deadline ([`Peers::poll_timeout`]: the earliest of the anti-entropy push, the
+//! digest round, the pending resyncs and pulls, and the unanswered discovers).
 //!
 //! # Anti-entropy: digests every 2 s, full state every 30 s
 //! A pg frame can be lost while the link stays up (a fault injected on a live link, a frame
 //! written into a connection that then dies). Every `digest_interval` the actor sends each peer
-//! that answered it (not awaiting, see below) a `Digest`: the [`MembershipDigest`] of its local
-//! memberships as drained so far ([`ScopeTable::local_digest`]). It is queued behind every batch
-//! of those drained events on the same ordered pg queue, so a receiver that lost nothing holds
-//! exactly that digest for us when it reads it ([`ScopeTable::peer_digest`]). On a mismatch the
-//! receiver pulls our full state with a `Discover`, rate-limited by its [`DigestRepair`] for us (at
+//! that answered it (not awaiting, see below) a `Digest`: the
+//! [`MembershipDigest`](super::digest::MembershipDigest) of its local memberships as drained so
+//! far ([`ScopeTable::local_digest`]). It is queued behind every batch of those drained events on
+//! the same ordered pg queue, so a receiver that lost nothing holds exactly that digest for us
+//! when it reads it ([`ScopeTable::peer_digest`]). On a mismatch the receiver pulls our full state
+//! with a `Discover`, rate-limited by its [`DigestRepair`](super::digest::DigestRepair) for us (at
 //! most one pull per peer per period; a deferred mismatch is pulled at its own digest tick). So a
 //! lost join or leave is repaired within about two periods, and a lost pull or sync is simply
 //! detected again by the next digest. Every `anti_entropy_interval` the actor still pushes its full
@@ -73,8 +90,8 @@
 //! [`ScopeTable`] (so local reads and writes never stop, and the groups are intact), the
 //! monitors registry, the pending membership work, and the mailbox (the receivers of commands and
 //! routed frames: whatever was queued and not yet taken is served by the next incarnation).
-//! Everything else is per incarnation and starts empty: peer states and cuts, sync assemblers,
-//! the replay ring, pending resyncs, digest repair states. The local digest lives in the table:
+//! Everything else is per incarnation and starts empty: the [`Peers`] driver (peer states and
+//! cuts, sync assemblers, the replay ring, pending resyncs, digest repair states). The local digest lives in the table:
 //! it counts the events drained by any incarnation, including those a crash lost before sending
 //! (the restart's full syncs carry them).
 //!
@@ -92,14 +109,16 @@
 //! [`PgError::ScopeStopped`]; later ones are served by the new incarnation.
 //!
 //! # Invariants
-//! - Only the actor reads the outbox, sends pg frames of this scope, or changes peer state; frames
+//! - Only the actor reads the outbox, sends pg frames of this scope, or changes peer state (through
+//!   its driver, which it alone holds, and whose outputs it drains after every input); frames
 //!   from a node are applied only while it is an up member (checked under the service's member
 //!   lock, which `member_down` holds while removing the node's members, so a late frame can never
 //!   re-add a node that went down).
 //! - To a peer, a full sync always precedes the batches that follow it (one ordered pg queue), and
 //!   a digest follows the batches of every event it counts.
 //! - A persistent digest mismatch with one peer costs at most one full sync per digest period
-//!   (fewer when its syncs are refused by our bounds: see [`DigestRepair`]).
+//!   (fewer when its syncs are refused by our bounds: see
+//!   [`DigestRepair`](super::digest::DigestRepair)).
 //! - Every channel and buffer is bounded: commands, routed frames, monitor channels (a full one
 //!   drops that monitor, counted), the replay ring, events per drain, drains per wake-up.
 
