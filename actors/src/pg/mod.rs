@@ -14,14 +14,18 @@
 //! - [`digest`]: [`MembershipDigest`], the incremental multiset hash of one node's memberships that
 //!   peers exchange every few seconds, and [`DigestRepair`], the per-peer rule that turns a
 //!   mismatch into a rate-limited pull of the peer's full state.
-//!
+//! - [`peers`]: [`peers::Peers`], the peers driver: every protocol decision of a scope about its
+//!   peers (discovers and their retries, syncs and their cuts, the replay ring, resyncs and pulls,
+//!   digest and full-state anti-entropy rounds) as a state machine fed inputs with the time passed
+//!   in, whose transmits, events and next deadline are polled.
 //!
 //! And the I/O around them:
 //!
 //! - [`scope`]: the [`Scope`] handle (join, leave, reads, monitors, broadcast) and the scope actor,
-//!   one tokio task per scope per node that drains the event outbox to monitors and peers, answers
-//!   discovers, applies syncs and peer batches, and runs anti-entropy (digests to every peer
-//!   every 2 s, a full-state push to one peer every 30 s as a backstop).
+//!   one tokio task per scope per node, the shell of its [`peers::Peers`] driver: it drains the
+//!   event outbox to monitors and to the driver, routes peers' frames to it, sends what it asks
+//!   to send and wakes at its deadline (digests to every peer every 2 s, a full-state push to one
+//!   peer every 30 s as a backstop).
 //! - [`service`]: [`PgService`], one per node: creates scopes on first use, routes inbound pg frames
 //!   by scope, applies membership changes and process exits to every scope, owns the metrics.
 //!
@@ -45,6 +49,7 @@
 
 pub mod digest;
 mod metrics;
+pub mod peers;
 pub mod scope;
 pub mod service;
 pub mod snapshot;

@@ -1,32 +1,49 @@
 //! One pg scope on one node: the [`Scope`] handle and the scope actor (SPEC 6.2).
 //!
+//! # Shell and driver
+//! The peer protocol (every decision about what to send to which peer, and when) lives in the
+//! sans-I/O driver [`Peers`] (`pg/peers.rs`); this module is its shell. The actor feeds the driver
+//! its inputs with the current time (`handle_peer_up`/`down` from the service's membership work,
+//! `handle_message` for each routed frame of an up member, `handle_drained` for each drain of the
+//! outbox, `handle_frame_lost` when its inbound queue was full, `handle_timeout` when the
+//! driver's deadline passes) and, after each input, performs the outputs: every
+//! `poll_transmit` goes to the transport's pg queue (a refusal goes back as
+//! `handle_send_failure`), every `poll_event` is counted in the metrics, logged, or (a peer's
+//! broadcast) delivered to the local members, and one tokio sleep is armed to `poll_timeout`.
+//! What stays here is I/O and local work: the tokio loop and its mailbox, the transport, the
+//! metrics and logs, monitors (registration, snapshot cuts, dispatch), the member-lock check on
+//! inbound frames, local broadcast fan-out, supervision and the crash hook. The sections below
+//! describe the protocol as a whole; [`Peers`] documents its own inputs, outputs and invariants.
+//!
 //! # Roles
 //! - [`Scope`] (cheap to clone) is what callers use. `join`/`leave` write the [`ScopeTable`]
 //!   directly in the caller's thread (read-your-writes, no actor round trip) and wake the actor;
 //!   reads are lock-free snapshot loads; `broadcast` reads the members and sends directly.
 //! - The **scope actor** is one tokio task per scope per node (a plain task, not a ractor actor:
-//!   it needs a `select!` over six sources), run as the one `Permanent` child of the scope's
+//!   it needs a `select!` over five sources), run as the one `Permanent` child of the scope's
 //!   [`Supervisor`](crate::supervisor::Supervisor), which the service owns (see "Restarts"). It
-//!   owns all of the scope's I/O and peer state: it drains the table's event
-//!   outbox, dispatches events to monitors, sends local changes to peers (one `Batch` frame per peer
-//!   per drain), answers `Discover` with its full state, applies peers' syncs and batches, runs
-//!   anti-entropy (digests, and the full-state backstop) and resyncs peers whose pg queue
-//!   overflowed.
+//!   owns all of the scope's I/O and, through its [`Peers`] driver, all peer state: it drains the
+//!   table's event outbox, dispatches events to monitors, and has the driver send local changes to
+//!   peers (one `Batch` frame per peer per drain), answer `Discover` with its full state, apply
+//!   peers' syncs and batches, run anti-entropy (digests, and the full-state backstop) and resync
+//!   peers whose pg queue overflowed.
 //!
 //! # Wake-ups
 //! Writers call `Notify::notify_one` after each write (a stored permit if the actor is busy, so no
 //! wake-up is lost). The actor loops: take pending membership work, flush the outbox, then wait for
 //! the first of: its stop signal, a monitor command, an inbound frame (routed by the service), the notify,
-//! the anti-entropy tick, the digest tick, the resync deadline.
+//! the driver's deadline ([`Peers::poll_timeout`]: the earliest of the anti-entropy push, the
+//! digest round, the pending resyncs and pulls, and the unanswered discovers).
 //!
 //! # Anti-entropy: digests every 2 s, full state every 30 s
 //! A pg frame can be lost while the link stays up (a fault injected on a live link, a frame
 //! written into a connection that then dies). Every `digest_interval` the actor sends each peer
-//! that answered it (not awaiting, see below) a `Digest`: the [`MembershipDigest`] of its local
-//! memberships as drained so far ([`ScopeTable::local_digest`]). It is queued behind every batch
-//! of those drained events on the same ordered pg queue, so a receiver that lost nothing holds
-//! exactly that digest for us when it reads it ([`ScopeTable::peer_digest`]). On a mismatch the
-//! receiver pulls our full state with a `Discover`, rate-limited by its [`DigestRepair`] for us (at
+//! that answered it (not awaiting, see below) a `Digest`: the
+//! [`MembershipDigest`](super::digest::MembershipDigest) of its local memberships as drained so
+//! far ([`ScopeTable::local_digest`]). It is queued behind every batch of those drained events on
+//! the same ordered pg queue, so a receiver that lost nothing holds exactly that digest for us
+//! when it reads it ([`ScopeTable::peer_digest`]). On a mismatch the receiver pulls our full state
+//! with a `Discover`, rate-limited by its [`DigestRepair`](super::digest::DigestRepair) for us (at
 //! most one pull per peer per period; a deferred mismatch is pulled at its own digest tick). So a
 //! lost join or leave is repaired within about two periods, and a lost pull or sync is simply
 //! detected again by the next digest. Every `anti_entropy_interval` the actor still pushes its full
@@ -73,8 +90,8 @@
 //! [`ScopeTable`] (so local reads and writes never stop, and the groups are intact), the
 //! monitors registry, the pending membership work, and the mailbox (the receivers of commands and
 //! routed frames: whatever was queued and not yet taken is served by the next incarnation).
-//! Everything else is per incarnation and starts empty: peer states and cuts, sync assemblers,
-//! the replay ring, pending resyncs, digest repair states. The local digest lives in the table:
+//! Everything else is per incarnation and starts empty: the [`Peers`] driver (peer states and
+//! cuts, sync assemblers, the replay ring, pending resyncs, digest repair states). The local digest lives in the table:
 //! it counts the events drained by any incarnation, including those a crash lost before sending
 //! (the restart's full syncs carry them).
 //!
@@ -92,48 +109,43 @@
 //! [`PgError::ScopeStopped`]; later ones are served by the new incarnation.
 //!
 //! # Invariants
-//! - Only the actor reads the outbox, sends pg frames of this scope, or changes peer state; frames
+//! - Only the actor reads the outbox, sends pg frames of this scope, or changes peer state (through
+//!   its driver, which it alone holds, and whose outputs it drains after every input); frames
 //!   from a node are applied only while it is an up member (checked under the service's member
 //!   lock, which `member_down` holds while removing the node's members, so a late frame can never
 //!   re-add a node that went down).
 //! - To a peer, a full sync always precedes the batches that follow it (one ordered pg queue), and
 //!   a digest follows the batches of every event it counts.
 //! - A persistent digest mismatch with one peer costs at most one full sync per digest period
-//!   (fewer when its syncs are refused by our bounds: see [`DigestRepair`]).
+//!   (fewer when its syncs are refused by our bounds: see
+//!   [`DigestRepair`](super::digest::DigestRepair)).
 //! - Every channel and buffer is bounded: commands, routed frames, monitor channels (a full one
 //!   drops that monitor, counted), the replay ring, events per drain, drains per wake-up.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
-use std::time::Duration;
 
 use bytes::Bytes;
 use cohort_cluster::NodeId;
 use cohort_cluster::net::transport::{SendError, SendOutcome, Transport};
 use cohort_cluster::queue::Class;
 use tokio::sync::{Mutex as AsyncMutex, Notify, mpsc, oneshot};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 
 use super::PgError;
-use super::digest::{DigestRepair, DigestVerdict, MembershipDigest};
-use super::metrics::{PgMetrics, delivery, digest_check, reject, sync_reason};
+use super::metrics::{PgMetrics, delivery, reject};
+use super::peers::{DigestCheck, Peers, PeersConfig, PeersEvent, SendFailure, SyncReason};
 use super::service::PgConfig;
-use super::snapshot::{Members, ScopeTable};
+use super::snapshot::{Members, ScopeTable, SnapshotCut};
 use super::state::{Event, EventKind, Group, GroupSnapshot};
 use super::wire::{
-    MAX_BROADCAST_BYTES, MAX_OPS_PER_BATCH_FRAME, PG_FRAME_KIND, PgFrame, PgMessage, PgOp, SyncAssembler, WireBytes,
-    WireError, batch_frames, sync_chunks,
+    MAX_BROADCAST_BYTES, MAX_OPS_PER_BATCH_FRAME, PG_FRAME_KIND, PgFrame, PgMessage, WireBytes, WireError, encode_frame,
 };
 use crate::host::{DeliveryError, ProcessHost};
 use crate::pid::Pid;
 use crate::supervisor::{ChildError, StopSignal};
-
-/// Drained events kept after dispatch, to replay to a peer those its sync snapshot turns out not to
-/// reflect (a writer preempted between its outbox push and its publish). The window only has to
-/// cover such an in-flight write, a few microseconds of events; 1024 covers far more.
-const REPLAY_RING_EVENTS: usize = 1_024;
 
 /// Drains (of up to [`MAX_OPS_PER_BATCH_FRAME`] events each) per wake-up before the actor serves
 /// its other inputs again, so a write flood cannot starve inbound frames and commands.
@@ -276,18 +288,6 @@ impl BroadcastReport {
     }
 }
 
-/// The events a snapshot already reflects: per-group versions, and a floor for other groups.
-struct SnapshotCut {
-    floor: u64,
-    versions: HashMap<Group, u64>,
-}
-
-impl SnapshotCut {
-    fn reflects(&self, event: &Event) -> bool {
-        event.seq <= self.versions.get(&event.group).copied().unwrap_or(self.floor)
-    }
-}
-
 struct Subscriber {
     target: MonitorTarget,
     sender: mpsc::Sender<PgEvent>,
@@ -363,15 +363,16 @@ impl Subscribers {
     }
 }
 
-/// Membership work handed to the actor by the service (sets: idempotent, bounded by the peers).
+/// Membership work handed to the actor by the service (sets: idempotent, bounded by the peers;
+/// ordered, so the driver is fed in the same order every run).
 #[derive(Default)]
 struct PendingWork {
     /// Nodes that came up (or up again): send them a discover and our full state.
-    connect: HashSet<String>,
+    connect: BTreeSet<String>,
     /// Nodes that went down: forget their peer state (their members are already removed).
-    down: HashSet<String>,
+    down: BTreeSet<String>,
     /// Nodes to pull a full sync from (send them a discover): we dropped one of their frames.
-    pull: HashSet<String>,
+    pull: BTreeSet<String>,
 }
 
 enum Command {
@@ -661,7 +662,7 @@ impl Scope {
             shared.node.clone(),
             PgMessage::Broadcast { group, payload: WireBytes(payload) },
         );
-        let bytes = encode(&frame);
+        let bytes = encode_frame(&frame);
         let (mut sent, mut refused) = (0, 0);
         for node in nodes {
             let outcome = match (&shared.transport, &bytes) {
@@ -695,17 +696,6 @@ impl Scope {
         shared.metrics.delivery(delivery::REMOTE_SENT, sent as u64);
         shared.metrics.delivery(delivery::REMOTE_REFUSED, refused);
         Ok(report)
-    }
-}
-
-fn encode(frame: &PgFrame) -> Option<Bytes> {
-    match rmp_serde::to_vec(frame) {
-        Ok(bytes) => Some(Bytes::from(bytes)),
-        Err(error) => {
-            // Cannot happen for these types; never panic on it.
-            tracing::error!(%error, "pg frame encoding failed");
-            None
-        }
     }
 }
 
@@ -776,19 +766,14 @@ impl ScopeRunner {
         // Free at once: the supervisor starts an incarnation only after the previous one ended.
         let mut mailbox = self.mailbox.lock_owned().await;
         let start = self.shared.starts.fetch_add(1, Ordering::AcqRel);
-        let mut actor = ScopeActor {
-            shared: self.shared,
-            peers: HashMap::new(),
-            assemblers: HashMap::new(),
-            ring: VecDeque::with_capacity(REPLAY_RING_EVENTS),
-            next_sync_id: 0,
-            cursor: random_u64() as usize,
-            resync: HashSet::new(),
-            pull: HashSet::new(),
-            resync_at: None,
-            awaiting: HashMap::new(),
-            repairs: HashMap::new(),
-        };
+        let peers = Peers::new(
+            &self.shared.name,
+            self.shared.node.clone(),
+            PeersConfig::from_pg(&self.shared.config),
+            now(),
+            random_u64(),
+        );
+        let mut actor = ScopeActor { shared: self.shared, peers };
         if start > 0 {
             actor.restarted();
         }
@@ -797,59 +782,27 @@ impl ScopeRunner {
     }
 }
 
-/// A peer this scope sends its changes to (it was sent our full state first).
-struct PeerState {
-    /// Present until the outbox was drained empty after the last sync to this peer.
-    cut: Option<SnapshotCut>,
+/// The clock the shell feeds the driver: tokio's, so a paused test clock drives it too.
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
 }
 
-/// The scope actor (one incarnation): see the module docs.
+/// The scope actor (one incarnation): the shell around its [`Peers`] driver (see the module docs).
 struct ScopeActor {
     shared: Arc<ScopeShared>,
-    /// Peers we send batches to, by node name.
-    peers: HashMap<String, PeerState>,
-    /// Sync reassembly per sender.
-    assemblers: HashMap<String, (NodeId, SyncAssembler)>,
-    ring: VecDeque<Event>,
-    next_sync_id: u64,
-    /// Anti-entropy round-robin position (random start).
-    cursor: usize,
-    /// Peers to send a full sync to at `resync_at`.
-    resync: HashSet<String>,
-    /// Peers to ask for a full sync (send a discover) at `resync_at`.
-    pull: HashSet<String>,
-    resync_at: Option<Instant>,
-    /// Peers we sent a discover whose full state has not arrived yet: when the discover is
-    /// re-sent (see the module docs, "Connecting").
-    awaiting: HashMap<String, Awaiting>,
-    /// Per peer that sent us a digest, the rate limit of pulls from it (bounded by the up members:
-    /// entries are removed when the peer goes down).
-    repairs: HashMap<String, DigestRepair>,
-}
-
-/// A discover not answered yet.
-struct Awaiting {
-    /// Discovers re-sent so far.
-    retries: u32,
-    /// When to re-send it.
-    at: Instant,
+    /// Every peer protocol decision and its state; per incarnation.
+    peers: Peers,
 }
 
 impl ScopeActor {
     async fn run(&mut self, mailbox: &mut Mailbox, stop: &StopSignal) {
-        let period = self.shared.config.anti_entropy_interval.max(Duration::from_millis(1));
-        let mut anti_entropy = tokio::time::interval_at(Instant::now() + period, period);
-        anti_entropy.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let digest_period = self.shared.config.digest_interval.max(Duration::from_millis(1));
-        let mut digests = tokio::time::interval_at(Instant::now() + digest_period, digest_period);
-        digests.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             if self.shared.crash_requested.swap(false, Ordering::AcqRel) {
                 self.crash_for_test(mailbox);
             }
             self.take_pending_work();
             self.flush();
-            let wake_at = self.timer_deadline();
+            let wake_at = self.peers.poll_timeout().map(Instant::from_std);
             let timer_due = async move {
                 match wake_at {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -869,9 +822,10 @@ impl ScopeActor {
                     None => break,
                 },
                 () = shared.notify.notified() => {}
-                _ = anti_entropy.tick() => self.anti_entropy(),
-                _ = digests.tick() => self.digest_round(),
-                () = timer_due => self.run_timers(),
+                () = timer_due => {
+                    self.peers.handle_timeout(now(), &self.shared.table);
+                    self.perform();
+                }
             }
         }
         // Close every monitor: their receivers see the end of the stream.
@@ -896,10 +850,11 @@ impl ScopeActor {
     fn restarted(&mut self) {
         let monitors = lock(&self.shared.subscribers).by_id.len();
         self.close_monitors();
-        let up: Vec<NodeId> = {
+        let mut up: Vec<NodeId> = {
             let members = self.shared.members.read().unwrap_or_else(PoisonError::into_inner);
             members.values().cloned().collect()
         };
+        up.sort_by(|a, b| a.name.cmp(&b.name));
         tracing::warn!(
             scope = %self.shared.name,
             restart = self.shared.starts.load(Ordering::Relaxed).saturating_sub(1),
@@ -908,7 +863,10 @@ impl ScopeActor {
             "pg scope actor restarted; re-synchronising with every peer"
         );
         for node in up {
-            self.connect_peer(&node, sync_reason::RESTART);
+            self.peers.handle_peer_up(now(), &self.shared.table, &node, SyncReason::Restart);
+            // One peer's sync at a time, as before the driver: its chunks go to the transport
+            // before the next peer's state is copied.
+            self.perform();
         }
     }
 
@@ -922,17 +880,76 @@ impl ScopeActor {
         panic!("pg scope {} crashed on request (test hook)", self.shared.name);
     }
 
+    // ---- the shell: performing the driver's outputs ----
+
+    /// Queues the driver's transmits on the transport (reporting each refusal back to the driver
+    /// before the next is polled), then counts and performs its events.
+    fn perform(&mut self) {
+        while let Some(transmit) = self.peers.poll_transmit() {
+            let Some(transport) = &self.shared.transport else {
+                self.peers.handle_send_failure(now(), SendFailure::NotSent);
+                continue;
+            };
+            match transport.send(&transmit.peer, Class::Pg, PG_FRAME_KIND, transmit.bytes) {
+                Ok(SendOutcome::Queued | SendOutcome::QueuedDroppedOldest) => {
+                    self.shared.metrics.frame(transmit.message, "out");
+                    if let Some(reason) = transmit.completes_sync {
+                        self.shared.metrics.syncs.with_label_values(&[reason.label()]).inc();
+                    }
+                }
+                Ok(SendOutcome::DroppedNewest { .. }) => {
+                    // Each scope resyncs on its own drops: clear the transport's mark.
+                    transport.take_resync(&transmit.peer);
+                    self.peers.handle_send_failure(now(), SendFailure::Overflowed);
+                }
+                Err(error) => {
+                    tracing::debug!(scope = %self.shared.name, peer = %transmit.peer, %error, "pg frame not sent");
+                    self.peers.handle_send_failure(now(), SendFailure::NotSent);
+                }
+            }
+        }
+        while let Some(event) = self.peers.poll_event() {
+            self.perform_event(event);
+        }
+    }
+
+    fn perform_event(&self, event: PeersEvent) {
+        let shared = &*self.shared;
+        match event {
+            PeersEvent::Broadcast { group, payload } => {
+                let mut report = BroadcastReport::default();
+                shared.fan_out_local(group.as_str(), &payload, &mut report);
+            }
+            PeersEvent::Accepted { message } => shared.metrics.frame(message, "in"),
+            PeersEvent::Refused { peer, error } => {
+                shared.metrics.reject(reject::REFUSED);
+                tracing::debug!(scope = %shared.name, %peer, %error, "pg frame refused");
+            }
+            PeersEvent::SyncChunkRefused { peer, error } => {
+                shared.metrics.reject(reject::SYNC_CHUNK);
+                tracing::debug!(scope = %shared.name, %peer, %error, "pg sync chunk dropped");
+            }
+            PeersEvent::SyncPartlyRefused { peer, groups_refused } => {
+                tracing::debug!(scope = %shared.name, %peer, refused = groups_refused, "pg sync partly refused by bounds");
+            }
+            PeersEvent::DigestChecked { peer, check, held, theirs } => {
+                shared.metrics.digest_check(check.label());
+                if check == DigestCheck::Pull {
+                    tracing::debug!(scope = %shared.name, %peer, ?held, ?theirs, "pg digest mismatch; pulling the peer's state");
+                }
+            }
+            PeersEvent::DiscoverRetried { peer, retries } => {
+                tracing::debug!(scope = %shared.name, %peer, retries, "pg discover unanswered; sent again");
+            }
+        }
+    }
+
     // ---- membership work ----
 
     fn take_pending_work(&mut self) {
         let work = std::mem::take(&mut *lock(&self.shared.pending));
         for name in &work.down {
-            self.peers.remove(name);
-            self.assemblers.remove(name);
-            self.resync.remove(name);
-            self.pull.remove(name);
-            self.awaiting.remove(name);
-            self.repairs.remove(name);
+            self.peers.handle_peer_down(now(), name);
         }
         if !work.connect.is_empty() {
             let up: Vec<NodeId> = {
@@ -940,23 +957,14 @@ impl ScopeActor {
                 work.connect.iter().filter_map(|name| members.get(name).cloned()).collect()
             };
             for node in up {
-                self.connect_peer(&node, sync_reason::CONNECT);
+                self.peers.handle_peer_up(now(), &self.shared.table, &node, SyncReason::Connect);
+                self.perform();
             }
         }
-        if !work.pull.is_empty() {
-            self.pull.extend(work.pull);
-            self.schedule_resync();
+        for name in &work.pull {
+            self.peers.handle_frame_lost(now(), name);
         }
-    }
-
-    /// Makes `node` a peer: sends it a discover (it answers with its full state) and our full
-    /// state, after which it gets our batches.
-    fn connect_peer(&mut self, node: &NodeId, reason: &'static str) {
-        self.peers.insert(node.name.clone(), PeerState { cut: None });
-        self.send_message(&node.name, PgMessage::Discover);
-        self.send_sync(&node.name, reason);
-        let at = Instant::now() + self.shared.config.resync_delay;
-        self.awaiting.insert(node.name.clone(), Awaiting { retries: 0, at });
+        self.perform();
     }
 
     // ---- the outbox ----
@@ -967,11 +975,18 @@ impl ScopeActor {
         for _ in 0..MAX_DRAINS_PER_FLUSH {
             let events = self.shared.table.drain_events(MAX_OPS_PER_BATCH_FRAME);
             let complete = events.len() < MAX_OPS_PER_BATCH_FRAME;
-            if !events.is_empty() {
-                self.process_events(events);
+            // First, before anything that could fail: a crash after a drain loses the events'
+            // deliveries (repaired by the restart's re-synchronisation), never their accounting.
+            self.count_events(&events);
+            self.dispatch(events.iter());
+            if complete {
+                self.clear_monitor_cuts();
+            }
+            if !events.is_empty() || complete {
+                self.peers.handle_drained(now(), events, complete);
+                self.perform();
             }
             if complete {
-                self.clear_cuts();
                 self.report_groups();
                 return true;
             }
@@ -982,10 +997,7 @@ impl ScopeActor {
         false
     }
 
-    fn clear_cuts(&mut self) {
-        for peer in self.peers.values_mut() {
-            peer.cut = None;
-        }
+    fn clear_monitor_cuts(&mut self) {
         let mut subscribers = lock(&self.shared.subscribers);
         for subscriber in subscribers.by_id.values_mut() {
             subscriber.cut = None;
@@ -996,25 +1008,6 @@ impl ScopeActor {
         let groups = self.shared.table.group_count() as i64;
         let reported = self.shared.groups_reported.swap(groups, Ordering::AcqRel);
         self.shared.metrics.groups.add(groups - reported);
-    }
-
-    fn process_events(&mut self, events: Vec<Event>) {
-        // First, before anything that could fail: a crash after a drain loses the events'
-        // deliveries (repaired by the restart's re-synchronisation), never their accounting.
-        self.count_events(&events);
-        self.dispatch(events.iter());
-        if !self.peers.is_empty() && self.shared.transport.is_some() {
-            let local: Vec<&Event> = events.iter().filter(|e| e.origin == super::state::Origin::Local).collect();
-            if !local.is_empty() {
-                self.send_events(&local);
-            }
-        }
-        for event in events {
-            if self.ring.len() == REPLAY_RING_EVENTS {
-                self.ring.pop_front();
-            }
-            self.ring.push_back(event);
-        }
     }
 
     fn count_events(&self, events: &[Event]) {
@@ -1053,310 +1046,22 @@ impl ScopeActor {
         }
     }
 
-    /// Sends local events to every peer: the same encoded frames to peers without a cut, filtered
-    /// ones to peers synced since the last complete drain.
-    fn send_events(&mut self, local: &[&Event]) {
-        let mut shared_frames: Option<Vec<Bytes>> = None;
-        let names: Vec<String> = self.peers.keys().cloned().collect();
-        for name in names {
-            let frames = match self.peers.get(&name).and_then(|p| p.cut.as_ref()) {
-                None => shared_frames.get_or_insert_with(|| self.batch_bytes(local.iter().copied())).clone(),
-                Some(cut) => self.batch_bytes(local.iter().copied().filter(|e| !cut.reflects(e))),
-            };
-            for bytes in frames {
-                if !self.send_bytes(&name, bytes, "batch") {
-                    break;
-                }
-            }
-        }
-    }
-
-    fn batch_bytes<'e>(&self, events: impl Iterator<Item = &'e Event>) -> Vec<Bytes> {
-        let ops: Vec<PgOp> = events.filter_map(PgOp::from_local_event).collect();
-        batch_frames(ops).into_iter().filter_map(|ops| encode(&self.frame(PgMessage::Batch(ops)))).collect()
-    }
-
-    fn frame(&self, message: PgMessage) -> PgFrame {
-        PgFrame::new(&*self.shared.name, self.shared.node.clone(), message)
-    }
-
-    fn send_message(&mut self, peer: &str, message: PgMessage) -> bool {
-        let name = message.name();
-        match encode(&self.frame(message)) {
-            Some(bytes) => self.send_bytes(peer, bytes, name),
-            None => false,
-        }
-    }
-
-    /// Queues one frame for `peer`. A pg queue overflow schedules a full resync of this scope to
-    /// the peer (the transport's own mark is cleared: each scope acts on its own drops).
-    fn send_bytes(&mut self, peer: &str, bytes: Bytes, message: &'static str) -> bool {
-        let Some(transport) = &self.shared.transport else { return false };
-        match transport.send(peer, Class::Pg, PG_FRAME_KIND, bytes) {
-            Ok(SendOutcome::Queued | SendOutcome::QueuedDroppedOldest) => {
-                self.shared.metrics.frame(message, "out");
-                true
-            }
-            Ok(SendOutcome::DroppedNewest { .. }) => {
-                transport.take_resync(peer);
-                if self.peers.contains_key(peer) {
-                    self.resync.insert(peer.to_owned());
-                    self.schedule_resync();
-                }
-                false
-            }
-            Err(error) => {
-                tracing::debug!(scope = %self.shared.name, %peer, %error, "pg frame not sent");
-                false
-            }
-        }
-    }
-
-    // ---- syncs ----
-
-    /// Sends our full local state to `peer`, then the drained events it does not reflect, and
-    /// filters the undrained ones by its cut (see the module docs).
-    fn send_sync(&mut self, peer: &str, reason: &'static str) {
-        if !self.peers.contains_key(peer) || self.shared.transport.is_none() {
-            return;
-        }
-        let (floor, groups) = self.shared.table.sync_snapshot();
-        let cut = SnapshotCut { floor, versions: groups.iter().map(|(g, s)| (g.clone(), s.version())).collect() };
-        let state = groups
-            .iter()
-            .filter(|(_, s)| !s.local_members().is_empty())
-            .map(|(g, s)| (g.clone(), s.local_members().to_vec()))
-            .collect();
-        self.next_sync_id += 1;
-        for chunk in sync_chunks(self.next_sync_id, state) {
-            if !self.send_message(peer, PgMessage::Sync(chunk)) {
-                // The rest would arrive out of order; the resync (if scheduled) sends it all again.
-                return;
-            }
-        }
-        self.shared.metrics.syncs.with_label_values(&[reason]).inc();
-        let replay = self.batch_bytes(self.ring.iter().filter(|e| !cut.reflects(e)));
-        for bytes in replay {
-            if !self.send_bytes(peer, bytes, "batch") {
-                return;
-            }
-        }
-        if let Some(state) = self.peers.get_mut(peer) {
-            state.cut = Some(cut);
-        }
-    }
-
-    fn anti_entropy(&mut self) {
-        if self.peers.is_empty() {
-            return;
-        }
-        let mut names: Vec<&String> = self.peers.keys().collect();
-        names.sort();
-        let name = names[self.cursor % names.len()].clone();
-        self.cursor = self.cursor.wrapping_add(1);
-        self.send_sync(&name, sync_reason::ANTI_ENTROPY);
-    }
-
-    /// The digest tick: our digest to every peer that answered us, then the pulls whose rate
-    /// limit just expired (see the module docs, "Anti-entropy").
-    fn digest_round(&mut self) {
-        if self.shared.transport.is_none() {
-            return;
-        }
-        let message = PgMessage::Digest(self.shared.table.local_digest());
-        let name = message.name();
-        let names: Vec<String> = self.peers.keys().filter(|peer| !self.awaiting.contains_key(*peer)).cloned().collect();
-        if let Some(bytes) = encode(&self.frame(message)) {
-            for peer in names {
-                self.send_bytes(&peer, bytes.clone(), name);
-            }
-        }
-        let due: Vec<String> =
-            self.repairs.iter_mut().filter_map(|(name, repair)| repair.on_tick().then(|| name.clone())).collect();
-        for name in due {
-            self.shared.metrics.digest_check(digest_check::DEFERRED_PULL);
-            self.send_message(&name, PgMessage::Discover);
-        }
-    }
-
-    /// A peer's digest: compared with what we hold of it; a mismatch pulls its full state (the
-    /// answer to our discover), within the peer's rate limit.
-    fn check_digest(&mut self, from: &NodeId, digest: MembershipDigest) {
-        let held = self.shared.table.peer_digest(from);
-        let repair = self.repairs.entry(from.name.clone()).or_default();
-        match repair.on_digest(held == Some(digest)) {
-            DigestVerdict::InSync => self.shared.metrics.digest_check(digest_check::IN_SYNC),
-            DigestVerdict::Deferred => self.shared.metrics.digest_check(digest_check::DEFERRED),
-            DigestVerdict::Pull => {
-                self.shared.metrics.digest_check(digest_check::PULL);
-                tracing::debug!(scope = %self.shared.name, peer = %from, ?held, theirs = ?digest, "pg digest mismatch; pulling the peer's state");
-                self.send_message(&from.name, PgMessage::Discover);
-            }
-        }
-    }
-
-    /// Backoff cap of digest pulls, in digest periods: the full-state backstop's period.
-    fn max_digest_backoff(&self) -> u32 {
-        let config = &self.shared.config;
-        let periods = config.anti_entropy_interval.as_millis() / config.digest_interval.as_millis().max(1);
-        u32::try_from(periods).unwrap_or(u32::MAX).max(1)
-    }
-
-    fn schedule_resync(&mut self) {
-        if self.resync_at.is_none() {
-            self.resync_at = Some(Instant::now() + self.shared.config.resync_delay);
-        }
-    }
-
-    /// The earliest of the resync deadline and the unanswered discovers' deadlines.
-    fn timer_deadline(&self) -> Option<Instant> {
-        let awaiting = self.awaiting.values().map(|a| a.at).min();
-        match (self.resync_at, awaiting) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
-    fn run_timers(&mut self) {
-        let now = Instant::now();
-        if self.resync_at.is_some_and(|at| at <= now) {
-            self.run_resyncs();
-        }
-        self.retry_discovers(now);
-    }
-
-    /// Re-sends the discovers whose answer (the peer's full state) is overdue, with a doubling
-    /// delay from `resync_delay` up to the anti-entropy period.
-    fn retry_discovers(&mut self, now: Instant) {
-        let config = &self.shared.config;
-        let (base, cap) = (config.resync_delay, config.anti_entropy_interval.max(config.resync_delay));
-        let due: Vec<String> =
-            self.awaiting.iter().filter(|(_, a)| a.at <= now).map(|(name, _)| name.clone()).collect();
-        for name in due {
-            self.send_message(&name, PgMessage::Discover);
-            if let Some(awaiting) = self.awaiting.get_mut(&name) {
-                awaiting.retries = awaiting.retries.saturating_add(1);
-                let delay = base.saturating_mul(1 << awaiting.retries.min(16)).min(cap);
-                awaiting.at = now + delay;
-                tracing::debug!(scope = %self.shared.name, peer = %name, retries = awaiting.retries, "pg discover unanswered; sent again");
-            }
-        }
-    }
-
-    fn run_resyncs(&mut self) {
-        self.resync_at = None;
-        for name in std::mem::take(&mut self.pull) {
-            self.send_message(&name, PgMessage::Discover);
-        }
-        for name in std::mem::take(&mut self.resync) {
-            self.send_sync(&name, sync_reason::RESYNC);
-        }
-    }
-
     // ---- inbound ----
 
     fn handle_frame(&mut self, from: NodeId, frame: PgFrame) {
-        let message_name = frame.message.name();
         let members = Arc::clone(&self.shared.members);
-        // Held while applying: `member_down` takes it for writing, so a node that went down can
-        // never be re-added by one of its late frames.
-        let up = members.read().unwrap_or_else(PoisonError::into_inner);
-        if !self.shared.is_up(&from, &up) {
-            self.shared.metrics.reject(reject::PEER_NOT_UP);
-            return;
+        {
+            // Held while applying: `member_down` takes it for writing, so a node that went down
+            // can never be re-added by one of its late frames.
+            let up = members.read().unwrap_or_else(PoisonError::into_inner);
+            if !self.shared.is_up(&from, &up) {
+                self.shared.metrics.reject(reject::PEER_NOT_UP);
+                return;
+            }
+            self.peers.handle_message(now(), &self.shared.table, &from, frame.message);
         }
-        let shared = Arc::clone(&self.shared);
-        let table = &shared.table;
-        let accepted = match frame.message {
-            PgMessage::Discover => {
-                // Erlang's discover: answer with our state and admit the sender as a peer. Unlike
-                // `pg.erl` we do not discover back: `member_up` already pushed our state to it and
-                // asked for its own, so a discover back would only repeat a full sync.
-                self.peers.entry(from.name.clone()).or_insert(PeerState { cut: None });
-                self.send_sync(&from.name, sync_reason::CONNECT);
-                match table.add_peer(&from) {
-                    Ok(()) => true,
-                    Err(error) => self.refused(&from, &error),
-                }
-            }
-            PgMessage::Sync(chunk) => {
-                let assembler =
-                    self.assemblers.entry(from.name.clone()).or_insert_with(|| (from.clone(), SyncAssembler::new()));
-                if assembler.0 != from {
-                    *assembler = (from.clone(), SyncAssembler::new());
-                }
-                match assembler.1.accept(chunk) {
-                    Ok(None) => true,
-                    Ok(Some(state)) => {
-                        // Its full state arrived (applied or refused): our discover is answered.
-                        self.awaiting.remove(&from.name);
-                        let result = table.sync_peer(&from, state);
-                        let refused = !matches!(result, Ok(report) if report.groups_refused == 0);
-                        let max_backoff = self.max_digest_backoff();
-                        if let Some(repair) = self.repairs.get_mut(&from.name) {
-                            repair.on_sync(refused, max_backoff);
-                        }
-                        match result {
-                            Ok(report) => {
-                                if report.groups_refused > 0 {
-                                    tracing::debug!(scope = %self.shared.name, peer = %from, refused = report.groups_refused, "pg sync partly refused by bounds");
-                                }
-                                true
-                            }
-                            Err(error) => self.refused(&from, &error),
-                        }
-                    }
-                    Err(error) => {
-                        self.shared.metrics.reject(reject::SYNC_CHUNK);
-                        tracing::debug!(scope = %self.shared.name, peer = %from, %error, "pg sync chunk dropped");
-                        // Ask for the whole state again.
-                        self.pull.insert(from.name.clone());
-                        self.schedule_resync();
-                        false
-                    }
-                }
-            }
-            PgMessage::Join { group, pids } => self.apply_op(&from, EventKind::Join, &group, &pids),
-            PgMessage::Leave { group, pids } => self.apply_op(&from, EventKind::Leave, &group, &pids),
-            PgMessage::Batch(ops) => ops.iter().all(|op| self.apply_op(&from, op.kind, &op.group, &op.pids)),
-            PgMessage::Broadcast { group, payload } => {
-                let mut report = BroadcastReport::default();
-                self.shared.fan_out_local(group.as_str(), &payload.0, &mut report);
-                true
-            }
-            PgMessage::Digest(digest) => {
-                self.check_digest(&from, digest);
-                true
-            }
-        };
-        if accepted {
-            self.shared.metrics.frame(message_name, "in");
-        }
+        self.perform();
     }
-
-    fn apply_op(&mut self, from: &NodeId, kind: EventKind, group: &Group, pids: &[Pid]) -> bool {
-        let result = match kind {
-            EventKind::Join => self.shared.table.remote_join(from, group, pids),
-            EventKind::Leave => self.shared.table.remote_leave(from, group, pids),
-        };
-        match result {
-            Ok(_) => true,
-            Err(error) => self.refused(from, &error),
-        }
-    }
-
-    /// Counts a frame the table refused. From a peer we do not know (its sync to us was lost, or
-    /// it never saw us go down), pull its full state so we converge.
-    fn refused(&mut self, from: &NodeId, error: &PgError) -> bool {
-        self.shared.metrics.reject(reject::REFUSED);
-        tracing::debug!(scope = %self.shared.name, peer = %from, %error, "pg frame refused");
-        if matches!(error, PgError::UnknownPeer { .. }) {
-            self.pull.insert(from.name.clone());
-            self.schedule_resync();
-        }
-        false
-    }
-
     // ---- monitors ----
 
     fn handle_command(&mut self, command: Command) {
@@ -1401,7 +1106,7 @@ impl ScopeActor {
         // Exact snapshots: everything drained so far (the ring's window included) is reflected, so
         // there is nothing to replay; undrained events are filtered by the cut as they come.
         debug_assert!(
-            self.ring.iter().all(|e| !target.matches(&e.group) || cut.reflects(e)),
+            self.peers.replay_ring().all(|e| !target.matches(&e.group) || cut.reflects(e)),
             "a monitor snapshot missed an event drained before it was read"
         );
         // Groups read empty (being created, or just emptied) only contribute their cut.

@@ -89,6 +89,22 @@ use super::state::{Event, EventKind, Group, GroupSnapshot, NodeState, Origin, mu
 use super::{PgError, ScopeLimits};
 use crate::pid::Pid;
 
+/// The events a snapshot already reflects: per-group versions, and a floor for other groups (see
+/// the scope module, "Consistency with snapshots"). Used for monitors and for peer syncs.
+pub(crate) struct SnapshotCut {
+    /// The `seq` read before the snapshot: reflects every event of a group absent from `versions`.
+    pub(crate) floor: u64,
+    /// Per group read, its published version. Looked up only, never iterated.
+    pub(crate) versions: HashMap<Group, u64>,
+}
+
+impl SnapshotCut {
+    /// Whether the snapshot this cut belongs to already reflects `event`.
+    pub(crate) fn reflects(&self, event: &Event) -> bool {
+        event.seq <= self.versions.get(&event.group).copied().unwrap_or(self.floor)
+    }
+}
+
 /// A read of one group: the published snapshot, seen as all members or local members only.
 /// Cloning is one reference-count increment; the slice never changes under the reader.
 #[derive(Clone)]

@@ -187,6 +187,18 @@ impl<'de> Deserialize<'de> for WireBytes {
     }
 }
 
+/// Encodes a frame for the transport; `None` (logged) if serialisation fails, which cannot happen
+/// for these types, so a caller treats it as a send that failed and never panics on it.
+pub(crate) fn encode_frame(frame: &PgFrame) -> Option<Bytes> {
+    match rmp_serde::to_vec(frame) {
+        Ok(bytes) => Some(Bytes::from(bytes)),
+        Err(error) => {
+            tracing::error!(%error, "pg frame encoding failed");
+            None
+        }
+    }
+}
+
 /// Splits local operations into [`PgMessage::Batch`] bodies within [`MAX_OPS_PER_BATCH_FRAME`]
 /// and [`MAX_PIDS_PER_BATCH_FRAME`], keeping their order. Each op already holds at most
 /// [`MAX_PIDS_PER_BATCH`] pids (the scope table's batch bound).
