@@ -34,6 +34,7 @@
 
 pub mod crdt;
 pub mod digest;
+pub mod driver;
 #[cfg(test)]
 mod proptests;
 pub mod service;
@@ -46,4 +47,9 @@ pub use crdt::{
     MergeOutcome, Value, VersionVector, WinnerChange, rank, validate_delta, validate_name,
 };
 pub use digest::{Digest, MAX_SHARD_ENTRIES, SHARD_COUNT, ShardState, differing_shards, shard_of};
-pub use service::{EventualConfig, EventualSummary, EventualTier, RevokeSink};
+pub use driver::{
+    Broadcast, DriverStats, Event, EventualConfig, EventualDriver, EventualSummary, MAX_PEERS, MAX_PENDING_BROADCASTS,
+    MAX_PENDING_EVENTS, MAX_PENDING_TRANSMITS, MemberChange, Outgoing, Transmit,
+};
+pub use service::{EventualTier, RevokeSink};
+pub use wire::{Frame, ShardFramer};
