@@ -300,6 +300,49 @@ impl Locals {
 }
 
 /// The eventual tier's protocol for one node, without I/O (see the module header).
+///
+/// Two drivers, a lost gossip delta, and the anti-entropy round that repairs it, on a clock the
+/// caller moves:
+/// ```
+/// use std::time::{Duration, Instant};
+/// use cohort_actors::Pid;
+/// use cohort_cluster::NodeId;
+/// use cohort_registry::eventual::{EventualConfig, EventualDriver, Frame, Outgoing};
+///
+/// let (a, b) = (NodeId::new("a", 1), NodeId::new("b", 1));
+/// let t0 = Instant::now();
+/// let mut on_a = EventualDriver::new(a.clone(), EventualConfig::default(), t0);
+/// let mut on_b = EventualDriver::new(b.clone(), EventualConfig::default(), t0);
+/// on_a.handle_live_peers(t0, [b.clone()]);
+/// on_a.handle_register(t0, "svc", &Pid::new(a.clone(), 1), 0).unwrap();
+/// assert!(on_a.poll_broadcast().is_some()); // the delta; suppose gossip loses it
+///
+/// // The round is due at t0: a's digest goes to b; b pushes its side and pulls a's.
+/// on_a.handle_timeout(t0);
+/// let digest = on_a.poll_transmit().unwrap();
+/// let Outgoing::Digest(msg) = digest.message else { unreachable!() };
+/// on_b.handle_frame(t0, &a, Frame::Digest(msg));
+/// while let Some(transmit) = on_b.poll_transmit() {
+///     let frames = match transmit.message {
+///         Outgoing::Pull(pull) => vec![Frame::Pull(pull)],
+///         Outgoing::Shards { pull, origin_counter, shards } => {
+///             on_b.shard_frames(pull, origin_counter, &shards).into_iter().map(Frame::Shards).collect()
+///         }
+///         Outgoing::Digest(_) => vec![],
+///     };
+///     for frame in frames {
+///         on_a.handle_frame(t0, &b, frame);
+///     }
+/// }
+/// // a answers the pull with its shard.
+/// let answer = on_a.poll_transmit().unwrap();
+/// let Outgoing::Shards { pull, origin_counter, shards } = answer.message else { unreachable!() };
+/// for frame in on_a.shard_frames(pull, origin_counter, &shards) {
+///     on_b.handle_frame(t0, &a, Frame::Shards(frame));
+/// }
+/// assert_eq!(on_b.lookup("svc"), Some(Pid::new(a, 1)));
+/// assert_eq!(on_a.poll_timeout(), Some(t0 + Duration::from_secs(1)));
+/// ```
 #[derive(Debug)]
 pub struct EventualDriver {
     local: NodeId,

@@ -5,7 +5,7 @@
 //! allocation the peer controls, never panicking. A gossip delta drops the pid's node (always the
 //! dot's origin, see `crdt`) so one fits easily in a quarter of a gossip packet.
 //!
-//! Anti-entropy, per pair of nodes (see `service`):
+//! Anti-entropy, per pair of nodes (decided by `driver`, sent by `service`):
 //! ```text
 //!  A ── Digest { digest, acked } ──► B        (every round, to every live peer)
 //!  B: shards that differ = D; none: B adopts A's acknowledgement (equal content)
