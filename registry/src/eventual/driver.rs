@@ -42,8 +42,9 @@
 //!   every live peer, the gossip fan-out is the membership layer's); a future jitter must come from
 //!   a seed given to the constructor.
 //! - Every queue and map is bounded by a named constant ([`MAX_PENDING_TRANSMITS`],
-//!   [`MAX_PENDING_BROADCASTS`], [`MAX_PENDING_EVENTS`], [`MAX_PEERS`]; the state's own bounds are
-//!   [`Limits`]) and what a bound refuses is counted in [`DriverStats`]. A refused broadcast is
+//!   [`MAX_PENDING_BROADCASTS`], [`MAX_PENDING_EVENTS`], [`MAX_PEERS`] for the acknowledgement and
+//!   rate-limit tables; the local registrations exist only for names the state accepted, so they
+//!   follow its [`Limits`]) and what a bound refuses is counted in [`DriverStats`]. A refused broadcast is
 //!   left to anti-entropy (and asks for an early round), a refused transmit to the next round.
 //! - Tombstones are collected only below what every live peer acknowledged in its last digest;
 //!   with a live peer not heard from, or live peers beyond [`MAX_PEERS`], nothing is collected.
@@ -247,7 +248,8 @@ pub struct DriverStats {
     pub refused_invalid_dot: u64,
     /// Digests refused by the per-peer rate limit.
     pub refused_rate_limited: u64,
-    /// Frames refused because their sender departed.
+    /// Frames refused because their sender departed. The node's shell feeds a shards frame one
+    /// shard at a time (short lock holds), so there a refused shards frame counts once per shard.
     pub refused_departed_peer: u64,
     /// Typed frames refused for their shape (a digest of the wrong length).
     pub refused_out_of_bounds: u64,
