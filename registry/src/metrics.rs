@@ -30,7 +30,7 @@ pub const RESULTS: [&str; 13] = [
 pub const OPERATIONS: [&str; 3] = ["register", "unregister", "lookup"];
 
 /// Reasons an anti-entropy or gossip input is refused.
-pub const REFUSALS: [&str; 9] = [
+pub const REFUSALS: [&str; 10] = [
     "malformed",
     "version",
     "out_of_bounds",
@@ -40,6 +40,7 @@ pub const REFUSALS: [&str; 9] = [
     "unknown_kind",
     "busy",
     "departed_peer",
+    "over_bound",
 ];
 
 /// The registry's series.

@@ -1,15 +1,17 @@
 //! The eventual tier (SPEC section 7, issue #5): a name -> owner map replicated as a CRDT.
 //!
-//! Role: this module is the pure core only, without I/O or actors. [`crdt`] holds the replicated
-//! state ([`EventualState`]: one dot per origin per name, deterministic winner, departures,
-//! acknowledgements and tombstone collection, loser reporting); [`digest`] holds the sharded,
-//! incrementally maintained digests for anti-entropy; `store` (private) is the compact in-memory
-//! form of the dots (interned origins, 24-byte dots, per-shard name maps). The node's registry
-//! actor owns one [`EventualState`], gossips the deltas whose [`ApplyOutcome::changed`] is true
-//! exactly once, exchanges digests together with [`EventualState::version_vector`] periodically,
-//! pulls differing shards, calls [`EventualState::adopt_peer_clock`] when digests are equal,
-//! collects tombstones with the meet of the live nodes' version vectors, calls
-//! [`EventualState::depart`] on membership departures and notifies reported losers.
+//! Role: [`crdt`] holds the replicated state ([`EventualState`]: one dot per origin per name,
+//! deterministic winner, departures, acknowledgements and tombstone collection, loser reporting);
+//! [`digest`] holds the sharded, incrementally maintained digests for anti-entropy; `store`
+//! (private) is the compact in-memory form of the dots (interned origins, 24-byte dots, per-shard
+//! name maps). [`driver`] holds the protocol around the state, still without I/O:
+//! [`EventualDriver`] owns one [`EventualState`], queues local deltas for gossip, answers whether
+//! a peer's delta was new ([`ApplyOutcome::changed`]) so gossip re-spreads only those, exchanges
+//! digests together with [`EventualState::version_vector`] periodically, pulls differing shards,
+//! calls [`EventualState::adopt_peer_clock`] when digests are equal, collects tombstones with the
+//! meet of the live nodes' version vectors, calls [`EventualState::depart`] on membership
+//! departures and reports losers. [`service`] is the I/O shell the node runs ([`EventualTier`]):
+//! clock, lock, gossip, transport, revocation notices, metrics.
 //!
 //! Invariants: every replica that has received the same dots shows the same winner for every name,
 //! whatever the delivery order; peer input is validated and bounded before it touches the state;
@@ -34,6 +36,7 @@
 
 pub mod crdt;
 pub mod digest;
+pub mod driver;
 #[cfg(test)]
 mod proptests;
 pub mod service;
@@ -46,4 +49,9 @@ pub use crdt::{
     MergeOutcome, Value, VersionVector, WinnerChange, rank, validate_delta, validate_name,
 };
 pub use digest::{Digest, MAX_SHARD_ENTRIES, SHARD_COUNT, ShardState, differing_shards, shard_of};
-pub use service::{EventualConfig, EventualSummary, EventualTier, RevokeSink};
+pub use driver::{
+    Broadcast, DriverStats, Event, EventualConfig, EventualDriver, EventualSummary, MAX_PEERS, MAX_PENDING_BROADCASTS,
+    MAX_PENDING_EVENTS, MAX_PENDING_TRANSMITS, MemberChange, Outgoing, Transmit,
+};
+pub use service::{EventualTier, RevokeSink};
+pub use wire::{Frame, ShardFramer};

@@ -5,7 +5,7 @@
 //! allocation the peer controls, never panicking. A gossip delta drops the pid's node (always the
 //! dot's origin, see `crdt`) so one fits easily in a quarter of a gossip packet.
 //!
-//! Anti-entropy, per pair of nodes (see `service`):
+//! Anti-entropy, per pair of nodes (decided by `driver`, sent by `service`):
 //! ```text
 //!  A ── Digest { digest, acked } ──► B        (every round, to every live peer)
 //!  B: shards that differ = D; none: B adopts A's acknowledgement (equal content)
@@ -136,6 +136,9 @@ pub enum WireError {
     /// The frame is larger than accepted.
     #[error("frame too large")]
     TooLarge,
+    /// A transport kind that is none of [`KIND_DIGEST`], [`KIND_SHARDS`], [`KIND_PULL`].
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
 }
 
 impl WireError {
@@ -146,6 +149,7 @@ impl WireError {
             WireError::Version(_) => "version",
             WireError::OutOfBounds => "out_of_bounds",
             WireError::TooLarge => "too_large",
+            WireError::UnknownKind(_) => "unknown_kind",
         }
     }
 }
@@ -204,6 +208,91 @@ pub fn decode_pull(bytes: &[u8]) -> Result<PullMsg, WireError> {
     Ok(msg)
 }
 
+/// One decoded anti-entropy frame of the `registry` class.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// [`KIND_DIGEST`].
+    Digest(DigestMsg),
+    /// [`KIND_PULL`].
+    Pull(PullMsg),
+    /// [`KIND_SHARDS`].
+    Shards(ShardsMsg),
+}
+
+impl Frame {
+    /// Decodes a frame of transport kind `kind`, with the bounds of the `decode_*` functions.
+    pub fn decode(kind: u8, payload: &[u8]) -> Result<Frame, WireError> {
+        match kind {
+            KIND_DIGEST => decode_digest(payload).map(Frame::Digest),
+            KIND_PULL => decode_pull(payload).map(Frame::Pull),
+            KIND_SHARDS => decode_shards(payload).map(Frame::Shards),
+            other => Err(WireError::UnknownKind(other)),
+        }
+    }
+
+    /// The transport kind and the encoded payload.
+    pub fn encode(&self) -> (u8, Vec<u8>) {
+        match self {
+            Frame::Digest(msg) => (KIND_DIGEST, encode(msg)),
+            Frame::Pull(msg) => (KIND_PULL, encode(msg)),
+            Frame::Shards(msg) => (KIND_SHARDS, encode(msg)),
+        }
+    }
+}
+
+/// Packs shard states into [`ShardsMsg`] frames of about [`MAX_SHARDS_FRAME_BYTES`] each, the last
+/// frame marked `last`. Pure: the caller copies each shard when it likes (the node's shell takes
+/// one short lock hold per shard) and sends the frames it gets back.
+#[derive(Debug)]
+pub struct ShardFramer {
+    pull: Option<u64>,
+    origin_counter: u64,
+    remaining: usize,
+    pushed: usize,
+    batch: Vec<ShardState>,
+    batch_bytes: usize,
+}
+
+impl ShardFramer {
+    /// A framer for an answer of `total` shards to pull `pull` (`None`: a push), carrying the
+    /// sender's own write counter `origin_counter` (read before the first shard was copied).
+    pub fn new(pull: Option<u64>, origin_counter: u64, total: usize) -> Self {
+        Self { pull, origin_counter, remaining: total, pushed: 0, batch: Vec::new(), batch_bytes: 0 }
+    }
+
+    /// Adds one shard; returns a frame to send once the batch reaches [`MAX_SHARDS_FRAME_BYTES`]
+    /// or this was the last of the `total` shards announced.
+    pub fn push(&mut self, shard: ShardState) -> Option<ShardsMsg> {
+        // A cheap size estimate: names and node names dominate; 48 bytes covers the rest.
+        self.batch_bytes += shard.entries.iter().map(|d| d.name.len() + d.dot.origin.name.len() + 48).sum::<usize>();
+        self.batch.push(shard);
+        self.pushed += 1;
+        self.remaining = self.remaining.saturating_sub(1);
+        let last = self.remaining == 0;
+        (self.batch_bytes >= MAX_SHARDS_FRAME_BYTES || last).then(|| self.take(last))
+    }
+
+    /// What is left to send: the rest of the batch if a shard announced was never pushed, or an
+    /// empty last frame answering a pull of no shards (the puller learns the answer is complete).
+    pub fn finish(mut self) -> Option<ShardsMsg> {
+        if !self.batch.is_empty() {
+            return Some(self.take(true));
+        }
+        (self.pushed == 0 && self.pull.is_some()).then(|| self.take(true))
+    }
+
+    fn take(&mut self, last: bool) -> ShardsMsg {
+        self.batch_bytes = 0;
+        ShardsMsg {
+            v: WIRE_VERSION,
+            pull: self.pull,
+            last,
+            origin_counter: self.origin_counter,
+            shards: std::mem::take(&mut self.batch),
+        }
+    }
+}
+
 /// Encodes any of the messages above.
 pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     // Encoding plain structs of strings and integers into a Vec cannot fail.
@@ -228,6 +317,28 @@ mod tests {
         let bytes = encode(&GossipDelta::from_delta(&delta));
         assert!(bytes.len() < 48, "{} bytes", bytes.len());
         assert_eq!(decode_gossip(&bytes, 1024).unwrap().into_delta(), delta);
+    }
+
+    #[test]
+    fn the_framer_marks_the_last_frame_and_answers_an_empty_pull() {
+        let shard = |i: usize| ShardState { shard: i, entries: vec![] };
+        let mut framer = ShardFramer::new(Some(7), 3, 2);
+        assert_eq!(framer.push(shard(0)), None);
+        let frame = framer.push(shard(1)).expect("the last shard closes the frame");
+        assert!(frame.last);
+        assert_eq!((frame.pull, frame.origin_counter, frame.shards.len()), (Some(7), 3, 2));
+        assert_eq!(framer.finish(), None);
+        let empty = ShardFramer::new(Some(8), 0, 0).finish().expect("an empty pull is answered");
+        assert!(empty.last && empty.shards.is_empty());
+        assert_eq!(ShardFramer::new(None, 0, 0).finish(), None);
+    }
+
+    #[test]
+    fn a_frame_round_trips_by_kind_and_unknown_kinds_are_refused() {
+        let frame = Frame::Pull(PullMsg { v: WIRE_VERSION, id: 4, shards: vec![1, 2] });
+        let (kind, bytes) = frame.encode();
+        assert_eq!(Frame::decode(kind, &bytes), Ok(frame));
+        assert_eq!(Frame::decode(99, &bytes), Err(WireError::UnknownKind(99)));
     }
 
     #[test]
