@@ -239,6 +239,8 @@ struct SimNode {
     heard: BTreeMap<String, (NodeId, u64)>,
     /// Events that arrived while the node was paused, in order: run when it resumes.
     deferred: Vec<Ev>,
+    /// The registry as this node last applied it (kept for the full trace only).
+    applied: BTreeMap<String, String>,
 }
 
 impl SimNode {
@@ -315,6 +317,7 @@ impl World {
                     offset: Duration::ZERO,
                     heard: BTreeMap::new(),
                     deferred: Vec::new(),
+                    applied: BTreeMap::new(),
                 }
             })
             .collect();
@@ -580,6 +583,9 @@ impl World {
             self.nodes[i].driver = None;
             return;
         }
+        if self.cfg.full_trace {
+            self.trace_applied(i);
+        }
         let mut outputs = Vec::new();
         while let Some(output) = self.nodes[i].driver.as_mut().and_then(Driver::poll_output) {
             outputs.push(output);
@@ -598,6 +604,31 @@ impl World {
                 Output::Written { reply, result } => self.answer_write(reply, result),
                 Output::Read { reply, result } => self.answer_read(reply, result),
             }
+        }
+    }
+
+    /// Full trace: what node `i` applied since the last look (names set and removed).
+    fn trace_applied(&mut self, i: usize) {
+        let Some(driver) = self.nodes[i].driver.as_ref() else { return };
+        let index = driver.core().stats().applied_index;
+        let now: BTreeMap<String, String> = driver
+            .core()
+            .fsm()
+            .names()
+            .map(|(n, r)| (n.to_string(), format!("{} token {}", r.pid, r.fence_token)))
+            .collect();
+        let old = std::mem::replace(&mut self.nodes[i].applied, now.clone());
+        let mut lines = Vec::new();
+        for (name, owner) in &now {
+            if old.get(name) != Some(owner) {
+                lines.push(format!("n{i} applied {index}: {name} = {owner}"));
+            }
+        }
+        for name in old.keys().filter(|n| !now.contains_key(*n)) {
+            lines.push(format!("n{i} applied {index}: {name} removed"));
+        }
+        for line in lines {
+            self.line(false, || line);
         }
     }
 

@@ -64,6 +64,14 @@ use super::snapshot_transfer::{
 /// retransmits). Answers to callers are never dropped: each caller is bounded elsewhere.
 pub const MAX_OUTPUTS: usize = 65_536;
 
+/// A node this leader heard from on the raft class this recently is not swept as departed, even
+/// when membership says it is down: membership's verdict lags the raft path after a heal (its
+/// heartbeats are periodic), and removing the names of a node whose registrations are arriving
+/// would drop a name right after answering its owner `Registered` (found by the simulator, seed
+/// 200 of 5 nodes: a registration committed 80 ms after a heal, then removed by a `RemoveByNode`
+/// the leader decided on its stale view).
+pub const DEPARTED_CONTACT_GRACE: Duration = Duration::from_secs(2);
+
 /// What the shell must do when a frame it was given could not be sent (the transport refused
 /// it): hand it back with [`Driver::handle_unsent`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,6 +167,9 @@ pub struct Driver<W, R> {
     members_changed_at: Instant,
     /// raft id -> since when the leader has seen it down (the ladder's `down_for`).
     down_since: BTreeMap<u64, Instant>,
+    /// node name -> (incarnation, when a raft-class frame of it last arrived); bounded by
+    /// [`MAX_KNOWN_PEERS`].
+    last_frame: BTreeMap<String, (NodeId, Instant)>,
     /// Whether the core's transitions changed since the shell last took them.
     transitions_dirty: bool,
     last_hello: Option<Instant>,
@@ -202,6 +213,7 @@ impl<W, R> Driver<W, R> {
             members_fingerprint: 0,
             members_changed_at: now,
             down_since: BTreeMap::new(),
+            last_frame: BTreeMap::new(),
             transitions_dirty: true,
             last_hello: None,
             last_sweep: now,
@@ -278,6 +290,9 @@ impl<W, R> Driver<W, R> {
 
     /// A frame of the `raft` class from the authenticated node `from`.
     pub fn handle_frame(&mut self, now: Instant, from: &NodeId, kind: u8, payload: &Bytes) {
+        if self.last_frame.len() < MAX_KNOWN_PEERS || self.last_frame.contains_key(&from.name) {
+            self.last_frame.insert(from.name.clone(), (from.clone(), now));
+        }
         match kind {
             KIND_RAFT_MESSAGE => self.on_raft_frame(from, payload),
             KIND_HELLO => self.on_hello(from, payload),
@@ -345,7 +360,10 @@ impl<W, R> Driver<W, R> {
         self.transitions_dirty = true;
         let in_flight: Vec<Pending<W>> = std::mem::take(&mut self.pending).into_values().collect();
         for pending in in_flight {
-            if self.waiting.len() < MAX_WAITING {
+            if matches!(pending.internal, Internal::RemoveNode(_)) {
+                // Re-decided by whoever leads next (see `submit`).
+                self.finish(pending, Err(Admission::Canceled), ExecutionOutcome::Failed);
+            } else if self.waiting.len() < MAX_WAITING {
                 self.waiting.push_back(pending);
             } else {
                 self.time_out(pending);
@@ -390,6 +408,16 @@ impl<W, R> Driver<W, R> {
                     self.metrics.outcome(ExecutionOutcome::Proposed);
                 }
                 self.pending.insert(id, pending);
+            }
+            // A membership-driven change (RemoveByNode, Readmit) is a decision of the leader's own
+            // view: when this node no longer leads, it is dropped, never forwarded later to the next
+            // leader, which decides on its own view. (Found by the simulator, 3 nodes seed 837: a
+            // deposed leader's RemoveByNode, decided on a view 4 s old, waited for a leader and
+            // removed a name its owner had registered after coming back.)
+            Err(ProposeError::Refused(admission @ Admission::NotLeader { .. }))
+                if matches!(pending.internal, Internal::RemoveNode(_)) =>
+            {
+                self.finish(pending, Err(admission), ExecutionOutcome::Failed)
             }
             Err(ProposeError::Refused(Admission::NotLeader { .. })) if self.waiting.len() < MAX_WAITING => {
                 if first {
@@ -660,7 +688,7 @@ impl<W, R> Driver<W, R> {
         }
         for failed in out.failed {
             let Some(pending) = self.pending.remove(&failed.proposal_id) else { continue };
-            if pending.deadline > now {
+            if pending.deadline > now && !matches!(pending.internal, Internal::RemoveNode(_)) {
                 // Same request id: if the first attempt did commit, the FSM answers from its cache.
                 self.submit(pending, false);
             } else {
@@ -846,10 +874,20 @@ impl<W, R> Driver<W, R> {
         let rows = self.members.clone();
         let local = self.local.clone();
         let mut departed: BTreeSet<NodeId> = BTreeSet::new();
+        let heard_lately = |node: &NodeId| {
+            self.last_frame
+                .get(&node.name)
+                .is_some_and(|(id, at)| id == node && now.saturating_duration_since(*at) < DEPARTED_CONTACT_GRACE)
+        };
         for row in rows.iter() {
-            if matches!(row.state, MemberState::Down | MemberState::Left) && !self.core.fsm().is_departed(&row.info.id)
-            {
-                departed.insert(row.info.id.clone());
+            let node = &row.info.id;
+            let gone = match row.state {
+                MemberState::Left => true,
+                MemberState::Down => !heard_lately(node),
+                MemberState::Alive | MemberState::Suspect => false,
+            };
+            if gone && !self.core.fsm().is_departed(node) {
+                departed.insert(node.clone());
             }
         }
         for owner in self.core.fsm().owner_nodes() {
@@ -857,7 +895,8 @@ impl<W, R> Driver<W, R> {
                 continue;
             }
             let gone = rows.iter().any(|r| {
-                (r.info.id == owner && matches!(r.state, MemberState::Down | MemberState::Left))
+                (r.info.id == owner
+                    && (r.state == MemberState::Left || (r.state == MemberState::Down && !heard_lately(&owner))))
                     || (r.info.id.name == owner.name
                         && r.info.id.incarnation > owner.incarnation
                         && r.state == MemberState::Alive)
