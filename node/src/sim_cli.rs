@@ -60,6 +60,12 @@ pub struct SimArgs {
     ladder_rule: RuleFlag,
 }
 
+/// Prints a line; a closed stdout (`cohort sim ... | head`) is not an error of the run.
+fn out(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
 fn parse_profile(s: &str) -> Result<FaultProfile, String> {
     s.parse()
 }
@@ -98,6 +104,7 @@ impl SimArgs {
                 RuleFlag::LiveMembers => LadderRule::LiveMembers,
             },
             full_trace: false,
+            fsm_mutation: None,
         }
     }
 
@@ -159,9 +166,9 @@ pub fn run(args: SimArgs) -> ExitCode {
                     }
                     let report = cohort_sim::run(&args.config(seed));
                     if !args.quiet || !report.passed() {
-                        println!("{}", report.summary());
+                        out(&report.summary());
                         if !report.passed() {
-                            println!("  replay: {}", args.replay(seed));
+                            out(&format!("  replay: {}", args.replay(seed)));
                         }
                     }
                     results.lock().unwrap_or_else(|p| p.into_inner()).push(report);
@@ -175,14 +182,14 @@ pub fn run(args: SimArgs) -> ExitCode {
     let inconclusive = results.iter().filter(|r| r.verdicts.iter().any(|v| v.status == Status::Inconclusive)).count();
     let elapsed = started.elapsed().as_secs_f64();
     let sim_hours = count as f64 * args.duration as f64 / 3600.0;
-    println!(
+    out(&format!(
         "{} of {count} seeds passed ({} failed, {inconclusive} inconclusive), {sim_hours:.2} simulated hours in {elapsed:.1} s on {jobs} threads ({:.0} seeds/hour)",
         count - failed.len() as u64,
         failed.len(),
         count as f64 / elapsed.max(1e-9) * 3600.0,
-    );
+    ));
     if !failed.is_empty() {
-        println!("failing seeds: {failed:?}");
+        out(&format!("failing seeds: {failed:?}"));
     }
     if let Some(path) = &args.trace {
         let seed = failed.first().copied().unwrap_or(seeds.start);
@@ -193,7 +200,7 @@ pub fn run(args: SimArgs) -> ExitCode {
             eprintln!("cohort sim: cannot write the trace to {}: {e}", path.display());
             return ExitCode::from(EXIT_FAILURE);
         }
-        println!("trace of seed {seed} written to {} ({} lines)", path.display(), report.trace.len());
+        out(&format!("trace of seed {seed} written to {} ({} lines)", path.display(), report.trace.len()));
     }
     if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILURE) }
 }

@@ -19,7 +19,7 @@ use cohort_cluster::member::{MemberAddrs, MemberInfo, MemberView};
 use cohort_cluster::{MemberState, NodeId};
 use cohort_registry::consistent::core::ELECTION_TICKS;
 use cohort_registry::consistent::driver::{Driver, Output};
-use cohort_registry::consistent::fsm::{Command, CommandResult, Proposal, RequestId};
+use cohort_registry::consistent::fsm::{Command, CommandResult, FsmMutation, Proposal, RequestId};
 use cohort_registry::consistent::ladder::{self, LadderRule};
 use cohort_registry::consistent::metrics::ConsistentMetrics;
 use cohort_registry::consistent::service::{ConsistentConfig, open_core};
@@ -77,6 +77,9 @@ pub struct SimConfig {
     pub ladder_rule: LadderRule,
     /// Keep every event in [`SimReport::trace`] (otherwise only the nemesis's lines).
     pub full_trace: bool,
+    /// Test-only: a deliberate FSM defect, to prove the checkers catch a broken build.
+    #[doc(hidden)]
+    pub fsm_mutation: Option<FsmMutation>,
 }
 
 impl Default for SimConfig {
@@ -88,6 +91,7 @@ impl Default for SimConfig {
             faults: FaultProfile::Composed,
             ladder_rule: LadderRule::Autopilot,
             full_trace: false,
+            fsm_mutation: None,
         }
     }
 }
@@ -386,7 +390,12 @@ impl World {
         let election = ELECTION_TICKS;
         let timeout = election + self.rng.random_range(0..election);
         let backend = Box::new(self.nodes[i].disk.clone());
-        let (core, _) = match open_core(backend, &local, &config, Some(timeout)) {
+        let mutation = self.cfg.fsm_mutation;
+        let tune = |core: &mut cohort_registry::consistent::core::CoreConfig| {
+            core.election_timeout_ticks = Some(timeout);
+            core.fsm_limits.mutation = mutation;
+        };
+        let (core, _) = match open_core(backend, &local, &config, tune) {
             Ok(opened) => opened,
             Err(error) => {
                 self.line(true, || format!("node {} could not start: {error}", local.name));

@@ -332,6 +332,10 @@ pub struct FsmLimits {
     pub max_departed: usize,
     /// See [`REMOVE_CHUNK`].
     pub remove_chunk: u32,
+    /// Test-only: a deliberate defect, so that a test can prove the simulator's seed budget
+    /// catches a broken FSM. Always `None` on real nodes.
+    #[doc(hidden)]
+    pub mutation: Option<FsmMutation>,
 }
 
 impl Default for FsmLimits {
@@ -341,8 +345,18 @@ impl Default for FsmLimits {
             max_request_cache: MAX_REQUEST_CACHE,
             max_departed: MAX_DEPARTED_NODES,
             remove_chunk: REMOVE_CHUNK,
+            mutation: None,
         }
     }
+}
+
+/// Test-only deliberate defects of the FSM (see [`FsmLimits::mutation`]).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsmMutation {
+    /// A registration of a name another pid holds takes it over (two owners over time with no
+    /// unregister between: not linearizable).
+    SecondOwnerWins,
 }
 
 /// Local counters (not replicated, not in snapshots).
@@ -631,7 +645,10 @@ impl RegistryFsm {
             if reg.pid == pid {
                 return CommandResult::Registered { fence_token: reg.fence_token };
             }
-            return CommandResult::AlreadyRegistered { owner: reg.pid.clone(), fence_token: reg.fence_token };
+            if self.limits.mutation != Some(FsmMutation::SecondOwnerWins) {
+                return CommandResult::AlreadyRegistered { owner: reg.pid.clone(), fence_token: reg.fence_token };
+            }
+            self.remove_name(&name);
         }
         if self.departed.contains(&pid.node) {
             return CommandResult::OwnerDeparted;
@@ -1046,7 +1063,7 @@ mod tests {
     }
 
     fn small_limits() -> FsmLimits {
-        FsmLimits { max_names: 4, max_request_cache: 3, max_departed: 2, remove_chunk: 1 }
+        FsmLimits { max_names: 4, max_request_cache: 3, max_departed: 2, remove_chunk: 1, mutation: None }
     }
 
     proptest! {

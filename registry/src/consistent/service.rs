@@ -431,21 +431,21 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Opens the raft core of node `local` on `backend` with the settings `config` implies: what
 /// [`ConsistentTier::start`] does, and the simulator for each (re)started node. A clean store
 /// with `config.bootstrap` becomes the sole voter of a new group and campaigns at once.
-/// `election_timeout_ticks` fixes raft's randomised election timeout (the simulator's, drawn from
-/// its seed; `None` on real nodes).
+/// `tune` adjusts the core's settings last (the simulator fixes raft's randomised election
+/// timeout with it, drawn from its seed; real nodes change nothing).
 pub fn open_core(
     backend: Box<dyn LogBackend>,
     local: &NodeId,
     config: &ConsistentConfig,
-    election_timeout_ticks: Option<usize>,
+    tune: impl FnOnce(&mut CoreConfig),
 ) -> Result<(RaftCore, CoreConfig), ConsistentStartError> {
     let raft_id = ladder::raft_id_for(local);
     let mut core_config = CoreConfig::new(raft_id, local.clone());
-    core_config.election_timeout_ticks = election_timeout_ticks;
     // A forwarded proposal lost with its message is retried by the actor well within the
     // caller's deadline: give each attempt about a third of it.
     let ticks = (config.request_timeout.as_millis() / config.tick.as_millis().max(1)) as u64;
     core_config.proposal_timeout_ticks = (ticks / 3).max(5);
+    tune(&mut core_config);
     let bootstrap = [(raft_id, local.clone())];
     let mut core = RaftCore::open(backend, core_config.clone(), config.bootstrap.then_some(&bootstrap[..]))
         .map_err(|e| ConsistentStartError::Storage(e.to_string()))?;
@@ -473,7 +473,7 @@ impl ConsistentTier {
             StorageMode::Memory => Disk::Memory(MemoryBackend::new()),
         };
         let backend = disk.open().map_err(ConsistentStartError::Storage)?;
-        let (core, core_config) = open_core(backend, &local, &config, None)?;
+        let (core, core_config) = open_core(backend, &local, &config, |_| {})?;
         let inbound = transport.subscribe(Class::Raft).ok_or(ConsistentStartError::ClassTaken)?;
         let (tx, rx) = mpsc::channel(MAILBOX_CAPACITY);
         let (stop_tx, stop_rx) = oneshot::channel();
