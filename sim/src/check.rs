@@ -16,7 +16,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use cohort_chaos::invariants::linearizability::{self, DEFAULT_MAX_STEPS, HistoryOp, Outcome};
+use cohort_chaos::invariants::linearizability::{
+    self, DEFAULT_MAX_STEPS, HistoryOp, Input, Outcome, Output as LinOutput,
+};
 
 use crate::world::{Status, Verdict};
 
@@ -53,6 +55,20 @@ pub struct Recorded {
     pub answered: bool,
     /// Whether it succeeded (a committed write, a served read).
     pub ok: bool,
+}
+
+impl Recorded {
+    /// An operation called at `invoke_s` and not answered yet.
+    pub fn called(kind: OpKind, id: u64, name: String, node: String, input: Input, invoke_s: f64) -> Self {
+        Self {
+            kind,
+            op: HistoryOp { id, name, node, input, output: LinOutput::Unknown, invoke_s, complete_s: None },
+            token: None,
+            fresh: false,
+            answered: false,
+            ok: false,
+        }
+    }
 }
 
 /// The topology after a nemesis step.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cohort_actors::Pid;
-use cohort_chaos::invariants::linearizability::{HistoryOp, Input, Output as LinOutput};
+use cohort_chaos::invariants::linearizability::{Input, Output as LinOutput};
 use cohort_cluster::member::{MemberAddrs, MemberInfo, MemberView};
 use cohort_cluster::{MemberState, NodeId};
 use cohort_registry::consistent::core::ELECTION_TICKS;
@@ -662,22 +662,7 @@ impl World {
         } else {
             (OpKind::Read, Input::Lookup, None)
         };
-        self.ops.push(Recorded {
-            kind,
-            op: HistoryOp {
-                id: index as u64,
-                name: name.clone(),
-                node,
-                input,
-                output: LinOutput::Unknown,
-                invoke_s: self.now as f64 / 1e6,
-                complete_s: None,
-            },
-            token: None,
-            fresh: false,
-            answered: false,
-            ok: false,
-        });
+        self.ops.push(Recorded::called(kind, index as u64, name.clone(), node, input, self.now as f64 / 1e6));
         let Some(driver) = self.nodes[i].driver.as_mut() else { return };
         match command {
             Some(command) => driver.handle_propose(now, Proposal::new(request, command), Some(index), deadline),
@@ -812,22 +797,15 @@ impl World {
         }
         for ((name, pid), _) in held.into_iter().filter(|(_, uncovered)| *uncovered) {
             let index = self.ops.len() as u64;
-            self.ops.push(Recorded {
-                kind: OpKind::Evict,
-                op: HistoryOp {
-                    id: index,
-                    name,
-                    node: node.name.clone(),
-                    input: Input::Evict(pid),
-                    output: LinOutput::Unknown,
-                    invoke_s: self.now as f64 / 1e6,
-                    complete_s: None,
-                },
-                token: None,
-                fresh: false,
-                answered: false,
-                ok: false,
-            });
+            let evict = Recorded::called(
+                OpKind::Evict,
+                index,
+                name,
+                node.name.clone(),
+                Input::Evict(pid),
+                self.now as f64 / 1e6,
+            );
+            self.ops.push(evict);
         }
     }
 
