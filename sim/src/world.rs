@@ -29,6 +29,9 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use crate::check::{self, OpKind, Recorded, Topology};
+
+#[path = "world_eventual.rs"]
+mod eventual;
 use crate::nemesis::{self, Fault, FaultProfile, Planned, Target};
 use crate::net::{Net, NetStats};
 
@@ -137,6 +140,13 @@ pub struct SimStats {
     pub reads_ok: u64,
     /// `Strong` reads refused.
     pub reads_refused: u64,
+    /// Eventual-tier registrations and unregistrations accepted locally.
+    pub eventual_writes_ok: u64,
+    /// Eventual registrations that lost their name in a merge (revoked once).
+    pub eventual_revoked: u64,
+    /// Frames a node could not decode (none are expected: the simulator sends only what a
+    /// driver encoded).
+    pub malformed: u64,
 }
 
 /// The outcome of one run.
@@ -245,6 +255,8 @@ struct SimNode {
     deferred: Vec<Ev>,
     /// The registry as this node last applied it (kept for the full trace only).
     applied: BTreeMap<String, String>,
+    /// The eventual tier (lost on a crash).
+    eventual: eventual::EventualSide,
 }
 
 impl SimNode {
@@ -278,6 +290,8 @@ struct World {
     trace: Vec<String>,
     stats: SimStats,
     client_stop: u64,
+    /// When, after the clients stopped, every node first held the same eventual names.
+    eventual_converged_at: Option<u64>,
 }
 
 fn us(d: Duration) -> u64 {
@@ -322,6 +336,7 @@ impl World {
                     heard: BTreeMap::new(),
                     deferred: Vec::new(),
                     applied: BTreeMap::new(),
+                    eventual: eventual::EventualSide::default(),
                 }
             })
             .collect();
@@ -345,6 +360,7 @@ impl World {
             trace: Vec::new(),
             stats: SimStats::default(),
             client_stop,
+            eventual_converged_at: None,
         }
     }
 
@@ -408,6 +424,7 @@ impl World {
         let mut driver = Driver::new(now, core, local.clone(), config, metrics, Arc::new(AtomicU64::new(1)));
         driver.set_ladder_rule(self.cfg.ladder_rule);
         self.nodes[i].driver = Some(driver);
+        self.eventual_boot(i, now);
         self.nodes[i].heard.clear();
         let inc = local.incarnation;
         let tick_phase = self.rng.random_range(0..100_000);
@@ -525,6 +542,9 @@ impl World {
             }
             return;
         }
+        if kind >= eventual::KIND_EVENTUAL_BASE {
+            return self.eventual_deliver(to, &from, kind, &payload);
+        }
         let now = self.node_now(to);
         if let Some(driver) = self.nodes[to].driver.as_mut() {
             driver.handle_frame(now, &from, kind, &payload);
@@ -560,10 +580,12 @@ impl World {
         let members = self.members(i);
         let now = self.node_now(i);
         if let Some(driver) = self.nodes[i].driver.as_mut() {
-            driver.handle_members(members);
+            driver.handle_members(members.clone());
             driver.handle_tick(now);
         }
         self.after_input(i);
+        self.eventual_tick(i, &members);
+        self.eventual_watch();
     }
 
     fn ping(&mut self, i: usize) {
@@ -646,6 +668,9 @@ impl World {
     }
 
     fn client(&mut self, i: usize) {
+        if self.rng.random_range(0..100) < 30 {
+            return self.eventual_client(i);
+        }
         let name = format!("name-{}", self.rng.random_range(0..NAMES));
         let local = 1 + self.rng.random_range(0..PIDS_PER_NODE);
         let pid = self.pid(i, local);
@@ -870,6 +895,7 @@ impl World {
                 if self.nodes[i].driver.take().is_some() {
                     self.stats.crashes += 1;
                 }
+                self.nodes[i].eventual = eventual::EventualSide::default();
                 format!("crash {} ({target:?})", self.nodes[i].id)
             }
             Fault::Pause(target) => {
@@ -946,9 +972,12 @@ impl World {
         let ids: Vec<u64> = self.holds.keys().copied().collect();
         self.holds.clear();
         for i in 0..self.nodes.len() {
+            let paused = self.nodes[i].paused();
             self.nodes[i].pause_holds.clear();
             self.nodes[i].crash_holds.clear();
-            self.resume(i);
+            if paused {
+                self.resume(i);
+            }
             if !self.nodes[i].running() {
                 self.boot(i);
             }
@@ -1037,6 +1066,7 @@ impl World {
         verdicts.push(check::tokens_monotonic(&self.ops));
         verdicts.push(check::available_after_heal(&self.ops, &self.topology, &self.stable_voters, self.client_stop));
         verdicts.push(self.converged());
+        verdicts.push(self.eventual_converged());
         self.stats.net = self.net.stats;
         if self.cfg.full_trace {
             for r in &self.ops {

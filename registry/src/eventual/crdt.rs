@@ -766,6 +766,12 @@ impl EventualState {
         self.clock.set(&mine.id, mine.ack.prefix);
     }
 
+    /// The origins (node runs) this replica holds entries or an acknowledgement of (at most
+    /// [`MAX_KNOWN_ORIGINS`]).
+    pub fn origin_ids(&self) -> impl Iterator<Item = &NodeId> {
+        self.origins.iter().map(|(_, o)| &o.id)
+    }
+
     /// Whether `origin` departed: a departure of the same node name with an equal or larger
     /// incarnation is remembered.
     pub fn is_departed(&self, origin: &NodeId) -> bool {
