@@ -867,4 +867,307 @@ mod tests {
         let view = build_view(&local, true, std::iter::empty());
         assert_eq!(view[0].state, MemberState::Left);
     }
+
+    // ---- Several drivers on a virtual clock and a tiny in-test network ----
+
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use crate::{MemberAddrs, NodeId};
+
+    /// One way, every datagram: small beside every timeout, so the network is not what is tested.
+    const ONE_WAY: Duration = Duration::from_millis(1);
+
+    /// What a run did, in order: the determinism test compares two of these.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    enum Traced {
+        Sent { at: Duration, from: usize, to: SocketAddr, payload: Vec<u8>, dropped: bool },
+        Event { at: Duration, node: usize, event: MembershipEvent },
+    }
+
+    /// Drivers at 10.0.0.N:7946 (node `i` is `n{i}`), a FIFO network with a fixed delay, and a
+    /// set of cut-off nodes whose datagrams are dropped both ways.
+    struct Net {
+        t0: Instant,
+        now: Instant,
+        nodes: Vec<MembershipDriver>,
+        addrs: Vec<SocketAddr>,
+        /// (due, sequence) -> (to, from address, payload).
+        in_flight: BTreeMap<(Instant, u64), (usize, SocketAddr, Vec<u8>)>,
+        seq: u64,
+        cut: BTreeSet<usize>,
+        trace: Vec<Traced>,
+    }
+
+    fn member(index: usize) -> MemberInfo {
+        let gossip: SocketAddr = format!("10.0.0.{}:7946", index + 1).parse().unwrap();
+        MemberInfo {
+            id: NodeId::new(format!("n{index}"), 1),
+            addrs: MemberAddrs { gossip, internode: gossip, http: gossip },
+            raft_eligible: true,
+            failure_domain: String::new(),
+        }
+    }
+
+    impl Net {
+        /// `count` drivers whose RNGs derive from `seed`; node 0 is every other node's seed.
+        fn new(count: usize, seed: u64) -> Self {
+            let t0 = Instant::now();
+            let addrs: Vec<SocketAddr> = (0..count).map(|i| member(i).addrs.gossip).collect();
+            let nodes = (0..count)
+                .map(|i| {
+                    let node_seed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(i as u64);
+                    let mut driver =
+                        MembershipDriver::new(member(i), DriverSettings::default(), node_seed, t0).unwrap();
+                    // Node 0 is given itself, as a shared seed list would: it must skip it.
+                    driver.handle_seeds(t0, [addrs[0]]);
+                    driver
+                })
+                .collect();
+            let mut net = Self {
+                t0,
+                now: t0,
+                nodes,
+                addrs,
+                in_flight: BTreeMap::new(),
+                seq: 0,
+                cut: BTreeSet::new(),
+                trace: Vec::new(),
+            };
+            for node in 0..count {
+                net.collect(node);
+            }
+            net
+        }
+
+        fn elapsed(&self) -> Duration {
+            self.now - self.t0
+        }
+
+        /// Moves `node`'s outputs into the network and the trace.
+        fn collect(&mut self, node: usize) {
+            let at = self.elapsed();
+            while let Some(transmit) = self.nodes[node].poll_transmit() {
+                let to = self.addrs.iter().position(|addr| *addr == transmit.to);
+                let dropped = to.is_none_or(|to| self.cut.contains(&to)) || self.cut.contains(&node);
+                if let (Some(to), false) = (to, dropped) {
+                    self.seq += 1;
+                    self.in_flight
+                        .insert((self.now + ONE_WAY, self.seq), (to, self.addrs[node], transmit.payload.clone()));
+                }
+                self.trace.push(Traced::Sent { at, from: node, to: transmit.to, payload: transmit.payload, dropped });
+            }
+            while let Some(event) = self.nodes[node].poll_event() {
+                self.trace.push(Traced::Event { at, node, event });
+            }
+        }
+
+        /// Advances to the next datagram or timeout and handles everything due then.
+        fn step(&mut self) {
+            let next_datagram = self.in_flight.keys().next().map(|(due, _)| *due);
+            let next_timeout = self.nodes.iter().filter_map(MembershipDriver::poll_timeout).min();
+            let Some(next) = [next_datagram, next_timeout].into_iter().flatten().min() else {
+                self.now += Duration::from_millis(100);
+                return;
+            };
+            self.now = self.now.max(next);
+            while let Some(entry) = self.in_flight.first_entry() {
+                if entry.key().0 > self.now {
+                    break;
+                }
+                let (to, from, payload) = entry.remove();
+                self.nodes[to].handle_datagram(self.now, from, &payload);
+                self.collect(to);
+            }
+            for node in 0..self.nodes.len() {
+                if self.nodes[node].poll_timeout().is_some_and(|due| due <= self.now) {
+                    self.nodes[node].handle_timeout(self.now);
+                    self.collect(node);
+                }
+            }
+        }
+
+        /// Runs until `done` holds (returns the simulated time it took) or `limit` passes.
+        fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&Self) -> bool) -> Option<Duration> {
+            let start = self.now;
+            while self.now - start <= limit {
+                if done(self) {
+                    return Some(self.now - start);
+                }
+                self.step();
+            }
+            None
+        }
+
+        /// The state `observer` shows for node `subject`.
+        fn state(&self, observer: usize, subject: usize) -> Option<MemberState> {
+            let name = format!("n{subject}");
+            self.nodes[observer].members().into_iter().find(|row| row.info.id.name == name).map(|row| row.state)
+        }
+
+        /// Whether every node in `observers` shows every node of `subjects` in `state`.
+        fn all_show(&self, observers: &[usize], subjects: &[usize], state: MemberState) -> bool {
+            observers.iter().all(|o| subjects.iter().all(|s| self.state(*o, *s) == Some(state)))
+        }
+
+        /// The events `node` reported about `subject`, in order.
+        fn events_about(&self, node: usize, subject: usize) -> Vec<MembershipEvent> {
+            let name = format!("n{subject}");
+            self.trace
+                .iter()
+                .filter_map(|traced| match traced {
+                    Traced::Event { node: n, event, .. } if *n == node => Some(event.clone()),
+                    _ => None,
+                })
+                .filter(|event| match event {
+                    MembershipEvent::Up(info) | MembershipEvent::Down(info) | MembershipEvent::Left(info) => {
+                        info.id.name == name
+                    }
+                })
+                .collect()
+        }
+    }
+
+    fn everyone(count: usize) -> Vec<usize> {
+        (0..count).collect()
+    }
+
+    /// Joined, the bound the other tests start from.
+    fn joined(count: usize, seed: u64) -> Net {
+        let mut net = Net::new(count, seed);
+        let all = everyone(count);
+        net.run_until(Duration::from_secs(5), |net| net.all_show(&all, &all, MemberState::Alive))
+            .expect("the cluster forms within 5 s");
+        net
+    }
+
+    #[test]
+    fn nodes_join_through_a_seed_and_all_see_each_other_alive() {
+        let mut net = Net::new(5, 1);
+        let all = everyone(5);
+        // Before any datagram moved, every node shows only itself.
+        assert!(net.nodes.iter().all(|node| node.members().len() == 1 && !node.has_live_peers()));
+        let took = net
+            .run_until(Duration::from_secs(5), |net| net.all_show(&all, &all, MemberState::Alive))
+            .expect("5 nodes joined through node 0 see each other alive within 5 s");
+        // Discover (a round trip), announce and feed (another), then gossip spreads the roster:
+        // a few hundred milliseconds (at most 204 ms over seeds 0-199 of 4 nodes), far under the
+        // 10 s periodic announce.
+        assert!(took < Duration::from_secs(1), "{took:?}");
+        for observer in 0..5 {
+            for subject in (0..5).filter(|s| *s != observer) {
+                assert_eq!(net.events_about(observer, subject), [MembershipEvent::Up(member(subject))]);
+            }
+        }
+        // Node 0 never sent a Discover to itself although it is in its own seed list.
+        assert!(!net.trace.iter().any(|t| matches!(t, Traced::Sent { from: 0, to, .. } if *to == net.addrs[0])));
+        assert_eq!(net.nodes[0].stats(), DriverStats::default());
+    }
+
+    #[test]
+    fn a_cut_off_node_is_declared_down_and_rejoins_after_the_heal() {
+        let mut net = joined(4, 2);
+        let others = [0, 1, 2];
+        net.cut.insert(3);
+        // SPEC 5.1: a dead node is down everywhere within 5 s (probe, indirect probes,
+        // suspicion, a gossip hop; with the local-health factor at 1 on a punctual clock).
+        let took = net
+            .run_until(Duration::from_secs(6), |net| net.all_show(&others, &[3], MemberState::Down))
+            .expect("the cut-off node is down on every other node within the foca timeouts");
+        // At most 4.2 s over seeds 0-199 of 4 nodes, as measured on loopback (module docs of
+        // `super`).
+        assert!(took <= Duration::from_secs(5), "{took:?}");
+        // The cut-off node holds everyone else down too.
+        net.run_until(Duration::from_secs(6), |net| net.all_show(&[3], &others, MemberState::Down))
+            .expect("the cut-off node declares the others down");
+        net.cut.clear();
+        // Both sides announce to the members they hold down (every 2 s once joined, every join
+        // attempt when isolated); the node told it is down renews its identity and rejoins.
+        let all = everyone(4);
+        let healed = net
+            .run_until(Duration::from_secs(10), |net| net.all_show(&all, &all, MemberState::Alive))
+            .expect("everyone is alive again within 10 s of the heal");
+        // At most 1.2 s over seeds 0-199 of 4 nodes (the isolated node announces to the members
+        // it holds down at every join attempt, once a second).
+        assert!(healed <= Duration::from_secs(3), "{healed:?}");
+        for observer in others {
+            // The same run came back: Down then Up of the same NodeId, nothing in between.
+            assert_eq!(
+                net.events_about(observer, 3),
+                [MembershipEvent::Up(member(3)), MembershipEvent::Down(member(3)), MembershipEvent::Up(member(3))],
+                "node {observer}"
+            );
+        }
+        assert!(net.nodes.iter().all(|node| node.health_factor() == 1.0));
+    }
+
+    #[test]
+    fn a_graceful_leave_shows_left_everywhere() {
+        let mut net = joined(3, 3);
+        net.nodes[2].handle_leave(net.now);
+        net.collect(2);
+        assert!(net.nodes[2].is_leaving() && !net.nodes[2].has_left());
+        assert_eq!(net.state(2, 2), Some(MemberState::Left));
+        net.run_until(Duration::from_secs(2), |net| net.all_show(&[0, 1], &[2], MemberState::Left))
+            .expect("the others show the leaver left");
+        for observer in [0, 1] {
+            assert_eq!(
+                net.events_about(observer, 2),
+                [MembershipEvent::Up(member(2)), MembershipEvent::Left(member(2))]
+            );
+        }
+        // The linger ends after its rounds (0.3 s); then the driver asks for nothing more.
+        net.run_until(Duration::from_secs(1), |net| net.nodes[2].has_left()).expect("the leave completes");
+        assert_eq!(net.nodes[2].poll_timeout(), None);
+        // The others keep each other alive.
+        assert!(net.all_show(&[0, 1], &[0, 1], MemberState::Alive));
+    }
+
+    /// A fixed scenario: join, cut a node off, heal, leave one; everything each driver output.
+    fn scenario(seed: u64) -> Vec<Traced> {
+        let mut net = joined(5, seed);
+        net.cut.insert(4);
+        net.run_until(Duration::from_secs(4), |_| false);
+        net.cut.clear();
+        net.run_until(Duration::from_secs(6), |_| false);
+        net.nodes[1].handle_leave(net.now);
+        net.collect(1);
+        net.run_until(Duration::from_secs(2), |_| false);
+        net.trace
+    }
+
+    #[test]
+    fn the_same_seed_and_inputs_give_the_same_outputs() {
+        let first = scenario(7);
+        let again = scenario(7);
+        assert!(first.len() > 300, "{}", first.len());
+        assert!(
+            first == again,
+            "seed 7 did not replay: first difference at {:?}",
+            first.iter().zip(&again).position(|(a, b)| a != b)
+        );
+        // The trace does depend on the seed (foca's probe order and gossip targets), so the
+        // comparison above is not comparing constants.
+        assert!(scenario(8) != first);
+    }
+
+    #[test]
+    fn late_timeouts_raise_the_health_factor_and_hostile_envelopes_are_counted() {
+        let t0 = Instant::now();
+        let mut driver = MembershipDriver::new(member(0), DriverSettings::default(), 1, t0).unwrap();
+        driver.handle_timeout(t0);
+        let due = driver.poll_timeout().unwrap();
+        // The shell's loop stalled for a second past the health tick.
+        driver.handle_timeout(due + Duration::from_secs(1));
+        assert!(driver.health_factor() >= 2.0, "{}", driver.health_factor());
+        let from = "10.0.0.9:7946".parse().unwrap();
+        driver.handle_datagram(due, from, &[9, 9, 9]);
+        let mut foca_garbage = Vec::new();
+        encode_envelope(EnvelopeKind::Foca, "n9", &[1, 2, 3, 4], &mut foca_garbage).unwrap();
+        driver.handle_datagram(due, from, &foca_garbage);
+        let mut bad_reply = Vec::new();
+        encode_envelope(EnvelopeKind::DiscoverReply, "n9", &[0xff; 8], &mut bad_reply).unwrap();
+        driver.handle_datagram(due, from, &bad_reply);
+        assert_eq!(driver.stats(), DriverStats { malformed: 2, rejected: 1, ..DriverStats::default() });
+        assert!(driver.poll_transmit().is_none() && driver.poll_event().is_none());
+    }
 }
