@@ -218,6 +218,54 @@ enum Leave {
 }
 
 /// One node's SWIM membership, without I/O (see the module docs).
+///
+/// Two drivers on a virtual clock, every datagram delivered at once:
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use cohort_cluster::membership::{DriverSettings, MembershipDriver};
+/// use cohort_cluster::{MemberAddrs, MemberInfo, MemberState, NodeId};
+///
+/// let info = |i: u8| {
+///     let gossip = format!("10.0.0.{i}:7946").parse().unwrap();
+///     let addrs = MemberAddrs { gossip, internode: gossip, http: gossip };
+///     MemberInfo { id: NodeId::new(format!("n{i}"), 1), addrs, raft_eligible: true, failure_domain: String::new() }
+/// };
+/// let t0 = Instant::now();
+/// let mut nodes = [
+///     MembershipDriver::new(info(1), DriverSettings::default(), 1, t0).unwrap(),
+///     MembershipDriver::new(info(2), DriverSettings::default(), 2, t0).unwrap(),
+/// ];
+/// let addrs = [nodes[0].local().addrs.gossip, nodes[1].local().addrs.gossip];
+/// nodes[1].handle_seeds(t0, [addrs[0]]);
+/// let mut now = t0;
+/// while now < t0 + Duration::from_secs(2) {
+///     for node in &mut nodes {
+///         if node.poll_timeout().is_some_and(|due| due <= now) {
+///             node.handle_timeout(now);
+///         }
+///     }
+///     loop {
+///         let mut sent = Vec::new();
+///         for (from, node) in nodes.iter_mut().enumerate() {
+///             while let Some(transmit) = node.poll_transmit() {
+///                 sent.push((from, transmit));
+///             }
+///         }
+///         if sent.is_empty() {
+///             break;
+///         }
+///         for (from, transmit) in sent {
+///             let to = addrs.iter().position(|addr| *addr == transmit.to).unwrap();
+///             nodes[to].handle_datagram(now, addrs[from], &transmit.payload);
+///         }
+///     }
+///     now += Duration::from_millis(10);
+/// }
+/// let view = nodes[0].members();
+/// assert_eq!(view.len(), 2);
+/// assert!(view.iter().all(|row| row.state == MemberState::Alive));
+/// ```
 pub struct MembershipDriver {
     foca: FocaInstance,
     runtime: AccumulatingRuntime<GossipIdentity>,
@@ -469,7 +517,7 @@ impl MembershipDriver {
     }
 
     /// Leaves gracefully: switches to the leaving identity (peers then report `Left`, not `Down`),
-    /// gossips it, and re-gossips it [`LEAVE_REGOSSIP_ROUNDS`] times, one every 100 ms, through
+    /// gossips it, and re-gossips it 3 times (`LEAVE_REGOSSIP_ROUNDS`), one every 100 ms, through
     /// [`MembershipDriver::handle_timeout`]; [`MembershipDriver::has_left`] tells when done.
     /// Envelopes still received meanwhile are handled (a peer that talks to us now becomes a
     /// gossip target). A second call does nothing.

@@ -1,17 +1,23 @@
-//! SWIM membership through foca (SPEC 5.1): the public handle of the membership actor.
+//! SWIM membership through foca (SPEC 5.1): the public handle of the membership actor, and the
+//! driver it runs.
 //!
-//! Role: [`Membership::start`] spawns one task (`actor`) that owns the `foca::Foca` value, the
-//! gossip socket ([`crate::net::gossip`]), foca's timers and its notifications; nothing outside
-//! this module names a foca type. The handle talks to it through a bounded command channel and
-//! reads what it publishes: a [`MemberView`] snapshot (lock-free, `ArcSwap`), ordered
+//! Role: the protocol is [`MembershipDriver`] (`driver`): the `foca::Foca` value, foca's timers,
+//! joining, local health, stuck suspicions, leaving and the events, without I/O, so a simulator
+//! runs the same code on a virtual clock. [`Membership::start`] spawns one task (`actor`), the
+//! driver's shell: it owns the gossip socket ([`crate::net::gossip`]: sealing, fault injection,
+//! delayed datagrams), the clock, the seed resolver and the channels. Nothing outside this module
+//! names a foca type. The handle talks to the actor through a bounded command channel and reads
+//! what it publishes: a [`MemberView`] snapshot (lock-free, `ArcSwap`), ordered
 //! [`MembershipEvent`]s (bounded broadcast channel, lag counted), the joined flag, the time of the
 //! last loop iteration and the local health factor.
 //!
 //! ```text
-//!  seeds ──Discover/Reply──┐                        ┌── members() (ArcSwap<Vec<MemberView>>)
-//!  UDP ── open ── decode ── faults(In) ─┐           ├── subscribe() (broadcast, bounded)
-//!                                       ▼           │
-//!  commands (mpsc, bounded) ──►  actor: foca + timers ──► drain: send ── faults(Out) ── seal ── UDP
+//!                                     actor (shell)                      ┌── members() (ArcSwap)
+//!  UDP ── open ── decode ── faults(In) ─► handle_envelope ┐             ├── subscribe() (bounded)
+//!  clock: sleep until poll_timeout ─────► handle_timeout  ├► MembershipDriver ─► poll_view/poll_event
+//!  broadcast queue (bounded) ───────────► handle_broadcast│   (foca, timers,  ─► poll_transmit ──
+//!  seed resolver (watch) ───────────────► handle_seeds    │    join, health)      faults(Out) ── seal ── UDP
+//!  commands (mpsc, bounded): leave ─────► handle_leave    ┘
 //! ```
 //!
 //! ```
