@@ -163,7 +163,7 @@ impl BroadcastMetrics {
 /// broadcast handler (which dispatches).
 pub(super) struct ChannelTable {
     slots: Mutex<[Option<Arc<dyn GossipChannel>>; MAX_CHANNELS]>,
-    /// foca's backlog length as of the actor's last step.
+    /// foca's backlog length as of the driver's last input.
     backlog: AtomicUsize,
     pub(super) metrics: BroadcastMetrics,
 }
@@ -186,7 +186,7 @@ impl ChannelTable {
         slots.get(usize::from(channel)).and_then(Clone::clone)
     }
 
-    /// Records foca's backlog length (the actor calls this after each step).
+    /// Records foca's backlog length (the driver calls this after each input).
     pub(super) fn set_backlog(&self, len: usize) {
         self.backlog.store(len, Ordering::Relaxed);
         self.metrics.backlog.set(i64::try_from(len).unwrap_or(i64::MAX));
@@ -215,7 +215,7 @@ impl BroadcastHandler<GossipIdentity> for Channels {
             return Ok(None);
         };
         if sender.is_none() {
-            // Our own item, added by the actor: the channel applied it already.
+            // Our own item, added by the driver: the channel applied it already.
             return Ok(Some(key));
         }
         let Some(handler) = table.handler(key.channel) else {

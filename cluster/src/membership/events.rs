@@ -12,7 +12,7 @@
 //! - The map holds only names reported up, at most `max_tracked`; an `Up` beyond it is refused
 //!   (the caller counts it as `members_overflow`) rather than growing without bound.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use super::identity::GossipIdentity;
 use crate::{MemberInfo, MembershipEvent};
@@ -20,14 +20,14 @@ use crate::{MemberInfo, MembershipEvent};
 /// What subscribers were told, per node name.
 #[derive(Debug)]
 pub(crate) struct EventTracker {
-    up: HashMap<String, MemberInfo>,
+    up: BTreeMap<String, MemberInfo>,
     max_tracked: usize,
 }
 
 impl EventTracker {
     /// A tracker that follows at most `max_tracked` members reported up at once.
     pub(crate) fn new(max_tracked: usize) -> Self {
-        Self { up: HashMap::new(), max_tracked }
+        Self { up: BTreeMap::new(), max_tracked }
     }
 
     /// foca's `MemberUp(id)`. Returns false when refused for lack of room.

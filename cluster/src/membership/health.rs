@@ -3,10 +3,10 @@
 //! acks say more about itself than about its peers. It then stretches its suspicion timeout
 //! instead of declaring healthy peers down.
 //!
-//! Role: pure math, no clock. The membership actor measures how late a periodic tick fires
+//! Role: pure math, no clock. The membership driver measures how late a periodic tick fires
 //! (scheduled versus actual) and feeds the lateness to [`LocalHealth::observe`]; it multiplies the
 //! suspect-to-down timeout by the factor (at runtime, through foca's `set_config` and by deferring
-//! already-armed suspicion timers) and exports it as `cohort_gossip_local_health_factor`.
+//! already-armed suspicion timers); the actor exports it as `cohort_gossip_local_health_factor`.
 //!
 //! Invariants: the factor is always finite and within `[1, MAX_HEALTH_FACTOR]`; it rises at once
 //! when a tick is late (a starved node must stop accusing immediately) and decays slowly
@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-/// How often the actor measures its own lateness.
+/// How often the driver measures its own lateness (how late the shell calls its timeout).
 ///
 /// Why: short enough that a stall of a few hundred milliseconds is seen within one probe period
 /// (800 ms by default), long enough to cost nothing (10 wake-ups per second).

@@ -11,7 +11,7 @@
 //!   two misconfigured processes claiming the same name and incarnation cannot make the cluster
 //!   flap between them.
 //! - `leaving = true` marks the identity a node switches to just before it leaves, so peers that
-//!   see it go down report `Left` instead of `Down` (see `super::actor`). A leaving identity never
+//!   see it go down report `Left` instead of `Down` (see `super::driver`). A leaving identity never
 //!   renews: a node that left does not come back under the same run.
 
 use foca::Identity;

@@ -1,17 +1,23 @@
-//! SWIM membership through foca (SPEC 5.1): the public handle of the membership actor.
+//! SWIM membership through foca (SPEC 5.1): the public handle of the membership actor, and the
+//! driver it runs.
 //!
-//! Role: [`Membership::start`] spawns one task (`actor`) that owns the `foca::Foca` value, the
-//! gossip socket ([`crate::net::gossip`]), foca's timers and its notifications; nothing outside
-//! this module names a foca type. The handle talks to it through a bounded command channel and
-//! reads what it publishes: a [`MemberView`] snapshot (lock-free, `ArcSwap`), ordered
+//! Role: the protocol is [`MembershipDriver`] (`driver`): the `foca::Foca` value, foca's timers,
+//! joining, local health, stuck suspicions, leaving and the events, without I/O, so a simulator
+//! runs the same code on a virtual clock. [`Membership::start`] spawns one task (`actor`), the
+//! driver's shell: it owns the gossip socket ([`crate::net::gossip`]: sealing, fault injection,
+//! delayed datagrams), the clock, the seed resolver and the channels. Nothing outside this module
+//! names a foca type. The handle talks to the actor through a bounded command channel and reads
+//! what it publishes: a [`MemberView`] snapshot (lock-free, `ArcSwap`), ordered
 //! [`MembershipEvent`]s (bounded broadcast channel, lag counted), the joined flag, the time of the
 //! last loop iteration and the local health factor.
 //!
 //! ```text
-//!  seeds ──Discover/Reply──┐                        ┌── members() (ArcSwap<Vec<MemberView>>)
-//!  UDP ── open ── decode ── faults(In) ─┐           ├── subscribe() (broadcast, bounded)
-//!                                       ▼           │
-//!  commands (mpsc, bounded) ──►  actor: foca + timers ──► drain: send ── faults(Out) ── seal ── UDP
+//!                                     actor (shell)                      ┌── members() (ArcSwap)
+//!  UDP ── open ── decode ── faults(In) ─► handle_envelope ┐             ├── subscribe() (bounded)
+//!  clock: sleep until poll_timeout ─────► handle_timeout  ├► MembershipDriver ─► poll_view/poll_event
+//!  broadcast queue (bounded) ───────────► handle_broadcast│   (foca, timers,  ─► poll_transmit ──
+//!  seed resolver (watch) ───────────────► handle_seeds    │    join, health)      faults(Out) ── seal ── UDP
+//!  commands (mpsc, bounded): leave ─────► handle_leave    ┘
 //! ```
 //!
 //! ```
@@ -69,20 +75,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use foca::{Foca, PeriodicParams, PostcardCodec};
-use rand::SeedableRng;
-use rand::rngs::StdRng;
+use foca::PeriodicParams;
+use rand::RngExt;
 use thiserror::Error;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::auth::ClusterSecret;
 use crate::member::MAX_FAILURE_DOMAIN_LEN;
 use crate::net::FaultInjector;
-use crate::net::gossip::{GossipMetrics, GossipSocket, MAX_ENVELOPE_OVERHEAD, MAX_SENDER_NAME_BYTES, cluster_key};
+use crate::net::gossip::{GossipMetrics, GossipSocket, MAX_SENDER_NAME_BYTES, cluster_key};
 use crate::{MemberInfo, MemberState, MemberView, MembershipEvent};
 
 mod actor;
 pub mod channels;
+mod driver;
 mod events;
 mod health;
 mod identity;
@@ -90,9 +96,11 @@ mod metrics;
 mod suspicion;
 mod timers;
 
-use actor::{AbortOnDrop, Actor, ActorSettings, Command, Seeds};
-use channels::{
-    BroadcastError, BroadcastMetrics, ChannelTable, Channels, GossipChannel, ITEM_HEADER_BYTES, MAX_PENDING_BROADCASTS,
+use actor::{AbortOnDrop, Actor, Command, Seeds};
+use channels::{BroadcastError, BroadcastMetrics, ChannelTable, GossipChannel, MAX_PENDING_BROADCASTS};
+pub use driver::{
+    DriverSettings, DriverStats, MAX_PENDING_EVENTS, MAX_PENDING_TIMERS, MAX_PENDING_TRANSMITS, MAX_SEED_ADDRS,
+    MembershipDriver, Transmit,
 };
 use identity::GossipIdentity;
 use metrics::MembershipMetrics;
@@ -391,11 +399,8 @@ impl Membership {
         if cluster_name.is_empty() || cluster_name.len() > MAX_CLUSTER_NAME_BYTES {
             return Err(MembershipError::InvalidClusterName);
         }
-        config.validate()?;
-        let foca_max_packet = config.max_datagram_bytes - MAX_ENVELOPE_OVERHEAD;
-        let identity = GossipIdentity::new(local.clone());
-        validate_local(&identity, foca_max_packet)?;
-        let foca_config = config.foca_config(foca_max_packet)?;
+        let settings = DriverSettings::from_config(&config)?;
+        validate_local(&GossipIdentity::new(local.clone()), settings.max_packet())?;
         let key = cluster_key(&secret, cluster_name)
             .map_err(|_| MembershipError::InvalidConfig { field: "secret", reason: "cannot derive the gossip key" })?;
 
@@ -406,7 +411,6 @@ impl Membership {
         let socket = GossipSocket::new(
             socket,
             key,
-            local.id.name.clone(),
             faults,
             gossip_metrics,
             config.max_datagram_bytes,
@@ -432,25 +436,19 @@ impl Membership {
         shared.metrics.set_members([1, 0, 0, 0]);
         let seeds = seeds(&config);
         let channels = shared.channels.clone();
-        let foca = Foca::with_custom_broadcast(
-            identity,
-            foca_config.clone(),
-            StdRng::from_rng(&mut rand::rng()),
-            PostcardCodec,
-            Channels(channels.clone()),
-        );
-        // An item (with foca's 2-byte length prefix) takes at most a quarter of a packet, so it
-        // fits beside the header's two identities and some member updates.
-        let max_item_payload = (foca_max_packet / 4).saturating_sub(ITEM_HEADER_BYTES + 2);
-        let settings = ActorSettings {
-            join_retry_period: config.join_retry_period,
-            base_suspicion: config.suspect_to_down_after,
-            foca_config,
-            max_tracked_members: config.max_members,
-        };
+        let max_item_payload = settings.max_broadcast_payload();
+        // 64 bits of seed from the OS-seeded thread RNG: foca's probe order and gossip targets
+        // differ per node and per run, as with a directly seeded `StdRng`.
+        let driver = MembershipDriver::with_channels(
+            local.clone(),
+            settings,
+            rand::rng().random(),
+            Instant::now(),
+            channels.clone(),
+        )?;
         let (commands, command_rx) = mpsc::channel(COMMAND_CAPACITY);
         let (broadcasts, broadcast_rx) = mpsc::channel(MAX_PENDING_BROADCASTS);
-        let actor = Actor::new(foca, socket, shared.clone(), command_rx, broadcast_rx, seeds, settings);
+        let actor = Actor::new(driver, socket, shared.clone(), command_rx, broadcast_rx, seeds);
         let task = tokio::spawn(actor.run());
         let abort = task.abort_handle();
         tracing::info!(node = %local.id, gossip = %local.addrs.gossip, "membership started");
@@ -693,6 +691,7 @@ async fn resolve_seeds(seeds: Vec<String>, sender: watch::Sender<Vec<SocketAddr>
 mod tests {
     use super::*;
     use crate::membership::identity::tests::info;
+    use crate::net::gossip::MAX_ENVELOPE_OVERHEAD;
 
     #[test]
     fn default_config_is_valid_and_meets_the_detection_budget() {

@@ -13,32 +13,34 @@
 //!
 //! Invariants: pure (the caller passes the time and foca's current suspects); one entry per
 //! suspected member, so it is bounded by the membership view; a refutation (a new incarnation) or
-//! the end of the suspicion restarts or forgets the clock.
+//! the end of the suspicion restarts or forgets the clock. Ordered maps only: the members reported
+//! stuck come out sorted by key, so the order in which the driver declares them down (and so its
+//! datagrams) never depends on a hasher's seed.
 
-use std::collections::HashMap;
-use std::hash::Hash;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// Tracks how long each member has been suspect at its current incarnation.
 #[derive(Debug)]
 pub(crate) struct StuckSuspicions<K> {
-    since: HashMap<K, (u64, Instant)>,
+    since: BTreeMap<K, (u64, Instant)>,
     limit: Duration,
 }
 
-impl<K: Eq + Hash + Clone> StuckSuspicions<K> {
+impl<K: Ord + Clone> StuckSuspicions<K> {
     /// Suspicions held longer than `limit` are reported.
     pub(crate) fn new(limit: Duration) -> Self {
-        Self { since: HashMap::new(), limit }
+        Self { since: BTreeMap::new(), limit }
     }
 
     /// Takes the current suspects (member, incarnation) at `now`; returns those suspect at the same
-    /// incarnation for longer than the limit (and forgets them: the caller declares them down).
+    /// incarnation for longer than the limit, sorted by key (and forgets them: the caller declares
+    /// them down).
     pub(crate) fn observe(&mut self, now: Instant, suspects: impl IntoIterator<Item = (K, u64)>) -> Vec<(K, u64)> {
-        let mut current: HashMap<K, u64> = suspects.into_iter().collect();
+        let current: BTreeMap<K, u64> = suspects.into_iter().collect();
         self.since.retain(|key, (incarnation, _)| current.get(key) == Some(incarnation));
         let mut stuck = Vec::new();
-        for (key, incarnation) in current.drain() {
+        for (key, incarnation) in current {
             let (_, since) = *self.since.entry(key.clone()).or_insert((incarnation, now));
             if now.saturating_duration_since(since) >= self.limit {
                 stuck.push((key, incarnation));

@@ -1,9 +1,9 @@
-//! The membership actor's timer queue: foca's timers by due instant.
+//! The membership driver's timer queue: foca's timers by due instant.
 //!
 //! Role: foca asks for timers through its runtime (`submit_after`) and requires every one to be
 //! delivered (CRATES.md, foca's `Runtime` contract); this min-heap holds them until due. Each
 //! entry remembers when it was armed, for how long and under which local-health factor, so the
-//! actor can defer a suspicion timer when the factor rose after it was armed.
+//! driver can defer a suspicion timer when the factor rose after it was armed.
 //!
 //! Invariants: pop order is by due instant, then by arming order (FIFO on ties); the queue holds
 //! at most `max` entries and refuses the next one (the caller counts it). foca arms O(members)

@@ -242,8 +242,15 @@ impl GossipMetrics {
 
     /// Counts one drop; `reason` must be one of [`DROP_REASONS`].
     pub(crate) fn dropped(&self, reason: &'static str) {
+        self.dropped_many(reason, 1);
+    }
+
+    /// Counts `count` drops; `reason` must be one of [`DROP_REASONS`].
+    pub(crate) fn dropped_many(&self, reason: &'static str, count: u64) {
         debug_assert!(DROP_REASONS.contains(&reason), "unregistered drop reason {reason}");
-        self.dropped.with_label_values(&[reason]).inc();
+        if count > 0 {
+            self.dropped.with_label_values(&[reason]).inc_by(count);
+        }
     }
 }
 
@@ -295,24 +302,20 @@ impl Ord for DelayedEntry {
 pub(crate) struct GossipSocket {
     socket: UdpSocket,
     key: ClusterSecret,
-    local_name: String,
     faults: FaultInjector,
     metrics: GossipMetrics,
     max_datagram_bytes: usize,
     max_delayed: usize,
     recv_buf: Vec<u8>,
-    envelope_buf: Vec<u8>,
     delayed: BinaryHeap<Reverse<DelayedEntry>>,
     delayed_seq: u64,
 }
 
 impl GossipSocket {
-    /// Wraps an already bound socket. `key` is the [`cluster_key`]; `local_name` is at most
-    /// [`MAX_SENDER_NAME_BYTES`] (checked by the caller).
+    /// Wraps an already bound socket. `key` is the [`cluster_key`].
     pub(crate) fn new(
         socket: UdpSocket,
         key: ClusterSecret,
-        local_name: String,
         faults: FaultInjector,
         metrics: GossipMetrics,
         max_datagram_bytes: usize,
@@ -321,14 +324,12 @@ impl GossipSocket {
         Self {
             socket,
             key,
-            local_name,
             faults,
             metrics,
             max_datagram_bytes,
             max_delayed,
             // One extra byte tells an oversized datagram from one of exactly the budget.
             recv_buf: vec![0; max_datagram_bytes + 1],
-            envelope_buf: Vec::with_capacity(max_datagram_bytes),
             delayed: BinaryHeap::new(),
             delayed_seq: 0,
         }
@@ -344,15 +345,11 @@ impl GossipSocket {
         self.socket.local_addr()
     }
 
-    /// Sends `body` to the member named `to_name` at `to`, through the fault plan. Never blocks.
-    pub(crate) fn send(&mut self, to_name: &str, to: SocketAddr, kind: EnvelopeKind, body: &[u8]) {
-        self.envelope_buf.clear();
-        if encode_envelope(kind, &self.local_name, body, &mut self.envelope_buf).is_err() {
-            // Our own name was validated at start; this would be a bug, not input.
-            self.metrics.dropped("malformed");
-            return;
-        }
-        let datagram = auth::seal(&self.key, &self.envelope_buf);
+    /// Seals `envelope` (encoded by the membership driver) and sends it to the member named
+    /// `to_name` (empty when unknown: a discover to a seed address) at `to`, through the fault
+    /// plan. Never blocks.
+    pub(crate) fn send(&mut self, to_name: &str, to: SocketAddr, envelope: &[u8]) {
+        let datagram = auth::seal(&self.key, envelope);
         if datagram.len() > self.max_datagram_bytes {
             self.metrics.dropped("too_large");
             return;
