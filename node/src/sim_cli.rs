@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 use cohort_registry::consistent::ladder::LadderRule;
-use cohort_sim::{FaultProfile, SimConfig, SimReport, Status};
+use cohort_sim::{FaultProfile, MembershipModel, SimConfig, SimReport, Status};
 
 use crate::cli::{EXIT_FAILURE, EXIT_USAGE};
 
@@ -46,6 +46,9 @@ pub struct SimArgs {
     /// Fault profile: none, partitions, crashes or composed.
     #[arg(long, value_name = "PROFILE", default_value = "composed", value_parser = parse_profile)]
     faults: FaultProfile,
+    /// Membership the nodes run: swim (the production foca driver) or heartbeat (a simple failure detector).
+    #[arg(long, value_name = "MODEL", default_value = "swim", value_parser = parse_membership)]
+    membership: MembershipModel,
     /// Write the full event trace of the seed (of the first failing seed of a range) to FILE.
     #[arg(long, value_name = "FILE")]
     trace: Option<PathBuf>,
@@ -67,6 +70,10 @@ fn out(line: &str) {
 }
 
 fn parse_profile(s: &str) -> Result<FaultProfile, String> {
+    s.parse()
+}
+
+fn parse_membership(s: &str) -> Result<MembershipModel, String> {
     s.parse()
 }
 
@@ -99,6 +106,7 @@ impl SimArgs {
             nodes: usize::from(self.nodes),
             duration: Duration::from_secs(self.duration),
             faults: self.faults,
+            membership: self.membership,
             ladder_rule: match self.ladder_rule {
                 RuleFlag::Autopilot => LadderRule::Autopilot,
                 RuleFlag::LiveMembers => LadderRule::LiveMembers,
@@ -114,8 +122,8 @@ impl SimArgs {
             RuleFlag::LiveMembers => " --ladder-rule live-members".into(),
         };
         format!(
-            "cohort sim --seed {seed} --nodes {} --duration {} --faults {}{rule} --trace sim-{seed}.trace",
-            self.nodes, self.duration, self.faults
+            "cohort sim --seed {seed} --nodes {} --duration {} --faults {} --membership {}{rule} --trace sim-{seed}.trace",
+            self.nodes, self.duration, self.faults, self.membership
         )
     }
 }
@@ -133,8 +141,16 @@ fn write_trace(path: &PathBuf, report: &SimReport) -> std::io::Result<()> {
     std::fs::write(path, text)
 }
 
-/// Runs `cohort sim`.
+/// Runs `cohort sim`. `COHORT_SIM_LOG=<filter>` (e.g. `cohort_cluster=debug`) prints the nodes'
+/// logs on stderr, in event order (use it with one seed and `--jobs 1`).
 pub fn run(args: SimArgs) -> ExitCode {
+    if let Ok(filter) = std::env::var("COHORT_SIM_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .without_time()
+            .try_init();
+    }
     let seeds = match (&args.seed, &args.seeds) {
         (Some(seed), _) => *seed..seed.saturating_add(1),
         (None, Some(range)) => match parse_seeds(range) {

@@ -29,4 +29,4 @@ pub mod net;
 mod world;
 
 pub use nemesis::FaultProfile;
-pub use world::{MAX_NODES, MIN_DURATION, SimConfig, SimReport, SimStats, Status, Verdict, run};
+pub use world::{MAX_NODES, MIN_DURATION, MembershipModel, SimConfig, SimReport, SimStats, Status, Verdict, run};

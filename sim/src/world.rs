@@ -32,6 +32,8 @@ use crate::check::{self, OpKind, Recorded, Topology};
 
 #[path = "world_eventual.rs"]
 mod eventual;
+#[path = "world_swim.rs"]
+mod swim;
 use crate::nemesis::{self, Fault, FaultProfile, Planned, Target};
 use crate::net::{Net, NetStats};
 
@@ -61,8 +63,45 @@ const PIDS_PER_NODE: u64 = 2;
 const CLIENT_GAP_US: (u64, u64) = (150_000, 600_000);
 /// Extra ticks run at once after a clock jump (the timer wheel catching up), at most.
 const MAX_CATCH_UP_TICKS: u64 = 100;
+/// Events one run may process: a simulator bug that schedules an event for ever at the same
+/// instant ends the run with a failed `sim_bounded` verdict instead of hanging (a healthy 9-node
+/// minute is about 60,000 events).
+const MAX_EVENTS: u64 = 20_000_000;
 /// Trace lines kept (beyond them only the hash goes on).
 const MAX_TRACE_LINES: usize = 2_000_000;
+
+/// Which membership the simulated nodes run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MembershipModel {
+    /// The production SWIM code (`MembershipDriver`: foca, joins, suspicion, health).
+    #[default]
+    Swim,
+    /// A heartbeat failure detector (alive, suspect after 1 s of silence, down after 3 s): the
+    /// simulator's first model, kept because the regression seeds of the defects it found were
+    /// found with it.
+    Heartbeat,
+}
+
+impl std::str::FromStr for MembershipModel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "swim" => Ok(Self::Swim),
+            "heartbeat" => Ok(Self::Heartbeat),
+            other => Err(format!("unknown membership model {other:?} (swim, heartbeat)")),
+        }
+    }
+}
+
+impl std::fmt::Display for MembershipModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Swim => "swim",
+            Self::Heartbeat => "heartbeat",
+        })
+    }
+}
 
 /// One run's settings.
 #[derive(Clone, Debug)]
@@ -75,6 +114,8 @@ pub struct SimConfig {
     pub duration: Duration,
     /// Which faults the nemesis composes.
     pub faults: FaultProfile,
+    /// Which membership the nodes run.
+    pub membership: MembershipModel,
     /// The voter ladder's rule (test-only switch: [`LadderRule::LiveMembers`] is the rule of
     /// before issue 11, kept to show that the simulator finds its loss of availability).
     pub ladder_rule: LadderRule,
@@ -92,6 +133,7 @@ impl Default for SimConfig {
             nodes: 5,
             duration: Duration::from_secs(60),
             faults: FaultProfile::Composed,
+            membership: MembershipModel::Swim,
             ladder_rule: LadderRule::Autopilot,
             full_trace: false,
             fsm_mutation: None,
@@ -201,6 +243,7 @@ enum Ev {
     Tick { node: usize, inc: u64 },
     Ping { node: usize, inc: u64 },
     Client { node: usize, inc: u64 },
+    Swim { node: usize, inc: u64, at: u64 },
     FaultStart(Planned),
     FaultEnd(u64),
     FinalHeal,
@@ -257,6 +300,8 @@ struct SimNode {
     applied: BTreeMap<String, String>,
     /// The eventual tier (lost on a crash).
     eventual: eventual::EventualSide,
+    /// SWIM membership (lost on a crash).
+    swim: swim::SwimSide,
 }
 
 impl SimNode {
@@ -292,6 +337,8 @@ struct World {
     client_stop: u64,
     /// When, after the clients stopped, every node first held the same eventual names.
     eventual_converged_at: Option<u64>,
+    /// Set when the run hit [`MAX_EVENTS`] (at that simulated instant).
+    runaway: Option<u64>,
 }
 
 fn us(d: Duration) -> u64 {
@@ -337,6 +384,7 @@ impl World {
                     deferred: Vec::new(),
                     applied: BTreeMap::new(),
                     eventual: eventual::EventualSide::default(),
+                    swim: swim::SwimSide::default(),
                 }
             })
             .collect();
@@ -361,6 +409,7 @@ impl World {
             stats: SimStats::default(),
             client_stop,
             eventual_converged_at: None,
+            runaway: None,
         }
     }
 
@@ -429,8 +478,13 @@ impl World {
         let inc = local.incarnation;
         let tick_phase = self.rng.random_range(0..100_000);
         self.schedule(self.now + tick_phase, Ev::Tick { node: i, inc });
-        let ping_phase = self.rng.random_range(0..PING_INTERVAL_US);
-        self.schedule(self.now + ping_phase, Ev::Ping { node: i, inc });
+        match self.cfg.membership {
+            MembershipModel::Heartbeat => {
+                let ping_phase = self.rng.random_range(0..PING_INTERVAL_US);
+                self.schedule(self.now + ping_phase, Ev::Ping { node: i, inc });
+            }
+            MembershipModel::Swim => self.swim_boot(i),
+        }
         let client_phase = self.rng.random_range(CLIENT_GAP_US.0..CLIENT_GAP_US.1);
         self.schedule(self.now + client_phase, Ev::Client { node: i, inc });
         let raft_id = self.nodes[i].raft_id;
@@ -441,6 +495,10 @@ impl World {
     fn run_until(&mut self, end: u64) {
         while let Some(Reverse(next)) = self.queue.peek() {
             if next.at > end {
+                break;
+            }
+            if self.stats.events >= MAX_EVENTS {
+                self.runaway = Some(self.now);
                 break;
             }
             let Some(Reverse(Scheduled { at, ev, .. })) = self.queue.pop() else { break };
@@ -508,6 +566,14 @@ impl World {
                 }
                 Some(false) => {}
             },
+            Ev::Swim { node, inc, at } => match self.target_state(node, inc) {
+                None => {}
+                Some(true) => self.nodes[node].deferred.push(Ev::Swim { node, inc, at }),
+                Some(false) => {
+                    (self.now, 10u8, node, inc).hash(&mut self.hasher);
+                    self.swim_wake(node, at);
+                }
+            },
             Ev::FaultStart(planned) => self.fault_start(planned),
             Ev::FaultEnd(id) => self.fault_end(id),
             Ev::FinalHeal => self.final_heal(),
@@ -542,6 +608,12 @@ impl World {
             }
             return;
         }
+        if kind == swim::KIND_SWIM {
+            if let Some(from_index) = self.index_of(&from.name) {
+                self.swim_deliver(to, from_index, &payload);
+            }
+            return;
+        }
         if kind >= eventual::KIND_EVENTUAL_BASE {
             return self.eventual_deliver(to, &from, kind, &payload);
         }
@@ -553,6 +625,9 @@ impl World {
     }
 
     fn members(&self, i: usize) -> Arc<Vec<MemberView>> {
+        if self.cfg.membership == MembershipModel::Swim {
+            return Arc::new(self.swim_members(i));
+        }
         let node = &self.nodes[i];
         let now = us(self.node_now(i) - self.base);
         let info = |id: &NodeId| MemberInfo {
@@ -896,6 +971,7 @@ impl World {
                     self.stats.crashes += 1;
                 }
                 self.nodes[i].eventual = eventual::EventualSide::default();
+                self.nodes[i].swim = swim::SwimSide::default();
                 format!("crash {} ({target:?})", self.nodes[i].id)
             }
             Fault::Pause(target) => {
@@ -912,6 +988,10 @@ impl World {
                     self.may_evict(j);
                 }
                 self.nodes[i].offset += by;
+                if self.nodes[i].running() {
+                    let inc = self.nodes[i].id.incarnation;
+                    self.schedule(self.now, Ev::Swim { node: i, inc, at: self.now });
+                }
                 let tick = us(consistent_config(false).tick);
                 let catch_up = (us(by) / tick).min(MAX_CATCH_UP_TICKS);
                 if self.nodes[i].up() {
@@ -1053,6 +1133,13 @@ impl World {
 
     fn finish(mut self) -> SimReport {
         let mut verdicts = Vec::new();
+        if let Some(at) = self.runaway {
+            verdicts.push(Verdict {
+                name: "sim_bounded",
+                status: Status::Fail,
+                detail: format!("{MAX_EVENTS} events by {:.3} simulated s: the run was stopped", at as f64 / 1e6),
+            });
+        }
         verdicts.push(Verdict {
             name: "cluster_formed",
             status: if self.formed.is_none() { Status::Pass } else { Status::Fail },

@@ -284,6 +284,9 @@ pub struct MembershipDriver {
     leave: Leave,
     next_health_tick: Instant,
     next_join_attempt: Instant,
+    /// Set by foca's `Rejoin` (it renewed our identity after being told we are down, and is
+    /// disconnected until a member answers), cleared by `Active`. See `try_join`.
+    rejoining: bool,
     view_fingerprint: Option<u64>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<MembershipEvent>,
@@ -344,6 +347,7 @@ impl MembershipDriver {
             leave: Leave::Member,
             next_health_tick: now + HEALTH_TICK,
             next_join_attempt: now,
+            rejoining: false,
             view_fingerprint: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -697,8 +701,23 @@ impl MembershipDriver {
     /// One join attempt, only while this node has no live peer: a `Discover` to every seed and an
     /// announce to a few members held down (so an isolated node heals without any seed).
     fn try_join(&mut self, now: Instant) {
-        if self.is_leaving() || self.foca.num_members() > 0 {
+        // After a `Rejoin` foca is disconnected (its timers stopped) while it still lists the
+        // members it knew: it reconnects only when one of them sends it member updates. When a
+        // peer's `TurnUndead` caused the renewal, nothing else re-arms it, and if that peer then
+        // dies nothing ever will: the node would sit alone, probing nobody, for good (found by the
+        // simulator: 3 nodes, composed faults, seed 357). So while rejoining, announce to the
+        // members still listed as well as to the seeds and the members held down.
+        if self.is_leaving() || (self.foca.num_members() > 0 && !self.rejoining) {
             return;
+        }
+        if self.rejoining {
+            let active: Vec<GossipIdentity> =
+                self.foca.iter_members().take(MAX_DOWN_ANNOUNCES).map(|member| member.id().clone()).collect();
+            for member in active {
+                if let Err(error) = self.foca.announce(member, &mut self.runtime) {
+                    tracing::debug!(%error, "could not announce to a member while rejoining");
+                }
+            }
         }
         for index in 0..self.seeds.len() {
             // The seed's name is unknown until it answers: no fault rule can name it yet. Its
@@ -752,6 +771,7 @@ impl MembershipDriver {
             }
             OwnedNotification::Active => {
                 tracing::info!("membership: joined the cluster");
+                self.rejoining = false;
                 true
             }
             OwnedNotification::Idle => {
@@ -767,6 +787,8 @@ impl MembershipDriver {
             }
             OwnedNotification::Rejoin(identity) => {
                 tracing::info!(renew = identity.renew, "membership: rejoined after being declared down");
+                self.rejoining = true;
+                self.next_join_attempt = now;
                 true
             }
             #[allow(unreachable_patterns)]
