@@ -954,10 +954,13 @@ impl Actor {
             self.go_down(format!("{} panics within {} s; last: {what}", self.restarts.len(), RESTART_WINDOW.as_secs()));
             return false;
         }
-        let Some((disk, core_config)) = self.disk.take() else {
+        let Some((disk, mut core_config)) = self.disk.take() else {
             self.go_down(format!("no durable state to restart from after: {what}"));
             return false;
         };
+        // The reopened core hands out proposal and read ids its previous run did not (entries
+        // that run proposed may still commit; see `CoreConfig::run_nonce`).
+        core_config.run_nonce = core_config.run_nonce.wrapping_add(1);
         // Close the old store first (redb holds a lock on its file), then reopen it.
         let scratch = RaftCore::open(Box::new(MemoryBackend::new()), core_config.clone(), None);
         let reopened = match scratch {
