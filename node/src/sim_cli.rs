@@ -55,6 +55,11 @@ pub struct SimArgs {
     /// Threads for a range of seeds (default: the machine's cores).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     jobs: Option<u16>,
+    /// Instead of the full simulation: N nodes running only SWIM membership; prints per seed the
+    /// simulated seconds until every node sees every other (join), sees the other half down after
+    /// a split in two (detect), and sees every node again after the heal (heal).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(2..=cohort_sim::scale::MAX_SCALE_NODES as i64))]
+    membership_scale: Option<u16>,
     /// Only print failing seeds and the summary.
     #[arg(long)]
     quiet: bool,
@@ -163,6 +168,26 @@ pub fn run(args: SimArgs) -> ExitCode {
         (None, None) => 1..2,
     };
     let count = seeds.end - seeds.start;
+    if let Some(nodes) = args.membership_scale {
+        let mut ok = true;
+        for seed in seeds {
+            let started = Instant::now();
+            let r = cohort_sim::scale::membership_scale(usize::from(nodes), seed);
+            let s = |v: Option<f64>| v.map_or_else(|| "never".to_string(), |v| format!("{v:.1} s"));
+            ok &= r.join_s.is_some() && r.detect_s.is_some() && r.heal_s.is_some();
+            out(&format!(
+                "membership {} nodes seed {seed}: join {} detect {} heal {} ({} datagrams, {} events, {:.1} s wall)",
+                r.nodes,
+                s(r.join_s),
+                s(r.detect_s),
+                s(r.heal_s),
+                r.datagrams,
+                r.events,
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        return if ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILURE) };
+    }
     let jobs = args
         .jobs
         .map(u64::from)

@@ -26,6 +26,7 @@
 pub mod check;
 pub mod nemesis;
 pub mod net;
+pub mod scale;
 mod world;
 
 pub use nemesis::FaultProfile;
