@@ -1,7 +1,7 @@
 //! Membership in the simulator with the production SWIM code: each node runs a
 //! [`MembershipDriver`] (foca with its timers, joins through a seed, suspicion, the health
 //! factor, the stuck-suspicion guard), its envelopes travel on the simulated links between
-//! fake addresses (`10.0.<i/256>.<i%256 + 1>:7946`, never a socket), and its timers are
+//! fake addresses (`10.0.<i/250>.<i%250 + 1>:7946`, never a socket), and its timers are
 //! events on the virtual clock. The consistent and eventual tiers read its member view.
 //!
 //! Invariant: foca's RNG is seeded from the run's seed, the node and its incarnation, so the
@@ -21,7 +21,7 @@ pub(super) const KIND_SWIM: u8 = 201;
 
 /// The fake gossip address of node `i`.
 pub(super) fn gossip_addr(i: usize) -> SocketAddr {
-    SocketAddr::from(([10, 0, (i / 256) as u8, (i % 256) as u8 + 1], 7946))
+    SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250) as u8 + 1], 7946))
 }
 
 /// The node index of a fake gossip address.
@@ -29,7 +29,7 @@ pub(super) fn node_of(addr: &SocketAddr) -> Option<usize> {
     match addr {
         SocketAddr::V4(v4) if v4.port() == 7946 => {
             let [a, b, c, d] = v4.ip().octets();
-            (a == 10 && b == 0 && d > 0).then(|| usize::from(c) * 256 + usize::from(d) - 1)
+            (a == 10 && b == 0 && (1..=250).contains(&d)).then(|| usize::from(c) * 250 + usize::from(d) - 1)
         }
         _ => None,
     }
@@ -140,7 +140,7 @@ mod tests {
 
     #[test]
     fn fake_addresses_map_back_to_their_node() {
-        for i in [0, 1, 254, 255, 256, 499] {
+        for i in [0, 1, 249, 250, 255, 256, 499] {
             assert_eq!(node_of(&gossip_addr(i)), Some(i));
         }
         assert_eq!(node_of(&SocketAddr::from(([127, 0, 0, 1], 7946))), None);
