@@ -185,3 +185,17 @@ async fn log_filter_endpoint_validates_its_input() {
     assert_eq!(get(&url, "/admin/log-filter").await.json()["filter"], "cohort=debug,warn");
     assert_eq!(get(&url, "/livez").await.status, 200);
 }
+
+#[tokio::test]
+async fn sim_runs_seeds_prints_a_line_each_and_refuses_bad_flags_with_2() {
+    let mut p = Proc::spawn(&["sim", "--seeds", "1..3", "--nodes", "3", "--duration", "40", "--jobs", "1"]);
+    let (code, _) = p.wait_exit(Duration::from_secs(60)).await;
+    assert_eq!(code, Some(0), "{}", p.stderr_text());
+    p.wait_stdout("seed 1 PASS nodes=3", Duration::from_secs(2)).await;
+    p.wait_stdout("seed 2 PASS nodes=3", Duration::from_secs(2)).await;
+    p.wait_stdout("2 of 2 seeds passed", Duration::from_secs(2)).await;
+    for bad in [&["sim", "--seeds", "5..2"][..], &["sim", "--nodes", "10"], &["sim", "--faults", "everything"]] {
+        let (code, err) = run_to_exit(bad, &[]).await;
+        assert_eq!(code, Some(2), "{bad:?}: {err}");
+    }
+}
