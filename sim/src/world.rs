@@ -32,6 +32,8 @@ use crate::check::{self, OpKind, Recorded, Topology};
 
 #[path = "world_eventual.rs"]
 mod eventual;
+#[path = "world_pg.rs"]
+mod pg;
 #[path = "world_swim.rs"]
 mod swim;
 use crate::nemesis::{self, Fault, FaultProfile, Planned, Target};
@@ -186,6 +188,8 @@ pub struct SimStats {
     pub eventual_writes_ok: u64,
     /// Eventual registrations that lost their name in a merge (revoked once).
     pub eventual_revoked: u64,
+    /// pg joins and leaves accepted locally.
+    pub pg_writes_ok: u64,
     /// Frames a node could not decode (none are expected: the simulator sends only what a
     /// driver encoded).
     pub malformed: u64,
@@ -302,6 +306,8 @@ struct SimNode {
     eventual: eventual::EventualSide,
     /// SWIM membership (lost on a crash).
     swim: swim::SwimSide,
+    /// The pg scope (lost on a crash).
+    pg: pg::PgSide,
 }
 
 impl SimNode {
@@ -337,6 +343,8 @@ struct World {
     client_stop: u64,
     /// When, after the clients stopped, every node first held the same eventual names.
     eventual_converged_at: Option<u64>,
+    /// When, after the clients stopped, every node first saw the same pg members.
+    pg_converged_at: Option<u64>,
     /// Set when the run hit [`MAX_EVENTS`] (at that simulated instant).
     runaway: Option<u64>,
 }
@@ -385,6 +393,7 @@ impl World {
                     applied: BTreeMap::new(),
                     eventual: eventual::EventualSide::default(),
                     swim: swim::SwimSide::default(),
+                    pg: pg::PgSide::default(),
                 }
             })
             .collect();
@@ -409,6 +418,7 @@ impl World {
             stats: SimStats::default(),
             client_stop,
             eventual_converged_at: None,
+            pg_converged_at: None,
             runaway: None,
         }
     }
@@ -474,6 +484,7 @@ impl World {
         driver.set_ladder_rule(self.cfg.ladder_rule);
         self.nodes[i].driver = Some(driver);
         self.eventual_boot(i, now);
+        self.pg_boot(i);
         self.nodes[i].heard.clear();
         let inc = local.incarnation;
         let tick_phase = self.rng.random_range(0..100_000);
@@ -614,6 +625,9 @@ impl World {
             }
             return;
         }
+        if kind == pg::KIND_PG {
+            return self.pg_deliver(to, &from, &payload);
+        }
         if kind >= eventual::KIND_EVENTUAL_BASE {
             return self.eventual_deliver(to, &from, kind, &payload);
         }
@@ -661,6 +675,8 @@ impl World {
         self.after_input(i);
         self.eventual_tick(i, &members);
         self.eventual_watch();
+        self.pg_tick(i, &members);
+        self.pg_watch();
     }
 
     fn ping(&mut self, i: usize) {
@@ -743,8 +759,12 @@ impl World {
     }
 
     fn client(&mut self, i: usize) {
-        if self.rng.random_range(0..100) < 30 {
+        let roll = self.rng.random_range(0..100);
+        if roll < 25 {
             return self.eventual_client(i);
+        }
+        if roll < 45 {
+            return self.pg_client(i);
         }
         let name = format!("name-{}", self.rng.random_range(0..NAMES));
         let local = 1 + self.rng.random_range(0..PIDS_PER_NODE);
@@ -972,6 +992,7 @@ impl World {
                 }
                 self.nodes[i].eventual = eventual::EventualSide::default();
                 self.nodes[i].swim = swim::SwimSide::default();
+                self.nodes[i].pg = pg::PgSide::default();
                 format!("crash {} ({target:?})", self.nodes[i].id)
             }
             Fault::Pause(target) => {
@@ -1154,6 +1175,7 @@ impl World {
         verdicts.push(check::available_after_heal(&self.ops, &self.topology, &self.stable_voters, self.client_stop));
         verdicts.push(self.converged());
         verdicts.push(self.eventual_converged());
+        verdicts.push(self.pg_converged());
         self.stats.net = self.net.stats;
         if self.cfg.full_trace {
             for r in &self.ops {
