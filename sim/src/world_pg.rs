@@ -28,6 +28,9 @@ const GROUPS: usize = 4;
 /// Events drained from the outbox per batch (the scope actor's frame size).
 const DRAIN: usize = 256;
 
+/// What one node sees: per group, its members (pid strings, sorted).
+type GroupView = Vec<(String, Vec<String>)>;
+
 /// A node's pg side.
 #[derive(Default)]
 pub(super) struct PgSide {
@@ -153,7 +156,7 @@ impl World {
     /// Whether every running node sees the same members in every group, none a process of a run
     /// that is gone.
     pub(super) fn pg_agree(&self) -> Result<usize, String> {
-        let mut reference: Option<(&str, Vec<(String, Vec<String>)>)> = None;
+        let mut reference: Option<(&str, GroupView)> = None;
         for node in &self.nodes {
             let Some(table) = node.pg.table.as_ref() else { return Err(format!("{} is not running", node.name)) };
             let mut groups = Vec::new();
