@@ -60,6 +60,9 @@ pub struct SimArgs {
     /// a split in two (detect), and sees every node again after the heal (heal).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(2..=cohort_sim::scale::MAX_SCALE_NODES as i64))]
     membership_scale: Option<u16>,
+    /// Run without pg (the workload before pg joined the simulator: its regression seeds replay so).
+    #[arg(long)]
+    no_pg: bool,
     /// Only print failing seeds and the summary.
     #[arg(long)]
     quiet: bool,
@@ -112,6 +115,7 @@ impl SimArgs {
             duration: Duration::from_secs(self.duration),
             faults: self.faults,
             membership: self.membership,
+            pg: !self.no_pg,
             ladder_rule: match self.ladder_rule {
                 RuleFlag::Autopilot => LadderRule::Autopilot,
                 RuleFlag::LiveMembers => LadderRule::LiveMembers,
@@ -122,10 +126,13 @@ impl SimArgs {
     }
 
     fn replay(&self, seed: u64) -> String {
-        let rule = match self.ladder_rule {
+        let mut rule = match self.ladder_rule {
             RuleFlag::Autopilot => String::new(),
             RuleFlag::LiveMembers => " --ladder-rule live-members".into(),
         };
+        if self.no_pg {
+            rule.push_str(" --no-pg");
+        }
         format!(
             "cohort sim --seed {seed} --nodes {} --duration {} --faults {} --membership {}{rule} --trace sim-{seed}.trace",
             self.nodes, self.duration, self.faults, self.membership

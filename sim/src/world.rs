@@ -118,6 +118,9 @@ pub struct SimConfig {
     pub faults: FaultProfile,
     /// Which membership the nodes run.
     pub membership: MembershipModel,
+    /// Whether the nodes run pg (a scope joined and left by the clients). Off gives the workload
+    /// of the simulator before pg was added, which the regression seeds found before it replay.
+    pub pg: bool,
     /// The voter ladder's rule (test-only switch: [`LadderRule::LiveMembers`] is the rule of
     /// before issue 11, kept to show that the simulator finds its loss of availability).
     pub ladder_rule: LadderRule,
@@ -136,6 +139,7 @@ impl Default for SimConfig {
             duration: Duration::from_secs(60),
             faults: FaultProfile::Composed,
             membership: MembershipModel::Swim,
+            pg: true,
             ladder_rule: LadderRule::Autopilot,
             full_trace: false,
             fsm_mutation: None,
@@ -484,7 +488,9 @@ impl World {
         driver.set_ladder_rule(self.cfg.ladder_rule);
         self.nodes[i].driver = Some(driver);
         self.eventual_boot(i, now);
-        self.pg_boot(i);
+        if self.cfg.pg {
+            self.pg_boot(i);
+        }
         self.nodes[i].heard.clear();
         let inc = local.incarnation;
         let tick_phase = self.rng.random_range(0..100_000);
@@ -760,11 +766,10 @@ impl World {
 
     fn client(&mut self, i: usize) {
         let roll = self.rng.random_range(0..100);
-        if roll < 25 {
-            return self.eventual_client(i);
-        }
-        if roll < 45 {
-            return self.pg_client(i);
+        match (self.cfg.pg, roll) {
+            (false, 0..30) | (true, 0..25) => return self.eventual_client(i),
+            (true, 25..45) => return self.pg_client(i),
+            _ => {}
         }
         let name = format!("name-{}", self.rng.random_range(0..NAMES));
         let local = 1 + self.rng.random_range(0..PIDS_PER_NODE);
@@ -1175,7 +1180,9 @@ impl World {
         verdicts.push(check::available_after_heal(&self.ops, &self.topology, &self.stable_voters, self.client_stop));
         verdicts.push(self.converged());
         verdicts.push(self.eventual_converged());
-        verdicts.push(self.pg_converged());
+        if self.cfg.pg {
+            verdicts.push(self.pg_converged());
+        }
         self.stats.net = self.net.stats;
         if self.cfg.full_trace {
             for r in &self.ops {
