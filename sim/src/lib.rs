@@ -27,6 +27,7 @@ pub mod check;
 pub mod nemesis;
 pub mod net;
 pub mod scale;
+mod shell;
 mod world;
 
 pub use nemesis::FaultProfile;

@@ -20,6 +20,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use crate::net::Net;
+use crate::shell::Wake;
 
 /// Longest a phase may take before it is reported as not converged (simulated µs).
 pub const PHASE_LIMIT_US: u64 = 300_000_000;
@@ -75,7 +76,7 @@ struct Scale {
     rng: StdRng,
     net: Net,
     drivers: Vec<Option<MembershipDriver>>,
-    wake: Vec<Option<u64>>,
+    wake: Vec<Wake>,
     /// Per node: the peers it holds alive.
     alive: Vec<BTreeSet<usize>>,
     names: BTreeMap<String, usize>,
@@ -148,12 +149,8 @@ impl Scale {
                 self.schedule(at, Ev::Deliver { to: j, from: i, payload: payload.clone() });
             }
         }
-        if let Some(t) = timeout {
-            let at = self.now + t.saturating_duration_since(now).as_nanos().div_ceil(1_000) as u64;
-            if self.wake[i].is_none_or(|w| at < w || w < self.now) {
-                self.wake[i] = Some(at);
-                self.schedule(at, Ev::Wake { node: i });
-            }
+        if let Some(at) = timeout.and_then(|due| self.wake[i].arm(self.now, now, due)) {
+            self.schedule(at, Ev::Wake { node: i });
         }
     }
 
@@ -178,9 +175,7 @@ impl Scale {
                 self.flush(to);
             }
             Ev::Wake { node } => {
-                if self.wake[node] == Some(at) {
-                    self.wake[node] = None;
-                }
+                self.wake[node].fired(at);
                 let now = self.instant();
                 if let Some(driver) = self.drivers[node].as_mut()
                     && driver.poll_timeout().is_some_and(|t| t <= now)
@@ -225,7 +220,7 @@ pub fn membership_scale(nodes: usize, seed: u64) -> ScaleReport {
         rng: StdRng::seed_from_u64(seed),
         net: Net::default(),
         drivers: (0..nodes).map(|_| None).collect(),
-        wake: vec![None; nodes],
+        wake: vec![Wake::default(); nodes],
         alive: vec![BTreeSet::new(); nodes],
         names: (0..nodes).map(|i| (format!("m{i}"), i)).collect(),
         datagrams: 0,

@@ -11,14 +11,15 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use bytes::Bytes;
+use cohort_cluster::NodeId;
 use cohort_cluster::member::MemberView;
-use cohort_cluster::{MemberState, NodeId};
 use cohort_registry::eventual::driver::{Event, MemberChange, Outgoing};
 use cohort_registry::eventual::wire::{self, GossipDelta};
 use cohort_registry::eventual::{EventualConfig, EventualDriver, Frame};
 use rand::RngExt;
 
 use super::{Status, Verdict, World};
+use crate::shell::{ViewChange, follow_view};
 
 /// Sim frame kinds of the eventual tier's anti-entropy: this plus the wire kind (1-3).
 pub(super) const KIND_EVENTUAL_BASE: u8 = 110;
@@ -70,37 +71,16 @@ impl World {
         let now = self.node_now(i);
         let side = &mut self.nodes[i].eventual;
         let Some(driver) = side.driver.as_mut() else { return };
-        let mut live = Vec::new();
-        let mut changes = Vec::new();
-        for row in members.iter().filter(|r| !r.is_self) {
-            let id = &row.info.id;
-            let up = !matches!(row.state, MemberState::Down | MemberState::Left);
-            if up {
-                live.push(id.clone());
-            }
-            match side.view.get(&id.name) {
-                Some((known, was_up)) if known == id => {
-                    if *was_up != up {
-                        changes.push(if up { MemberChange::Up(id.clone()) } else { MemberChange::Down(id.clone()) });
-                    }
-                }
-                known => {
-                    // A superseded run goes down before its successor comes up (as membership
-                    // reports a restart on real nodes).
-                    if let Some((old, true)) = known {
-                        changes.push(MemberChange::Down(old.clone()));
-                    }
-                    if up {
-                        changes.push(MemberChange::Up(id.clone()));
-                    }
-                }
-            }
-            side.view.insert(id.name.clone(), (id.clone(), up));
-        }
+        let changes = follow_view(&mut side.view, members);
+        let live = side.view.values().filter(|(_, up)| *up).map(|(id, _)| id.clone());
         for change in &changes {
-            driver.handle_member_change(now, change.clone());
+            let change = match change {
+                ViewChange::Up(id) => MemberChange::Up(id.clone()),
+                ViewChange::Down(id) => MemberChange::Down(id.clone()),
+            };
+            driver.handle_member_change(now, change);
         }
-        driver.handle_live_peers(now, live);
+        driver.handle_live_peers(now, live.collect::<Vec<_>>());
         if driver.poll_timeout().is_some_and(|t| t <= now) {
             driver.handle_timeout(now);
         }

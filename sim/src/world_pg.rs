@@ -15,11 +15,12 @@ use cohort_actors::pg::peers::{Peers, PeersConfig, SyncReason};
 use cohort_actors::pg::snapshot::ScopeTable;
 use cohort_actors::pg::state::Group;
 use cohort_actors::pg::wire::PgFrame;
+use cohort_cluster::NodeId;
 use cohort_cluster::member::MemberView;
-use cohort_cluster::{MemberState, NodeId};
 use rand::RngExt;
 
 use super::{Status, Verdict, World};
+use crate::shell::{ViewChange, follow_view};
 
 /// Sim frame kind of a pg frame.
 pub(super) const KIND_PG: u8 = 130;
@@ -73,34 +74,18 @@ impl World {
         let now = self.node_now(i);
         let side = &mut self.nodes[i].pg;
         let (Some(table), Some(peers)) = (side.table.as_ref(), side.peers.as_mut()) else { return };
-        for row in members.iter().filter(|r| !r.is_self) {
-            let id = &row.info.id;
-            let up = !matches!(row.state, MemberState::Down | MemberState::Left);
-            let known = side.view.get(&id.name).cloned();
-            match known {
-                Some((old, was_up)) if old == *id => {
-                    if was_up && !up {
-                        table.node_down(id);
-                        peers.handle_peer_down(now, &id.name);
-                    } else if !was_up && up {
-                        let _ = table.add_peer(id);
-                        peers.handle_peer_up(now, table, id, SyncReason::Connect);
-                    }
+        for change in follow_view(&mut side.view, members) {
+            match change {
+                ViewChange::Up(id) => {
+                    let _ = table.add_peer(&id);
+                    peers.handle_peer_up(now, table, &id, SyncReason::Connect);
                 }
-                Some((old, _)) if old.incarnation > id.incarnation => continue,
-                other => {
-                    if let Some((old, _)) = other {
-                        // A newer run: the older run's members go first (the service's member_up).
-                        table.node_down(&old);
-                        peers.handle_peer_down(now, &old.name);
-                    }
-                    if up {
-                        let _ = table.add_peer(id);
-                        peers.handle_peer_up(now, table, id, SyncReason::Connect);
-                    }
+                // A newer run's older one goes first (the service's member_up), as a down does.
+                ViewChange::Down(id) => {
+                    table.node_down(&id);
+                    peers.handle_peer_down(now, &id.name);
                 }
             }
-            side.view.insert(id.name.clone(), (id.clone(), up));
         }
         if peers.poll_timeout().is_some_and(|t| t <= now) {
             peers.handle_timeout(now, table);

@@ -15,6 +15,7 @@ use cohort_cluster::member::{MemberAddrs, MemberInfo, MemberView};
 use cohort_cluster::membership::{DriverSettings, MembershipDriver};
 
 use super::{Ev, World};
+use crate::shell::Wake;
 
 /// Sim frame kind of a membership envelope.
 pub(super) const KIND_SWIM: u8 = 201;
@@ -39,9 +40,8 @@ pub(super) fn node_of(addr: &SocketAddr) -> Option<usize> {
 #[derive(Default)]
 pub(super) struct SwimSide {
     pub(super) driver: Option<MembershipDriver>,
-    /// The earliest wake-up already scheduled (µs of world time), so a timer is not scheduled
-    /// twice.
-    wake: Option<u64>,
+    /// The next wake-up scheduled.
+    wake: Wake,
 }
 
 impl World {
@@ -66,7 +66,7 @@ impl World {
         };
         // Every node knows node 0's address as its seed (node 0 skips its own).
         driver.handle_seeds(now, [gossip_addr(0)]);
-        self.nodes[i].swim = SwimSide { driver: Some(driver), wake: None };
+        self.nodes[i].swim = SwimSide { driver: Some(driver), wake: Wake::default() };
         self.swim_flush(i);
     }
 
@@ -79,9 +79,7 @@ impl World {
 
     /// A wake-up of node `i`'s membership timers.
     pub(super) fn swim_wake(&mut self, i: usize, at: u64) {
-        if self.nodes[i].swim.wake == Some(at) {
-            self.nodes[i].swim.wake = None;
-        }
+        self.nodes[i].swim.wake.fired(at);
         let now = self.node_now(i);
         let Some(driver) = self.nodes[i].swim.driver.as_mut() else { return };
         if driver.poll_timeout().is_some_and(|t| t <= now) {
@@ -116,16 +114,8 @@ impl World {
         for (j, payload) in sends {
             self.send(i, j, from.clone(), KIND_SWIM, payload);
         }
-        if let Some(t) = timeout {
-            // The node's clock may run ahead of the world's (a clock jump): convert back.
-            let ahead = t.saturating_duration_since(node_now);
-            // Rounded up: a wake-up a fraction of a microsecond early would find nothing due
-            // and schedule itself again at the same instant, for ever.
-            let at = self.now + ahead.as_nanos().div_ceil(1_000) as u64;
-            if self.nodes[i].swim.wake.is_none_or(|w| at < w || w < self.now) {
-                self.nodes[i].swim.wake = Some(at);
-                self.schedule(at, Ev::Swim { node: i, inc, at });
-            }
+        if let Some(at) = timeout.and_then(|due| self.nodes[i].swim.wake.arm(self.now, node_now, due)) {
+            self.schedule(at, Ev::Swim { node: i, inc, at });
         }
     }
 
