@@ -290,8 +290,15 @@ impl<W, R> Driver<W, R> {
 
     /// A frame of the `raft` class from the authenticated node `from`.
     pub fn handle_frame(&mut self, now: Instant, from: &NodeId, kind: u8, payload: &Bytes) {
-        if self.last_frame.len() < MAX_KNOWN_PEERS || self.last_frame.contains_key(&from.name) {
-            self.last_frame.insert(from.name.clone(), (from.clone(), now));
+        // Every raft frame passes here: update in place, allocate only for a new run.
+        let room = self.last_frame.len() < MAX_KNOWN_PEERS;
+        match self.last_frame.get_mut(&from.name) {
+            Some((id, at)) if id == from => *at = now,
+            Some(entry) => *entry = (from.clone(), now),
+            None if room => {
+                self.last_frame.insert(from.name.clone(), (from.clone(), now));
+            }
+            None => {}
         }
         match kind {
             KIND_RAFT_MESSAGE => self.on_raft_frame(from, payload),
