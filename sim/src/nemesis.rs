@@ -23,6 +23,9 @@ pub enum FaultProfile {
     /// Everything: partitions, crashes, pauses, clock jumps, loss, duplication, delay, reordering.
     #[default]
     Composed,
+    /// `composed` plus membership churn: graceful leaves (the node rejoins later with a new
+    /// incarnation and its durable log) and new nodes joining a running cluster.
+    Churn,
 }
 
 impl FromStr for FaultProfile {
@@ -34,7 +37,8 @@ impl FromStr for FaultProfile {
             "partitions" => Ok(Self::Partitions),
             "crashes" => Ok(Self::Crashes),
             "composed" => Ok(Self::Composed),
-            other => Err(format!("unknown fault profile {other:?} (none, partitions, crashes, composed)")),
+            "churn" => Ok(Self::Churn),
+            other => Err(format!("unknown fault profile {other:?} (none, partitions, crashes, composed, churn)")),
         }
     }
 }
@@ -46,6 +50,7 @@ impl fmt::Display for FaultProfile {
             Self::Partitions => "partitions",
             Self::Crashes => "crashes",
             Self::Composed => "composed",
+            Self::Churn => "churn",
         })
     }
 }
@@ -81,6 +86,11 @@ pub enum Fault {
     Lossy(f64),
     /// Delay frames by up to this much more on every link, reordering them.
     Slow(Duration),
+    /// The node leaves the cluster gracefully (membership says `Left`, its services stop) and,
+    /// when the fault ends, starts again with a new incarnation from its durable log.
+    Leave(Target),
+    /// A node that was never started (a spare) joins the running cluster for good.
+    Join,
 }
 
 /// A fault of the schedule.
@@ -106,20 +116,32 @@ fn target(rng: &mut StdRng) -> Target {
     }
 }
 
+/// How many spare nodes a `churn` run has: they join the running cluster (one [`Fault::Join`]
+/// each at most).
+pub const CHURN_SPARES: usize = 2;
+
 /// The schedule of a run: faults starting between `start` and `end` (the nemesis is quiet
-/// outside), drawn from `rng`.
+/// outside), drawn from `rng`. `nodes` counts the nodes started at the beginning (spares apart).
 pub fn plan(rng: &mut StdRng, profile: FaultProfile, nodes: usize, start: Duration, end: Duration) -> Vec<Planned> {
     let mut out = Vec::new();
     if profile == FaultProfile::None || nodes < 2 {
         return out;
     }
+    let mut joins = 0;
     let mut at = start + secs(rng, 0.0, 3.0);
     while at < end {
         let pick = match profile {
             FaultProfile::Partitions => rng.random_range(0..3),
             FaultProfile::Crashes => 3 + rng.random_range(0..2),
+            FaultProfile::Churn => rng.random_range(0..13),
             _ => rng.random_range(0..10),
         };
+        // Churn: a leave lasts long enough for the ladder to replace the node (it is `Left` at
+        // once) and for the rejoin to be a real reconfiguration.
+        let pick = if pick == 12 && joins == CHURN_SPARES { 10 } else { pick };
+        if pick == 12 {
+            joins += 1;
+        }
         let (fault, lasts) = match pick {
             0 | 8 => (Fault::Isolate(target(rng)), secs(rng, 1.0, 15.0)),
             1 => {
@@ -131,6 +153,8 @@ pub fn plan(rng: &mut StdRng, profile: FaultProfile, nodes: usize, start: Durati
             4 => (Fault::Pause(target(rng)), secs(rng, 0.3, 5.0)),
             5 => (Fault::ClockJump(target(rng), secs(rng, 0.5, 10.0)), Duration::ZERO),
             6 => (Fault::Lossy(rng.random_range(0.05..0.3)), secs(rng, 1.0, 10.0)),
+            10 | 11 => (Fault::Leave(target(rng)), secs(rng, 3.0, 25.0)),
+            12 => (Fault::Join, Duration::ZERO),
             _ => (Fault::Slow(Duration::from_micros(rng.random_range(5_000..300_000))), secs(rng, 1.0, 10.0)),
         };
         out.push(Planned { at, fault, lasts });

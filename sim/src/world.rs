@@ -180,6 +180,10 @@ pub struct SimStats {
     pub faults: u64,
     /// Crashes (restarts follow).
     pub crashes: u64,
+    /// Graceful leaves (`churn`; a rejoin with a new incarnation follows).
+    pub leaves: u64,
+    /// Spare nodes that joined the running cluster (`churn`).
+    pub joins: u64,
     /// Client writes answered with a committed result.
     pub writes_ok: u64,
     /// Client writes refused or timed out.
@@ -230,7 +234,7 @@ impl SimReport {
             .collect();
         let inconclusive = self.verdicts.iter().filter(|v| v.status == Status::Inconclusive).count();
         format!(
-            "seed {} {} nodes={} faults={} events={} writes_ok={} reads_ok={} crashes={} trace={:016x}{}{}",
+            "seed {} {} nodes={} faults={} events={} writes_ok={} reads_ok={} crashes={}{} trace={:016x}{}{}",
             self.config.seed,
             if self.passed() { "PASS" } else { "FAIL" },
             self.config.nodes,
@@ -239,6 +243,11 @@ impl SimReport {
             self.stats.writes_ok,
             self.stats.reads_ok,
             self.stats.crashes,
+            if self.config.faults == FaultProfile::Churn {
+                format!(" leaves={} joins={}", self.stats.leaves, self.stats.joins)
+            } else {
+                String::new()
+            },
             self.trace_hash,
             if inconclusive > 0 { format!(" inconclusive={inconclusive}") } else { String::new() },
             if failed.is_empty() { String::new() } else { format!(" | {}", failed.join(" | ")) },
@@ -286,9 +295,14 @@ enum Hold {
     Net,
     Crash(usize),
     Pause(usize),
+    Leave(usize),
 }
 
 struct SimNode {
+    /// Part of the cluster: started at the beginning, or a spare that joined (`churn`).
+    member: bool,
+    /// Started at least once (the first start bootstraps node 0 and keeps incarnation 1).
+    booted: bool,
     name: String,
     id: NodeId,
     raft_id: u64,
@@ -298,6 +312,8 @@ struct SimNode {
     /// Faults holding the node crashed / paused.
     crash_holds: BTreeSet<u64>,
     pause_holds: BTreeSet<u64>,
+    /// Faults holding the node out of the cluster after a graceful leave (`churn`).
+    leave_holds: BTreeSet<u64>,
     /// How far the node's clock is ahead of the world's.
     offset: Duration,
     /// Membership: per peer name, its latest incarnation and when it was last heard (node time).
@@ -323,6 +339,10 @@ impl SimNode {
     }
     fn up(&self) -> bool {
         self.running() && !self.paused()
+    }
+    /// Whether a fault holds the node stopped (crashed or left).
+    fn held_down(&self) -> bool {
+        !self.crash_holds.is_empty() || !self.leave_holds.is_empty()
     }
 }
 
@@ -379,11 +399,14 @@ pub fn run(cfg: &SimConfig) -> SimReport {
 impl World {
     fn new(cfg: SimConfig) -> Self {
         let rng = StdRng::seed_from_u64(cfg.seed);
-        let nodes = (0..cfg.nodes)
+        let spares = if cfg.faults == FaultProfile::Churn { nemesis::CHURN_SPARES } else { 0 };
+        let nodes = (0..cfg.nodes + spares)
             .map(|i| {
                 let name = format!("n{i}");
                 let id = NodeId::new(name.clone(), 1);
                 SimNode {
+                    member: i < cfg.nodes,
+                    booted: false,
                     raft_id: ladder::raft_id_for(&id),
                     name,
                     id,
@@ -391,6 +414,7 @@ impl World {
                     driver: None,
                     crash_holds: BTreeSet::new(),
                     pause_holds: BTreeSet::new(),
+                    leave_holds: BTreeSet::new(),
                     offset: Duration::ZERO,
                     heard: BTreeMap::new(),
                     deferred: Vec::new(),
@@ -452,14 +476,15 @@ impl World {
         }
         self.schedule(us(end), Ev::FinalHeal);
         self.schedule(us(WARMUP) - 1, Ev::StableCheck);
-        for i in 0..self.nodes.len() {
+        for i in 0..self.cfg.nodes {
             self.boot(i);
         }
     }
 
     /// Starts node `i` (first boot or restart after a crash) from its durable log.
     fn boot(&mut self, i: usize) {
-        let first = self.nodes[i].driver.is_none() && self.nodes[i].id.incarnation == 1 && self.now == 0;
+        let first = !self.nodes[i].booted;
+        self.nodes[i].booted = true;
         if !first {
             let next = self.nodes[i].id.incarnation + 1;
             self.nodes[i].id = NodeId::new(self.nodes[i].name.clone(), next);
@@ -527,9 +552,12 @@ impl World {
     }
 
     /// The node an event is for, if it is paused or gone: deferred to its resume, or dropped.
-    fn target_state(&self, node: usize, inc: u64) -> Option<bool> {
+    /// Membership events (`swim`) also reach a node that is leaving: its services stopped, its
+    /// membership lingers to gossip the leave.
+    fn target_state(&self, node: usize, inc: u64, swim: bool) -> Option<bool> {
         let n = &self.nodes[node];
-        if !n.running() || n.id.incarnation != inc {
+        let alive = n.running() || (swim && n.swim.driver.is_some());
+        if !alive || n.id.incarnation != inc {
             return None;
         }
         Some(n.paused())
@@ -539,7 +567,7 @@ impl World {
         match ev {
             Ev::Deliver { to, inc, from, kind, payload } => {
                 let from_index = self.index_of(&from.name);
-                match self.target_state(to, inc) {
+                match self.target_state(to, inc, kind == swim::KIND_SWIM) {
                     None => {}
                     Some(true) => self.nodes[to].deferred.push(Ev::Deliver { to, inc, from, kind, payload }),
                     Some(false) => {
@@ -553,7 +581,7 @@ impl World {
                     }
                 }
             }
-            Ev::Tick { node, inc } => match self.target_state(node, inc) {
+            Ev::Tick { node, inc } => match self.target_state(node, inc, false) {
                 None => {}
                 Some(true) => self.nodes[node].deferred.push(Ev::Tick { node, inc }),
                 Some(false) => {
@@ -563,7 +591,7 @@ impl World {
                     self.schedule(self.now + tick, Ev::Tick { node, inc });
                 }
             },
-            Ev::Ping { node, inc } => match self.target_state(node, inc) {
+            Ev::Ping { node, inc } => match self.target_state(node, inc, false) {
                 None => {}
                 Some(true) => self.nodes[node].deferred.push(Ev::Ping { node, inc }),
                 Some(false) => {
@@ -572,7 +600,7 @@ impl World {
                     self.schedule(self.now + PING_INTERVAL_US, Ev::Ping { node, inc });
                 }
             },
-            Ev::Client { node, inc } => match self.target_state(node, inc) {
+            Ev::Client { node, inc } => match self.target_state(node, inc, false) {
                 None => {}
                 Some(true) => self.nodes[node].deferred.push(Ev::Client { node, inc }),
                 Some(false) if self.now < self.client_stop => {
@@ -583,7 +611,7 @@ impl World {
                 }
                 Some(false) => {}
             },
-            Ev::Swim { node, inc, at } => match self.target_state(node, inc) {
+            Ev::Swim { node, inc, at } => match self.target_state(node, inc, true) {
                 None => {}
                 Some(true) => self.nodes[node].deferred.push(Ev::Swim { node, inc, at }),
                 Some(false) => {
@@ -934,6 +962,22 @@ impl World {
         }
     }
 
+    /// Node `i` leaves gracefully, as a real node's shutdown does: its services stop (their
+    /// state is lost, the durable log kept) and its membership says `Left` and lingers to
+    /// gossip it (with the heartbeat model, which has no leave, the node just falls silent).
+    fn leave(&mut self, i: usize) {
+        self.may_evict(i);
+        self.stats.leaves += 1;
+        self.nodes[i].driver = None;
+        self.nodes[i].eventual = eventual::EventualSide::default();
+        self.nodes[i].pg = pg::PgSide::default();
+        let now = self.node_now(i);
+        if let Some(driver) = self.nodes[i].swim.driver.as_mut() {
+            driver.handle_leave(now);
+        }
+        self.swim_flush(i);
+    }
+
     fn fault_start(&mut self, planned: Planned) {
         let id = self.next_fault;
         self.next_fault += 1;
@@ -947,6 +991,13 @@ impl World {
                 self.net.cut(id, links);
                 self.holds.insert(id, Hold::Net);
                 self.may_evict(i);
+                // The rest is cut off from it too: when the voters are down to this node alone (a
+                // ladder of one after departures), it may evict theirs.
+                if self.cfg.faults == FaultProfile::Churn {
+                    for j in (0..n).filter(|j| *j != i) {
+                        self.may_evict(j);
+                    }
+                }
                 format!("isolate n{i} ({target:?})")
             }
             Fault::Partition(target, size) => {
@@ -1040,6 +1091,26 @@ impl World {
                 self.holds.insert(id, Hold::Net);
                 format!("delay frames up to {:.1} ms more, reordering", extra.as_secs_f64() * 1e3)
             }
+            Fault::Leave(target) => {
+                let i = self.resolve(target);
+                if self.nodes[i].running() {
+                    self.leave(i);
+                    self.nodes[i].leave_holds.insert(id);
+                    self.holds.insert(id, Hold::Leave(i));
+                    format!("{} leaves the cluster ({target:?})", self.nodes[i].id)
+                } else {
+                    format!("n{i} is not running: no leave ({target:?})")
+                }
+            }
+            Fault::Join => match self.nodes.iter().position(|n| !n.member) {
+                Some(i) => {
+                    self.nodes[i].member = true;
+                    self.stats.joins += 1;
+                    self.boot(i);
+                    format!("n{i} joins the cluster")
+                }
+                None => "no spare node left to join".into(),
+            },
         };
         self.line(true, || format!("fault {id} start: {description} for {:.3} s", lasts as f64 / 1e6));
         (self.now, 7u8, id).hash(&mut self.hasher);
@@ -1056,7 +1127,13 @@ impl World {
             Hold::Net => self.net.heal(id),
             Hold::Crash(i) => {
                 self.nodes[i].crash_holds.remove(&id);
-                if self.nodes[i].crash_holds.is_empty() && !self.nodes[i].running() {
+                if self.nodes[i].member && !self.nodes[i].held_down() && !self.nodes[i].running() {
+                    self.boot(i);
+                }
+            }
+            Hold::Leave(i) => {
+                self.nodes[i].leave_holds.remove(&id);
+                if !self.nodes[i].held_down() && !self.nodes[i].running() {
                     self.boot(i);
                 }
             }
@@ -1073,7 +1150,7 @@ impl World {
     }
 
     fn final_heal(&mut self) {
-        self.line(true, || "heal everything: partitions, loss, pauses; restart crashed nodes".into());
+        self.line(true, || "heal everything: partitions, loss, pauses; restart crashed and departed nodes".into());
         self.net.heal_all();
         let ids: Vec<u64> = self.holds.keys().copied().collect();
         self.holds.clear();
@@ -1081,10 +1158,11 @@ impl World {
             let paused = self.nodes[i].paused();
             self.nodes[i].pause_holds.clear();
             self.nodes[i].crash_holds.clear();
+            self.nodes[i].leave_holds.clear();
             if paused {
                 self.resume(i);
             }
-            if !self.nodes[i].running() {
+            if self.nodes[i].member && !self.nodes[i].running() {
                 self.boot(i);
             }
         }
@@ -1094,7 +1172,7 @@ impl World {
     }
 
     fn healthy(&self) -> bool {
-        self.holds.is_empty() && self.nodes.iter().all(SimNode::up)
+        self.holds.is_empty() && self.nodes.iter().filter(|n| n.member).all(SimNode::up)
     }
 
     fn schedule_stable_check(&mut self) {
@@ -1120,7 +1198,7 @@ impl World {
         };
         let voters: BTreeSet<usize> = self.voters_of(leader);
         if at_warmup {
-            let expected = expected_voters(self.nodes.len());
+            let expected = expected_voters(self.cfg.nodes);
             if voters.len() != expected {
                 self.formed = Some(format!(
                     "{} voters at the end of the warm-up, expected {expected} ({voters:?})",
@@ -1206,7 +1284,8 @@ impl World {
         let reference: Vec<(String, String, u64)> =
             lead.core().fsm().names().map(|(n, r)| (n.to_string(), r.pid.to_string(), r.fence_token)).collect();
         let applied = lead.core().stats().applied_index;
-        for node in &self.nodes {
+        let members: Vec<&SimNode> = self.nodes.iter().filter(|n| n.member).collect();
+        for node in &members {
             let Some(driver) = node.driver.as_ref() else { return fail(format!("{} is not running", node.name)) };
             if !conf.voters.contains(&node.raft_id) && !conf.learners.contains(&node.raft_id) {
                 return fail(format!("{} is neither a voter nor a learner of the leader's configuration", node.name));
@@ -1224,7 +1303,7 @@ impl World {
         Verdict {
             name: "consistent_converged",
             status: Status::Pass,
-            detail: format!("{} nodes applied index {applied} with {} names", self.nodes.len(), reference.len()),
+            detail: format!("{} nodes applied index {applied} with {} names", members.len(), reference.len()),
         }
     }
 }

@@ -156,7 +156,7 @@ impl World {
     /// incarnation that is gone.
     pub(super) fn eventual_agree(&self) -> Result<usize, String> {
         let mut reference: Option<(&str, Vec<(String, String)>)> = None;
-        for node in &self.nodes {
+        for node in self.nodes.iter().filter(|n| n.member) {
             let Some(driver) = node.eventual.driver.as_ref() else {
                 return Err(format!("{} is not running", node.name));
             };

@@ -142,7 +142,7 @@ impl World {
     /// that is gone.
     pub(super) fn pg_agree(&self) -> Result<usize, String> {
         let mut reference: Option<(&str, GroupView)> = None;
-        for node in &self.nodes {
+        for node in self.nodes.iter().filter(|n| n.member) {
             let Some(table) = node.pg.table.as_ref() else { return Err(format!("{} is not running", node.name)) };
             let mut groups = Vec::new();
             for g in 0..GROUPS {

@@ -15,6 +15,7 @@ use cohort_cluster::member::{MemberAddrs, MemberInfo, MemberView};
 use cohort_cluster::membership::{DriverSettings, MembershipDriver};
 
 use super::{Ev, World};
+use crate::nemesis::FaultProfile;
 use crate::shell::Wake;
 
 /// Sim frame kind of a membership envelope.
@@ -64,8 +65,11 @@ impl World {
                 return;
             }
         };
-        // Every node knows node 0's address as its seed (node 0 skips its own).
-        driver.handle_seeds(now, [gossip_addr(0)]);
+        // Every node knows node 0's address as its seed (node 0 skips its own). With churn the
+        // first three nodes are seeds, as a real deployment lists several: a spare must be able
+        // to join while node 0 is away.
+        let seeds = if self.cfg.faults == FaultProfile::Churn { 3.min(self.cfg.nodes) } else { 1 };
+        driver.handle_seeds(now, (0..seeds).map(gossip_addr));
         self.nodes[i].swim = SwimSide { driver: Some(driver), wake: Wake::default() };
         self.swim_flush(i);
     }
@@ -108,6 +112,11 @@ impl World {
             }
             driver.poll_timeout()
         };
+        // A leave is done once its re-gossip rounds are: the node is gone.
+        if !self.nodes[i].running() && self.nodes[i].swim.driver.as_ref().is_some_and(MembershipDriver::has_left) {
+            self.nodes[i].swim = SwimSide::default();
+            self.line(false, || format!("n{i} membership: left"));
+        }
         for event in events {
             self.line(false, || format!("n{i} membership: {event:?}"));
         }
