@@ -24,6 +24,7 @@
 //! replays exactly (`cohort sim --seed S --trace FILE`).
 
 pub mod check;
+pub mod links;
 pub mod nemesis;
 pub mod net;
 pub mod scale;

@@ -23,9 +23,10 @@ pub enum FaultProfile {
     /// Everything: partitions, crashes, pauses, clock jumps, loss, duplication, delay, reordering.
     #[default]
     Composed,
-    /// `composed` plus membership churn: graceful leaves (the node rejoins later with a new
-    /// incarnation and its durable log) and new nodes joining a running cluster.
-    Churn,
+    /// `composed` plus membership churn (graceful leaves, after which the node rejoins with a
+    /// new incarnation and its durable log, and spare nodes joining the running cluster) and
+    /// congested links, on transport queues drawn small enough to fill.
+    All,
 }
 
 impl FromStr for FaultProfile {
@@ -37,8 +38,8 @@ impl FromStr for FaultProfile {
             "partitions" => Ok(Self::Partitions),
             "crashes" => Ok(Self::Crashes),
             "composed" => Ok(Self::Composed),
-            "churn" => Ok(Self::Churn),
-            other => Err(format!("unknown fault profile {other:?} (none, partitions, crashes, composed, churn)")),
+            "all" => Ok(Self::All),
+            other => Err(format!("unknown fault profile {other:?} (none, partitions, crashes, composed, all)")),
         }
     }
 }
@@ -50,7 +51,7 @@ impl fmt::Display for FaultProfile {
             Self::Partitions => "partitions",
             Self::Crashes => "crashes",
             Self::Composed => "composed",
-            Self::Churn => "churn",
+            Self::All => "all",
         })
     }
 }
@@ -91,6 +92,9 @@ pub enum Fault {
     Leave(Target),
     /// A node that was never started (a spare) joins the running cluster for good.
     Join,
+    /// The node's outbound transport links carry only this many bytes per second: frames wait
+    /// in their class queues, full queues drop by their class's policy.
+    Congest(Target, u64),
 }
 
 /// A fault of the schedule.
@@ -116,7 +120,7 @@ fn target(rng: &mut StdRng) -> Target {
     }
 }
 
-/// How many spare nodes a `churn` run has: they join the running cluster (one [`Fault::Join`]
+/// How many spare nodes an `all` run has: they join the running cluster (one [`Fault::Join`]
 /// each at most).
 pub const CHURN_SPARES: usize = 2;
 
@@ -133,10 +137,10 @@ pub fn plan(rng: &mut StdRng, profile: FaultProfile, nodes: usize, start: Durati
         let pick = match profile {
             FaultProfile::Partitions => rng.random_range(0..3),
             FaultProfile::Crashes => 3 + rng.random_range(0..2),
-            FaultProfile::Churn => rng.random_range(0..13),
+            FaultProfile::All => rng.random_range(0..15),
             _ => rng.random_range(0..10),
         };
-        // Churn: a leave lasts long enough for the ladder to replace the node (it is `Left` at
+        // A leave lasts long enough for the ladder to replace the node (it is `Left` at
         // once) and for the rejoin to be a real reconfiguration.
         let pick = if pick == 12 && joins == CHURN_SPARES { 10 } else { pick };
         if pick == 12 {
@@ -155,6 +159,7 @@ pub fn plan(rng: &mut StdRng, profile: FaultProfile, nodes: usize, start: Durati
             6 => (Fault::Lossy(rng.random_range(0.05..0.3)), secs(rng, 1.0, 10.0)),
             10 | 11 => (Fault::Leave(target(rng)), secs(rng, 3.0, 25.0)),
             12 => (Fault::Join, Duration::ZERO),
+            13 | 14 => (Fault::Congest(target(rng), rng.random_range(100..2_000)), secs(rng, 1.0, 10.0)),
             _ => (Fault::Slow(Duration::from_micros(rng.random_range(5_000..300_000))), secs(rng, 1.0, 10.0)),
         };
         out.push(Planned { at, fault, lasts });

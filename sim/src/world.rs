@@ -16,6 +16,7 @@ use bytes::Bytes;
 use cohort_actors::Pid;
 use cohort_chaos::invariants::linearizability::{Input, Output as LinOutput};
 use cohort_cluster::member::{MemberAddrs, MemberInfo, MemberView};
+use cohort_cluster::queue::{Class, ClassCapacities, PushOutcome, QueueConfig};
 use cohort_cluster::{MemberState, NodeId};
 use cohort_registry::consistent::core::ELECTION_TICKS;
 use cohort_registry::consistent::driver::{Driver, Output};
@@ -36,6 +37,7 @@ mod eventual;
 mod pg;
 #[path = "world_swim.rs"]
 mod swim;
+use crate::links::{Lane, Links, Queued};
 use crate::nemesis::{self, Fault, FaultProfile, Planned, Target};
 use crate::net::{Net, NetStats};
 
@@ -176,13 +178,15 @@ pub struct SimStats {
     pub events: u64,
     /// The network's counters.
     pub net: NetStats,
+    /// The transport class queues' counters.
+    pub queues: crate::links::LinkStats,
     /// Faults started.
     pub faults: u64,
     /// Crashes (restarts follow).
     pub crashes: u64,
-    /// Graceful leaves (`churn`; a rejoin with a new incarnation follows).
+    /// Graceful leaves (`all`; a rejoin with a new incarnation follows).
     pub leaves: u64,
-    /// Spare nodes that joined the running cluster (`churn`).
+    /// Spare nodes that joined the running cluster (`all`).
     pub joins: u64,
     /// Client writes answered with a committed result.
     pub writes_ok: u64,
@@ -243,8 +247,13 @@ impl SimReport {
             self.stats.writes_ok,
             self.stats.reads_ok,
             self.stats.crashes,
-            if self.config.faults == FaultProfile::Churn {
-                format!(" leaves={} joins={}", self.stats.leaves, self.stats.joins)
+            if self.config.faults == FaultProfile::All {
+                format!(
+                    " leaves={} joins={} queue_drops={}",
+                    self.stats.leaves,
+                    self.stats.joins,
+                    self.stats.queues.dropped_oldest + self.stats.queues.dropped_newest
+                )
             } else {
                 String::new()
             },
@@ -256,15 +265,40 @@ impl SimReport {
 }
 
 enum Ev {
-    Deliver { to: usize, inc: u64, from: NodeId, kind: u8, payload: Bytes },
-    Tick { node: usize, inc: u64 },
-    Ping { node: usize, inc: u64 },
-    Client { node: usize, inc: u64 },
-    Swim { node: usize, inc: u64, at: u64 },
+    Deliver {
+        to: usize,
+        inc: u64,
+        from: NodeId,
+        kind: u8,
+        payload: Bytes,
+    },
+    Tick {
+        node: usize,
+        inc: u64,
+    },
+    Ping {
+        node: usize,
+        inc: u64,
+    },
+    Client {
+        node: usize,
+        inc: u64,
+    },
+    Swim {
+        node: usize,
+        inc: u64,
+        at: u64,
+    },
     FaultStart(Planned),
     FaultEnd(u64),
     FinalHeal,
     StableCheck,
+    /// A link's writer is done with the frame it took (congestion).
+    LinkWake {
+        from: usize,
+        to: usize,
+        lane: Lane,
+    },
 }
 
 struct Scheduled {
@@ -296,10 +330,11 @@ enum Hold {
     Crash(usize),
     Pause(usize),
     Leave(usize),
+    Congest,
 }
 
 struct SimNode {
-    /// Part of the cluster: started at the beginning, or a spare that joined (`churn`).
+    /// Part of the cluster: started at the beginning, or a spare that joined (`all`).
     member: bool,
     /// Started at least once (the first start bootstraps node 0 and keeps incarnation 1).
     booted: bool,
@@ -312,7 +347,7 @@ struct SimNode {
     /// Faults holding the node crashed / paused.
     crash_holds: BTreeSet<u64>,
     pause_holds: BTreeSet<u64>,
-    /// Faults holding the node out of the cluster after a graceful leave (`churn`).
+    /// Faults holding the node out of the cluster after a graceful leave (`all`).
     leave_holds: BTreeSet<u64>,
     /// How far the node's clock is ahead of the world's.
     offset: Duration,
@@ -354,6 +389,7 @@ struct World {
     queue: BinaryHeap<Reverse<Scheduled>>,
     rng: StdRng,
     net: Net,
+    links: Links,
     nodes: Vec<SimNode>,
     holds: BTreeMap<u64, Hold>,
     next_fault: u64,
@@ -399,7 +435,7 @@ pub fn run(cfg: &SimConfig) -> SimReport {
 impl World {
     fn new(cfg: SimConfig) -> Self {
         let rng = StdRng::seed_from_u64(cfg.seed);
-        let spares = if cfg.faults == FaultProfile::Churn { nemesis::CHURN_SPARES } else { 0 };
+        let spares = if cfg.faults == FaultProfile::All { nemesis::CHURN_SPARES } else { 0 };
         let nodes = (0..cfg.nodes + spares)
             .map(|i| {
                 let name = format!("n{i}");
@@ -426,6 +462,7 @@ impl World {
             })
             .collect();
         let client_stop = us(cfg.duration.saturating_sub(CLIENT_STOP_BEFORE_END));
+        let links = Links::new(queue_config(&cfg));
         Self {
             cfg,
             base: Instant::now(),
@@ -434,6 +471,7 @@ impl World {
             queue: BinaryHeap::new(),
             rng,
             net: Net::default(),
+            links,
             nodes,
             holds: BTreeMap::new(),
             next_fault: 1,
@@ -623,6 +661,7 @@ impl World {
             Ev::FaultEnd(id) => self.fault_end(id),
             Ev::FinalHeal => self.final_heal(),
             Ev::StableCheck => self.stable_check(),
+            Ev::LinkWake { from, to, lane } => self.pump(from, to, lane),
         }
     }
 
@@ -722,10 +761,36 @@ impl World {
         }
     }
 
-    fn send(&mut self, from_index: usize, to: usize, from: NodeId, kind: u8, payload: Bytes) {
+    /// Sends a frame: membership datagrams straight onto the network, everything else through
+    /// the transport's class queue of its service. False when a full queue dropped it (the
+    /// sender is told, as the transport tells its caller).
+    fn send(&mut self, from_index: usize, to: usize, from: NodeId, kind: u8, payload: Bytes) -> bool {
         let inc = self.nodes[to].id.incarnation;
-        for at in self.net.route(&mut self.rng, self.now, from_index, to) {
-            self.schedule(at, Ev::Deliver { to, inc, from: from.clone(), kind, payload: payload.clone() });
+        let Some(class) = class_of(kind) else {
+            self.route(self.now, from_index, to, Queued { kind, from, to_inc: inc, payload });
+            return true;
+        };
+        let outcome = self.links.push(from_index, to, class, Queued { kind, from, to_inc: inc, payload });
+        self.pump(from_index, to, Lane::of(class));
+        !matches!(outcome, PushOutcome::DroppedNewest(_) | PushOutcome::Refused(_))
+    }
+
+    /// The writer of one link: what it puts on the wire goes onto the network.
+    fn pump(&mut self, from: usize, to: usize, lane: Lane) {
+        let (frames, wake) = self.links.pump(self.now, from, to, lane);
+        for (at, frame) in frames {
+            self.route(at, from, to, frame);
+        }
+        if let Some(at) = wake {
+            self.schedule(at, Ev::LinkWake { from, to, lane });
+        }
+    }
+
+    /// One frame onto the network at `at`.
+    fn route(&mut self, at: u64, from_index: usize, to: usize, frame: Queued) {
+        let Queued { kind, from, to_inc, payload } = frame;
+        for t in self.net.route(&mut self.rng, at, from_index, to) {
+            self.schedule(t, Ev::Deliver { to, inc: to_inc, from: from.clone(), kind, payload: payload.clone() });
         }
     }
 
@@ -737,6 +802,7 @@ impl World {
             let name = self.nodes[i].name.clone();
             self.line(true, || format!("{name}: raft storage failed: {error}; the node stops"));
             self.nodes[i].driver = None;
+            self.links.clear_node(i);
             return;
         }
         if self.cfg.full_trace {
@@ -750,7 +816,10 @@ impl World {
         for output in outputs {
             match output {
                 Output::Transmit { to, kind, payload, unsent } => match self.index_of(&to) {
-                    Some(j) if j != i => self.send(i, j, from.clone(), kind, payload),
+                    Some(j) if j != i => {
+                        // raft drops its oldest when full: a new frame is always queued.
+                        self.send(i, j, from.clone(), kind, payload);
+                    }
                     _ => {
                         if let Some(driver) = self.nodes[i].driver.as_mut() {
                             driver.handle_unsent(unsent);
@@ -969,6 +1038,7 @@ impl World {
         self.may_evict(i);
         self.stats.leaves += 1;
         self.nodes[i].driver = None;
+        self.links.clear_node(i);
         self.nodes[i].eventual = eventual::EventualSide::default();
         self.nodes[i].pg = pg::PgSide::default();
         let now = self.node_now(i);
@@ -993,7 +1063,7 @@ impl World {
                 self.may_evict(i);
                 // The rest is cut off from it too: when the voters are down to this node alone (a
                 // ladder of one after departures), it may evict theirs.
-                if self.cfg.faults == FaultProfile::Churn {
+                if self.cfg.faults == FaultProfile::All {
                     for j in (0..n).filter(|j| *j != i) {
                         self.may_evict(j);
                     }
@@ -1046,6 +1116,7 @@ impl World {
                 if self.nodes[i].driver.take().is_some() {
                     self.stats.crashes += 1;
                 }
+                self.links.clear_node(i);
                 self.nodes[i].eventual = eventual::EventualSide::default();
                 self.nodes[i].swim = swim::SwimSide::default();
                 self.nodes[i].pg = pg::PgSide::default();
@@ -1111,6 +1182,12 @@ impl World {
                 }
                 None => "no spare node left to join".into(),
             },
+            Fault::Congest(target, bytes_per_second) => {
+                let i = self.resolve(target);
+                self.links.congest(id, i, bytes_per_second);
+                self.holds.insert(id, Hold::Congest);
+                format!("congest the links out of n{i} to {bytes_per_second} bytes/s ({target:?})")
+            }
         };
         self.line(true, || format!("fault {id} start: {description} for {:.3} s", lasts as f64 / 1e6));
         (self.now, 7u8, id).hash(&mut self.hasher);
@@ -1125,6 +1202,7 @@ impl World {
         (self.now, 8u8, id).hash(&mut self.hasher);
         match hold {
             Hold::Net => self.net.heal(id),
+            Hold::Congest => self.links.heal(id),
             Hold::Crash(i) => {
                 self.nodes[i].crash_holds.remove(&id);
                 if self.nodes[i].member && !self.nodes[i].held_down() && !self.nodes[i].running() {
@@ -1152,6 +1230,7 @@ impl World {
     fn final_heal(&mut self) {
         self.line(true, || "heal everything: partitions, loss, pauses; restart crashed and departed nodes".into());
         self.net.heal_all();
+        self.links.heal_all();
         let ids: Vec<u64> = self.holds.keys().copied().collect();
         self.holds.clear();
         for i in 0..self.nodes.len() {
@@ -1231,7 +1310,7 @@ impl World {
             recovery,
             up: self.nodes.iter().map(SimNode::up).collect(),
             cut,
-            degraded: self.net.degraded(),
+            degraded: self.net.degraded() || self.links.congested(),
         });
     }
 
@@ -1262,6 +1341,7 @@ impl World {
             verdicts.push(self.pg_converged());
         }
         self.stats.net = self.net.stats;
+        self.stats.queues = self.links.stats;
         if self.cfg.full_trace {
             for r in &self.ops {
                 let o = &r.op;
@@ -1306,6 +1386,30 @@ impl World {
             detail: format!("{} nodes applied index {applied} with {} names", members.len(), reference.len()),
         }
     }
+}
+
+/// The transport class a simulated frame kind travels in (`None`: a membership datagram, not
+/// transport traffic).
+fn class_of(kind: u8) -> Option<Class> {
+    match kind {
+        KIND_PING | swim::KIND_SWIM => None,
+        pg::KIND_PG => Some(Class::Pg),
+        k if k >= eventual::KIND_EVENTUAL_BASE => Some(Class::Registry),
+        _ => Some(Class::Raft),
+    }
+}
+
+/// The nodes' transport queue configuration: the defaults, except with the `all` profile, where
+/// every capacity is drawn between 4 and 64 frames (its own RNG stream) so that congestion
+/// fills queues within a run and their policies act.
+fn queue_config(cfg: &SimConfig) -> QueueConfig {
+    if cfg.faults != FaultProfile::All {
+        return QueueConfig::default();
+    }
+    let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x7175_6575_6573_2121);
+    let mut draw = || rng.random_range(4..=64);
+    let capacity = ClassCapacities { control: draw(), raft: draw(), pg: draw(), registry: draw(), user: draw() };
+    QueueConfig { capacity, ..QueueConfig::default() }
 }
 
 /// The voter count the ladder reaches with `nodes` eligible members (and the default

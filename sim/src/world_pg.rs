@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use cohort_actors::pg::PgConfig;
-use cohort_actors::pg::peers::{Peers, PeersConfig, SyncReason};
+use cohort_actors::pg::peers::{Peers, PeersConfig, SendFailure, SyncReason};
 use cohort_actors::pg::snapshot::ScopeTable;
 use cohort_actors::pg::state::Group;
 use cohort_actors::pg::wire::PgFrame;
@@ -98,7 +98,6 @@ impl World {
         let now = self.node_now(i);
         let from = self.nodes[i].id.clone();
         let index: BTreeMap<String, usize> = self.nodes.iter().enumerate().map(|(j, n)| (n.name.clone(), j)).collect();
-        let mut sends = Vec::new();
         {
             let side = &mut self.nodes[i].pg;
             let (Some(table), Some(peers)) = (side.table.as_ref(), side.peers.as_mut()) else { return };
@@ -112,15 +111,20 @@ impl World {
                     break;
                 }
             }
-            while let Some(transmit) = peers.poll_transmit() {
-                if let Some(&j) = index.get(&transmit.peer) {
-                    sends.push((j, transmit.bytes));
+        }
+        // Each transmit is queued before the next is polled, and a full pg queue is reported back
+        // to the driver (it resyncs the peer), as the pg scope's shell does.
+        while let Some(transmit) = self.nodes[i].pg.peers.as_mut().and_then(Peers::poll_transmit) {
+            let Some(&j) = index.get(&transmit.peer) else { continue };
+            if !self.send(i, j, from.clone(), KIND_PG, transmit.bytes) {
+                self.links.take_resync(i, j);
+                if let Some(peers) = self.nodes[i].pg.peers.as_mut() {
+                    peers.handle_send_failure(now, SendFailure::Overflowed);
                 }
             }
-            while peers.poll_event().is_some() {}
         }
-        for (j, bytes) in sends {
-            self.send(i, j, from.clone(), KIND_PG, bytes);
+        if let Some(peers) = self.nodes[i].pg.peers.as_mut() {
+            while peers.poll_event().is_some() {}
         }
     }
 

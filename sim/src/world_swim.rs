@@ -65,10 +65,10 @@ impl World {
                 return;
             }
         };
-        // Every node knows node 0's address as its seed (node 0 skips its own). With churn the
+        // Every node knows node 0's address as its seed (node 0 skips its own). With churn (`all`) the
         // first three nodes are seeds, as a real deployment lists several: a spare must be able
         // to join while node 0 is away.
-        let seeds = if self.cfg.faults == FaultProfile::Churn { 3.min(self.cfg.nodes) } else { 1 };
+        let seeds = if self.cfg.faults == FaultProfile::All { 3.min(self.cfg.nodes) } else { 1 };
         driver.handle_seeds(now, (0..seeds).map(gossip_addr));
         self.nodes[i].swim = SwimSide { driver: Some(driver), wake: Wake::default() };
         self.swim_flush(i);

@@ -92,7 +92,8 @@ fn a_deliberately_broken_fsm_is_caught_by_the_seed_budget() {
     assert!(caught.is_some(), "no seed of {} caught a second owner winning", budget());
 }
 
-/// The CI budget: seeds 1..=N of 3 and of 5 nodes with composed faults (a quarter with churn),
+/// The CI budget: seeds 1..=N of 3 and of 5 nodes with composed faults (a quarter with `all`:
+/// churn and congestion),
 /// every checker holds.
 #[test]
 fn the_ci_seed_budget_passes_on_three_and_five_nodes() {
@@ -101,9 +102,9 @@ fn the_ci_seed_budget_passes_on_three_and_five_nodes() {
     let mut inconclusive = 0;
     for nodes in [3, 5] {
         for seed in 1..=budget() {
-            // Half the budget with each membership model; a quarter (SWIM) with churn.
+            // Half the budget with each membership model; a quarter (SWIM) with `all`.
             let (membership, faults) = match seed % 4 {
-                0 => (MembershipModel::Swim, FaultProfile::Churn),
+                0 => (MembershipModel::Swim, FaultProfile::All),
                 2 => (MembershipModel::Swim, FaultProfile::Composed),
                 _ => (MembershipModel::Heartbeat, FaultProfile::Composed),
             };
@@ -122,14 +123,19 @@ fn the_ci_seed_budget_passes_on_three_and_five_nodes() {
     assert!(failed.is_empty(), "{failed:#?}");
 }
 
-/// Churn: a node that leaves gracefully is replaced in the voters and rejoins with a new
-/// incarnation; a spare that joins the running cluster ends in the leader's configuration with
-/// the same registry, and every checker holds (seed 8 of 5 nodes: three leaves, one join).
+/// `all`: a node that leaves gracefully is replaced in the voters and rejoins with a new
+/// incarnation, spares that join the running cluster end in the leader's configuration with the
+/// same registry, congested links fill the (small) class queues and drop by their policies, and
+/// every checker holds; the run replays exactly (seed 30 of 5 nodes: one leave, two joins).
 #[test]
-fn nodes_that_leave_rejoin_and_a_spare_that_joins_ends_in_the_configuration() {
-    let report = run(&SimConfig { faults: FaultProfile::Churn, ..config(8, 5) });
+fn churn_and_congestion_end_with_every_node_in_the_configuration_and_replay() {
+    let cfg = SimConfig { faults: FaultProfile::All, ..config(30, 5) };
+    let report = run(&cfg);
     assert!(report.passed(), "{}", report.summary());
-    assert_eq!((report.stats.leaves, report.stats.joins), (3, 1), "{}", report.summary());
+    assert_eq!((report.stats.leaves, report.stats.joins), (1, 2), "{}", report.summary());
+    let queues = report.stats.queues;
+    assert!(queues.dropped_oldest + queues.dropped_newest > 0, "{queues:?}");
     let converged = report.verdicts.iter().find(|v| v.name == "consistent_converged").expect("checker ran");
-    assert!(converged.detail.starts_with("6 nodes applied"), "{}", converged.detail);
+    assert!(converged.detail.starts_with("7 nodes applied"), "{}", converged.detail);
+    assert_eq!(run(&cfg).trace_hash, report.trace_hash);
 }
