@@ -43,8 +43,10 @@ pub struct SimArgs {
     /// Simulated seconds per seed (at least 40: warm-up, faults, cool-down).
     #[arg(long, value_name = "SIM_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(40..=86_400))]
     duration: u64,
-    /// Fault profile: none, partitions, crashes or composed.
-    #[arg(long, value_name = "PROFILE", default_value = "composed", value_parser = parse_profile)]
+    /// Fault profile: none, partitions, crashes, composed (partitions, crashes, pauses, clock
+    /// jumps, loss, delay), or all (composed plus nodes leaving, rejoining and joining, and
+    /// congested links on small transport queues).
+    #[arg(long, value_name = "PROFILE", default_value = "all", value_parser = parse_profile)]
     faults: FaultProfile,
     /// Membership the nodes run: swim (the production foca driver) or heartbeat (a simple failure detector).
     #[arg(long, value_name = "MODEL", default_value = "swim", value_parser = parse_membership)]

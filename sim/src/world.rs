@@ -116,7 +116,8 @@ pub struct SimConfig {
     pub nodes: usize,
     /// Simulated duration (at least [`MIN_DURATION`]).
     pub duration: Duration,
-    /// Which faults the nemesis composes.
+    /// Which faults the nemesis composes. The default stays `composed` (the stored regression
+    /// seeds of `sim/tests/seeds.rs` replay with it); `cohort sim` defaults to `all`.
     pub faults: FaultProfile,
     /// Which membership the nodes run.
     pub membership: MembershipModel,
