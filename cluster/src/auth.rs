@@ -192,6 +192,11 @@ impl ClusterSecret {
         self.bytes.is_empty()
     }
 
+    /// The secret's bytes, as key derivation input (see [`crate::secure::Keyring`]).
+    pub(crate) fn key_material(&self) -> &[u8] {
+        &self.bytes
+    }
+
     /// A fresh HMAC keyed with the secret, already fed `label`.
     fn mac(&self, label: &[u8]) -> HmacSha256 {
         let mut mac = self.keyed.clone();

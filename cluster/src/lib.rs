@@ -24,6 +24,7 @@ pub mod member;
 pub mod membership;
 pub mod net;
 pub mod queue;
+pub mod secure;
 
 pub use identity::NodeId;
 pub use member::{MemberAddrs, MemberInfo, MemberState, MemberView, MembershipEvent};
