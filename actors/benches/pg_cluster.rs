@@ -47,6 +47,7 @@ use cohort_actors::process::{ProcessConfig, Processes};
 use cohort_actors::{ExitSignal, Pid};
 use cohort_cluster::auth::ClusterSecret;
 use cohort_cluster::net::transport::{Transport, TransportConfig};
+use cohort_cluster::secure::Keyring;
 use cohort_cluster::{FaultInjector, MemberAddrs, MemberInfo, NodeId};
 use prometheus::Registry;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -230,8 +231,7 @@ impl Node {
             };
             let transport = Transport::start(
                 id.clone(),
-                "pg-bench",
-                secret,
+                Keyring::new("pg-bench", &secret, None),
                 listener,
                 FaultInjector::disabled(),
                 transport_config,

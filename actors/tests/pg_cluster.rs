@@ -21,6 +21,7 @@ use cohort_cluster::auth::ClusterSecret;
 use cohort_cluster::faults::{Direction, FaultRule, FaultRules};
 use cohort_cluster::net::transport::{Transport, TransportConfig};
 use cohort_cluster::queue::Class;
+use cohort_cluster::secure::Keyring;
 use cohort_cluster::{FaultInjector, MemberAddrs, MemberInfo, NodeId};
 use prometheus::Registry;
 
@@ -165,8 +166,16 @@ async fn start_node_with(name: &str, config: PgConfig, transport: TransportConfi
     let faults = FaultInjector::enabled();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let secret = ClusterSecret::from_bytes(&[7; 32]).unwrap();
-    let transport =
-        Transport::start(id.clone(), "pg-test", secret, listener, faults.clone(), transport, &registry).await.unwrap();
+    let transport = Transport::start(
+        id.clone(),
+        Keyring::new("pg-test", &secret, None),
+        listener,
+        faults.clone(),
+        transport,
+        &registry,
+    )
+    .await
+    .unwrap();
     let host = FakeHost::new(id.clone());
     let supervision = SupervisorMetrics::register(&registry).unwrap();
     let pg =

@@ -15,6 +15,7 @@ use cohort_actors::process::{
 use cohort_cluster::auth::ClusterSecret;
 use cohort_cluster::net::transport::{Transport, TransportConfig};
 use cohort_cluster::queue::Class;
+use cohort_cluster::secure::Keyring;
 use cohort_cluster::{FaultInjector, MemberAddrs, MemberInfo, NodeId};
 use prometheus::Registry;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -224,10 +225,16 @@ async fn networked(name: &str) -> Networked {
     };
     let secret = ClusterSecret::from_bytes(&[7; 32]).unwrap();
     let id = NodeId::new(name, 1);
-    let transport =
-        Transport::start(id.clone(), "test", secret, listener, FaultInjector::disabled(), config, &registry)
-            .await
-            .unwrap();
+    let transport = Transport::start(
+        id.clone(),
+        Keyring::new("test", &secret, None),
+        listener,
+        FaultInjector::disabled(),
+        config,
+        &registry,
+    )
+    .await
+    .unwrap();
     let processes = Processes::start(id, Some(transport.clone()), small_config(), &registry).await.unwrap();
     Networked { processes, transport, registry }
 }

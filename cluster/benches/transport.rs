@@ -25,6 +25,7 @@ use cohort_cluster::auth::ClusterSecret;
 use cohort_cluster::frame::{FrameDecoder, MAX_FRAME_BYTES, encode_into};
 use cohort_cluster::net::transport::{SendError, Transport, TransportConfig};
 use cohort_cluster::queue::Class;
+use cohort_cluster::secure::Keyring;
 use cohort_cluster::{FaultInjector, MemberAddrs, MemberInfo, NodeId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::runtime::Runtime;
@@ -86,8 +87,7 @@ fn start_pair(config: &TransportConfig) -> Pair {
         let registry = prometheus::Registry::new();
         rt.block_on(Transport::start(
             NodeId::new(name, 1),
-            CLUSTER,
-            secret.clone(),
+            Keyring::new(CLUSTER, &secret, None),
             listener,
             FaultInjector::disabled(),
             config.clone(),

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use cohort_cluster::auth::ClusterSecret;
 use cohort_cluster::faults::{Direction, FaultRule, FaultRules};
 use cohort_cluster::membership::{Membership, MembershipConfig, MembershipEvents};
+use cohort_cluster::secure::Keyring;
 use cohort_cluster::{FaultInjector, MemberAddrs, MemberInfo, MemberState, MembershipEvent, NodeId};
 
 const CLUSTER: &str = "test";
@@ -54,6 +55,18 @@ impl Node {
     fn seed(&self) -> String {
         self.gossip.to_string()
     }
+
+    /// One series of a counter family.
+    fn counter_with(&self, family: &str, label: &str, value: &str) -> f64 {
+        self.registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == family)
+            .flat_map(|f| f.get_metric().iter())
+            .filter(|m| m.get_label().iter().any(|l| l.name() == label && l.value() == value))
+            .map(|m| m.get_counter().get_value())
+            .sum()
+    }
 }
 
 async fn start_node(
@@ -74,7 +87,10 @@ async fn start_node(
     let registry = prometheus::Registry::new();
     let faults = FaultInjector::enabled();
     let config = MembershipConfig { seeds, ..config };
-    let membership = Membership::start(info, CLUSTER, secret, socket, faults.clone(), config, &registry).await.unwrap();
+    let membership =
+        Membership::start(info, Keyring::new(CLUSTER, &secret, None), socket, faults.clone(), config, &registry)
+            .await
+            .unwrap();
     Node { name: name.to_owned(), membership, registry, faults, gossip }
 }
 
@@ -251,10 +267,16 @@ async fn node_with_the_wrong_secret_never_joins_and_is_counted() {
     };
     let config = MembershipConfig { seeds: vec![nodes[1].seed()], ..MembershipConfig::default() };
     let registry = prometheus::Registry::new();
-    let other =
-        Membership::start(info, "another-cluster", secret(1), socket, FaultInjector::disabled(), config, &registry)
-            .await
-            .unwrap();
+    let other = Membership::start(
+        info,
+        Keyring::new("another-cluster", &secret(1), None),
+        socket,
+        FaultInjector::disabled(),
+        config,
+        &registry,
+    )
+    .await
+    .unwrap();
     eventually("the other cluster's datagrams are refused", Duration::from_secs(5), || {
         nodes[1].counter("cohort_gossip_auth_failures_total") > 0.0
     })
@@ -459,4 +481,32 @@ async fn measure_false_positives_under_cpu_saturation() {
          health factors at the end {factors:?}"
     );
     assert_eq!(downs, 0);
+}
+
+/// Wire security (issue 14): a gossip datagram sealed with the cluster's key is accepted once;
+/// the same datagram again is refused as `replayed`, one sent a minute ago as `stale`, one
+/// altered in flight as `bad_tag`, and each is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_stale_and_altered_gossip_datagrams_are_refused_and_counted() {
+    let node = start_node("g-target", 1, Vec::new(), secret(1), MembershipConfig::default()).await;
+    let keys = Keyring::new(CLUSTER, &secret(1), None);
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let attacker = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let refused = |reason: &str| node.counter_with("cohort_gossip_auth_failures_total", "reason", reason);
+
+    let captured = cohort_cluster::secure::seal_datagram(&keys, now_ms, b"\x01\x00\x01x", &mut rand::rng());
+    attacker.send_to(&captured, node.gossip).unwrap();
+    attacker.send_to(&captured, node.gossip).unwrap();
+    eventually("the replay is refused", Duration::from_secs(5), || refused("replayed") == 1.0).await;
+
+    let old = cohort_cluster::secure::seal_datagram(&keys, now_ms - 60_000, b"\x01\x00\x01x", &mut rand::rng());
+    attacker.send_to(&old, node.gossip).unwrap();
+    eventually("the old datagram is refused", Duration::from_secs(5), || refused("stale") == 1.0).await;
+
+    let mut altered = cohort_cluster::secure::seal_datagram(&keys, now_ms, b"\x01\x00\x01x", &mut rand::rng());
+    let last = altered.len() - 1;
+    altered[last] ^= 1;
+    attacker.send_to(&altered, node.gossip).unwrap();
+    eventually("the altered datagram is refused", Duration::from_secs(5), || refused("bad_tag") == 1.0).await;
+    assert_eq!(node.view().len(), 1, "nothing reached membership");
 }

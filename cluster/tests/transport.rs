@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use cohort_cluster::auth::{ClusterSecret, Hello, InitiatorHandshake, ResponderHandshake, random_nonce};
+use cohort_cluster::auth::ClusterSecret;
 use cohort_cluster::faults::{Direction, FaultRule, FaultRules};
 use cohort_cluster::frame::{Frame, FrameDecoder, MAX_FRAME_BYTES, encode_into};
 use cohort_cluster::net::transport::{
@@ -14,6 +14,7 @@ use cohort_cluster::net::transport::{
     TransportConfig,
 };
 use cohort_cluster::queue::Class;
+use cohort_cluster::secure::{Initiator, Keyring, Opener, Responder, Sealer};
 use cohort_cluster::{FaultInjector, MemberAddrs, MemberInfo, NodeId};
 use prometheus::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,6 +27,10 @@ const CLUSTER: &str = "test-cluster";
 
 fn secret() -> ClusterSecret {
     ClusterSecret::from_bytes(&[7; 32]).unwrap()
+}
+
+fn keys() -> Keyring {
+    Keyring::new(CLUSTER, &secret(), None)
 }
 
 fn fast_config() -> TransportConfig {
@@ -92,7 +97,10 @@ async fn start_on(
 ) -> Node {
     let registry = Registry::new();
     let faults = FaultInjector::enabled();
-    let transport = Transport::start(id, cluster, secret, listener, faults.clone(), config, &registry).await.unwrap();
+    let transport =
+        Transport::start(id, Keyring::new(cluster, &secret, None), listener, faults.clone(), config, &registry)
+            .await
+            .unwrap();
     Node { transport, registry, faults }
 }
 
@@ -150,65 +158,96 @@ fn dead_addr() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
-/// Dials `addr` and runs the initiator handshake by hand, as a peer named `name`.
-async fn handshake_by_hand(addr: SocketAddr, name: &str) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let hello = Hello::new(CLUSTER, NodeId::new(name, 1), random_nonce(&mut rand::rng()));
-    let (initiator, hello) = InitiatorHandshake::start(hello).unwrap();
-    write_control(&mut stream, KIND_HELLO, &hello).await;
-    let decoder = FrameDecoder::new(1024);
-    let mut buf = BytesMut::new();
-    let ack = loop {
-        if let Some(frame) = decoder.decode(&mut buf).unwrap() {
-            assert_eq!((frame.class, frame.kind), (Class::Control, KIND_HELLO_ACK));
-            break frame.payload;
-        }
-        assert!(stream.read_buf(&mut buf).await.unwrap() > 0, "closed during the handshake");
-    };
-    let (established, proof) = initiator.on_ack(&secret(), &ack).unwrap();
-    assert_eq!(established.peer.name, "b");
-    write_control(&mut stream, KIND_PROOF, &proof).await;
-    stream
+/// A connection dialled and authenticated by hand: frames written on it are sealed.
+struct ByHand {
+    stream: TcpStream,
+    sealer: Sealer,
 }
 
-/// Reads the next frame off `stream` (what was already read stays in `buf`).
-async fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> Frame {
-    let decoder = FrameDecoder::new(MAX_FRAME_BYTES);
+impl ByHand {
+    /// Seals `plaintext` (encoded frames, or garbage) into one record and writes it.
+    async fn write_sealed(&mut self, plaintext: &[u8]) {
+        let mut records = BytesMut::new();
+        self.sealer.seal(plaintext, &mut records).unwrap();
+        self.stream.write_all(&records).await.unwrap();
+    }
+
+    async fn write_frame(&mut self, class: Class, kind: u8, payload: &[u8]) {
+        let mut wire = BytesMut::new();
+        encode_into(&mut wire, class, kind, payload, MAX_FRAME_BYTES).unwrap();
+        self.write_sealed(&wire).await;
+    }
+}
+
+/// Reads the next handshake frame off `stream` (what was already read stays in `buf`).
+async fn read_control(stream: &mut TcpStream, buf: &mut BytesMut) -> Frame {
+    let decoder = FrameDecoder::new(1024);
     loop {
         if let Some(frame) = decoder.decode(buf).unwrap() {
             return frame;
         }
-        let read = tokio::time::timeout(DEADLINE, stream.read_buf(buf)).await.expect("timed out waiting for a frame");
-        assert!(read.unwrap() > 0, "connection closed");
+        let read = tokio::time::timeout(DEADLINE, stream.read_buf(buf)).await.expect("timed out in the handshake");
+        assert!(read.unwrap() > 0, "closed during the handshake");
+    }
+}
+
+/// Dials `addr` and runs the initiator handshake by hand, as a peer named `name`.
+async fn handshake_by_hand(addr: SocketAddr, name: &str) -> ByHand {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let (initiator, hello) = Initiator::start(&keys(), &NodeId::new(name, 1), KIND_HELLO).unwrap();
+    write_control(&mut stream, KIND_HELLO, &hello).await;
+    let ack = read_control(&mut stream, &mut BytesMut::new()).await;
+    assert_eq!((ack.class, ack.kind), (Class::Control, KIND_HELLO_ACK));
+    let (established, confirm, sealer) = initiator.on_ack(&ack.payload).unwrap();
+    assert_eq!(established.peer.name, "b");
+    write_control(&mut stream, KIND_PROOF, &confirm).await;
+    ByHand { stream, sealer }
+}
+
+/// An accepted connection answered by hand: its records are opened as they are read.
+struct Accepted {
+    stream: TcpStream,
+    raw: BytesMut,
+    plain: BytesMut,
+    opener: Opener,
+}
+
+impl Accepted {
+    /// Reads the next frame.
+    async fn read_frame(&mut self) -> Frame {
+        let decoder = FrameDecoder::new(MAX_FRAME_BYTES);
+        loop {
+            self.opener.open(&mut self.raw, &mut self.plain).unwrap();
+            if let Some(frame) = decoder.decode(&mut self.plain).unwrap() {
+                return frame;
+            }
+            let read = tokio::time::timeout(DEADLINE, self.stream.read_buf(&mut self.raw))
+                .await
+                .expect("timed out waiting for a frame");
+            assert!(read.unwrap() > 0, "connection closed");
+        }
     }
 }
 
 /// Accepts one connection on `listener` and answers its handshake by hand as node "b". Returns
-/// the frame kind of the initiator's hello (it names the link), the stream, and whatever
-/// followed the proof.
-async fn accept_by_hand(listener: &tokio::net::TcpListener) -> (u8, TcpStream, BytesMut) {
+/// the frame kind of the initiator's hello (it names the link) and the connection.
+async fn accept_by_hand(listener: &tokio::net::TcpListener) -> (u8, Accepted) {
     let (mut stream, _) = tokio::time::timeout(DEADLINE, listener.accept()).await.expect("no dial").unwrap();
-    let mut buf = BytesMut::new();
-    let hello = read_frame(&mut stream, &mut buf).await;
+    let mut raw = BytesMut::new();
+    let hello = read_control(&mut stream, &mut raw).await;
     assert_eq!(hello.class, Class::Control);
-    let own = Hello::new(CLUSTER, NodeId::new("b", 1), random_nonce(&mut rand::rng()));
-    let (responder, ack) = ResponderHandshake::new(own).unwrap().on_hello(&secret(), &hello.payload).unwrap();
+    let (awaiting, ack) = Responder::on_hello(&keys(), &NodeId::new("b", 1), hello.kind, &hello.payload).unwrap();
     write_control(&mut stream, KIND_HELLO_ACK, &ack).await;
-    let proof = read_frame(&mut stream, &mut buf).await;
-    assert_eq!((proof.class, proof.kind), (Class::Control, KIND_PROOF));
-    assert_eq!(responder.on_proof(&secret(), &proof.payload).unwrap().peer.name, "a");
-    (hello.kind, stream, buf)
+    let confirm = read_control(&mut stream, &mut raw).await;
+    assert_eq!((confirm.class, confirm.kind), (Class::Control, KIND_PROOF));
+    let (peer, opener) = awaiting.on_confirm(&confirm.payload).unwrap();
+    assert_eq!(peer.peer.name, "a");
+    (hello.kind, Accepted { stream, raw, plain: BytesMut::new(), opener })
 }
 
 async fn write_control(stream: &mut TcpStream, kind: u8, message: &[u8]) {
     let mut wire = BytesMut::new();
     encode_into(&mut wire, Class::Control, kind, message, 1024).unwrap();
-    stream.write_all(&wire).await.unwrap();
-}
-
-async fn write_frame(stream: &mut TcpStream, class: Class, kind: u8, payload: &[u8]) {
-    let mut wire = BytesMut::new();
-    encode_into(&mut wire, class, kind, payload, MAX_FRAME_BYTES).unwrap();
     stream.write_all(&wire).await.unwrap();
 }
 
@@ -361,7 +400,7 @@ async fn garbage_on_the_listener_is_refused_counted_and_good_peers_still_work() 
     eventually("oversized counted", || b.handshake_failures("oversized") >= 1.0).await;
 
     // Half a hello, then the connection closes.
-    let hello = Hello::new(CLUSTER, NodeId::new("x", 1), random_nonce(&mut rand::rng())).encode().unwrap();
+    let (_, hello) = Initiator::start(&keys(), &NodeId::new("x", 1), KIND_HELLO).unwrap();
     let mut wire = BytesMut::new();
     encode_into(&mut wire, Class::Control, KIND_HELLO, &hello, 1024).unwrap();
     let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -390,34 +429,89 @@ async fn malformed_frame_after_handshake_closes_the_connection_and_the_peer_reco
     let mut at_b = b.transport.subscribe(Class::Raft).unwrap();
     let addr = b.transport.local_addr();
 
-    let mut stream = handshake_by_hand(addr, "mallory").await;
-    write_frame(&mut stream, Class::Raft, 1, b"first").await;
+    let mut conn = handshake_by_hand(addr, "mallory").await;
+    conn.write_frame(Class::Raft, 1, b"first").await;
     let got = recv(&mut at_b).await;
     assert_eq!((got.from.name.as_str(), &got.payload[..]), ("mallory", &b"first"[..]));
     eventually("accepted", || b.metric("cohort_internode_connections", &[("state", "accepted")]) == 1.0).await;
 
     // Oversized frame: 16 MiB + 1.
-    stream.write_all(&((MAX_FRAME_BYTES as u32) + 1).to_be_bytes()).await.unwrap();
-    closed_by_peer(&mut stream).await;
+    conn.write_sealed(&((MAX_FRAME_BYTES as u32) + 1).to_be_bytes()).await;
+    closed_by_peer(&mut conn.stream).await;
     eventually("too_large counted", || {
         b.metric("cohort_internode_frame_errors_total", &[("reason", "too_large")]) == 1.0
     })
     .await;
 
     // The peer reconnects; an unknown class code closes that connection too.
-    let mut stream = handshake_by_hand(addr, "mallory").await;
-    write_frame(&mut stream, Class::Raft, 1, b"second").await;
+    let mut conn = handshake_by_hand(addr, "mallory").await;
+    conn.write_frame(Class::Raft, 1, b"second").await;
     assert_eq!(&recv(&mut at_b).await.payload[..], b"second");
-    stream.write_all(&[0, 0, 0, 2, 9, 0]).await.unwrap();
-    closed_by_peer(&mut stream).await;
+    conn.write_sealed(&[0, 0, 0, 2, 9, 0]).await;
+    closed_by_peer(&mut conn.stream).await;
     eventually("unknown_class counted", || {
         b.metric("cohort_internode_frame_errors_total", &[("reason", "unknown_class")]) == 1.0
     })
     .await;
 
-    let mut stream = handshake_by_hand(addr, "mallory").await;
-    write_frame(&mut stream, Class::Raft, 1, b"third").await;
+    let mut conn = handshake_by_hand(addr, "mallory").await;
+    conn.write_frame(Class::Raft, 1, b"third").await;
     assert_eq!(&recv(&mut at_b).await.payload[..], b"third");
+    b.transport.shutdown().await;
+}
+
+/// Wire security (issue 14): frames that are not sealed records of this connection are refused
+/// and counted, and close the connection: a plaintext frame, a record replayed on the same
+/// connection, a record with one bit flipped, and a record captured on one connection and
+/// replayed on another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_replayed_tampered_and_transplanted_records_are_refused_and_counted() {
+    let b = start_node("b", CLUSTER, secret(), fast_config()).await;
+    let mut at_b = b.transport.subscribe(Class::Raft).unwrap();
+    let addr = b.transport.local_addr();
+    let auth_failures = || b.metric("cohort_internode_frame_errors_total", &[("reason", "record_auth")]);
+
+    // A plaintext frame after the handshake (the old protocol's traffic): not a record.
+    let mut conn = handshake_by_hand(addr, "mallory").await;
+    let mut wire = BytesMut::new();
+    encode_into(&mut wire, Class::Raft, 1, b"plain", MAX_FRAME_BYTES).unwrap();
+    conn.stream.write_all(&wire).await.unwrap();
+    closed_by_peer(&mut conn.stream).await;
+    eventually("plaintext counted", || {
+        b.metric("cohort_internode_frame_errors_total", &[("reason", "record_length")]) == 1.0
+    })
+    .await;
+
+    // A record replayed on its own connection: its nonce has passed.
+    let mut conn = handshake_by_hand(addr, "mallory").await;
+    let mut frame = BytesMut::new();
+    encode_into(&mut frame, Class::Raft, 1, b"once", MAX_FRAME_BYTES).unwrap();
+    let mut record = BytesMut::new();
+    conn.sealer.seal(&frame, &mut record).unwrap();
+    conn.stream.write_all(&record).await.unwrap();
+    assert_eq!(&recv(&mut at_b).await.payload[..], b"once");
+    conn.stream.write_all(&record).await.unwrap();
+    closed_by_peer(&mut conn.stream).await;
+    eventually("replay counted", || auth_failures() >= 1.0).await;
+
+    // One bit flipped in a record.
+    let mut conn = handshake_by_hand(addr, "mallory").await;
+    let mut record = BytesMut::new();
+    conn.sealer.seal(&frame, &mut record).unwrap();
+    let last = record.len() - 1;
+    record[last] ^= 0x01;
+    conn.stream.write_all(&record).await.unwrap();
+    closed_by_peer(&mut conn.stream).await;
+    eventually("tampering counted", || auth_failures() >= 2.0).await;
+
+    // A record captured on one connection, replayed on a fresh one (other session keys).
+    let mut captured = BytesMut::new();
+    handshake_by_hand(addr, "mallory").await.sealer.seal(&frame, &mut captured).unwrap();
+    let mut conn = handshake_by_hand(addr, "mallory").await;
+    conn.stream.write_all(&captured).await.unwrap();
+    closed_by_peer(&mut conn.stream).await;
+    eventually("transplant counted", || auth_failures() >= 3.0).await;
+    assert!(at_b.try_recv().is_err(), "nothing but the one honest frame was delivered");
     b.transport.shutdown().await;
 }
 
@@ -523,14 +617,14 @@ async fn raft_and_control_use_the_priority_link_and_arrive_while_the_bulk_link_i
     a.transport.peer_up(&member_at(NodeId::new("b", 1), listener.local_addr().unwrap()));
     let (mut priority, mut bulk) = (None, None);
     while priority.is_none() || bulk.is_none() {
-        let (kind, stream, buf) = accept_by_hand(&listener).await;
+        let (kind, accepted) = accept_by_hand(&listener).await;
         match kind {
-            KIND_HELLO => priority = Some((stream, buf)),
-            KIND_HELLO_BULK => bulk = Some((stream, buf)),
+            KIND_HELLO => priority = Some(accepted),
+            KIND_HELLO_BULK => bulk = Some(accepted),
             other => panic!("hello of unknown kind {other}"),
         }
     }
-    let ((mut priority, mut priority_buf), (mut bulk, mut bulk_buf)) = (priority.unwrap(), bulk.unwrap());
+    let (mut priority, mut bulk) = (priority.unwrap(), bulk.unwrap());
     eventually("both links connected", || connected(&a, "b")).await;
 
     a.transport.send("b", Class::Pg, 1, seq(0)).unwrap();
@@ -556,7 +650,7 @@ async fn raft_and_control_use_the_priority_link_and_arrive_while_the_bulk_link_i
     }
     let (mut next_raft, mut next_control) = (0, 0);
     while next_raft < N || next_control < N {
-        let frame = read_frame(&mut priority, &mut priority_buf).await;
+        let frame = priority.read_frame().await;
         let n = u32::from_be_bytes(frame.payload[..4].try_into().unwrap());
         match (frame.class, frame.kind) {
             (Class::Raft, 4) => {
@@ -579,7 +673,7 @@ async fn raft_and_control_use_the_priority_link_and_arrive_while_the_bulk_link_i
     // The bulk link carries the weighted classes, in their drain order.
     let mut classes = Vec::new();
     for _ in 0..3 {
-        classes.push(read_frame(&mut bulk, &mut bulk_buf).await.class);
+        classes.push(bulk.read_frame().await.class);
     }
     assert_eq!(classes, [Class::Pg, Class::Registry, Class::User]);
     a.transport.shutdown().await;
@@ -762,8 +856,7 @@ fn random_byte_streams_never_panic_the_handshake_or_frame_reader() {
                 let transport = b.transport.clone();
                 let served = tokio::spawn(async move { transport.serve_inbound(theirs).await });
                 if authenticate {
-                    let hello = Hello::new(CLUSTER, NodeId::new("fuzz", 1), random_nonce(&mut rand::rng()));
-                    let (initiator, hello) = InitiatorHandshake::start(hello).unwrap();
+                    let (initiator, hello) = Initiator::start(&keys(), &NodeId::new("fuzz", 1), KIND_HELLO).unwrap();
                     let mut wire = BytesMut::new();
                     encode_into(&mut wire, Class::Control, KIND_HELLO, &hello, 1024).unwrap();
                     ours.write_all(&wire).await.unwrap();
@@ -774,10 +867,17 @@ fn random_byte_streams_never_panic_the_handshake_or_frame_reader() {
                         }
                         ours.read_buf(&mut buf).await.unwrap();
                     };
-                    let (_, proof) = initiator.on_ack(&secret(), &ack).unwrap();
+                    let (_, confirm, mut sealer) = initiator.on_ack(&ack).unwrap();
                     wire.clear();
-                    encode_into(&mut wire, Class::Control, KIND_PROOF, &proof, 1024).unwrap();
+                    encode_into(&mut wire, Class::Control, KIND_PROOF, &confirm, 1024).unwrap();
                     ours.write_all(&wire).await.unwrap();
+                    // Random frames inside valid records reach the frame decoder; random bytes
+                    // outside records are refused as records.
+                    if bytes.first().is_some_and(|b| b % 2 == 0) {
+                        wire.clear();
+                        sealer.seal(&bytes, &mut wire).unwrap();
+                        let _ = ours.write_all(&wire).await;
+                    }
                 }
                 let _ = ours.write_all(&bytes).await;
                 drop(ours);

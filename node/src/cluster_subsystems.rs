@@ -19,6 +19,7 @@ use cohort_actors::supervisor::{ChildError, StopSignal};
 use cohort_cluster::auth::ClusterSecret;
 use cohort_cluster::membership::{EventRecvError, Membership, MembershipConfig};
 use cohort_cluster::net::transport::{Transport, TransportConfig};
+use cohort_cluster::secure::Keyring;
 use cohort_cluster::{FaultInjector, MemberAddrs, MemberInfo, MemberState, MembershipEvent, NodeId};
 use cohort_registry::Registry;
 
@@ -85,6 +86,8 @@ pub(crate) async fn start(
     registry: &prometheus::Registry,
 ) -> Result<ClusterHandles, ClusterStartError> {
     let secret = load_secret(config)?;
+    // The keys of the wire (issue 14): derived per purpose and bound to the cluster name.
+    let keys = Keyring::new(&config.cluster_name, &secret, None);
     let local = MemberInfo {
         id: id.clone(),
         addrs,
@@ -92,20 +95,11 @@ pub(crate) async fn start(
         failure_domain: config.failure_domain.clone(),
     };
     let membership_config = MembershipConfig { seeds: config.seeds.clone(), ..MembershipConfig::default() };
-    let membership = Membership::start(
-        local,
-        &config.cluster_name,
-        secret.clone(),
-        gossip_socket,
-        faults.clone(),
-        membership_config,
-        registry,
-    )
-    .await?;
+    let membership =
+        Membership::start(local, keys.clone(), gossip_socket, faults.clone(), membership_config, registry).await?;
     let transport = match Transport::start(
         id.clone(),
-        &config.cluster_name,
-        secret,
+        keys,
         internode_listener,
         faults.clone(),
         TransportConfig::default(),

@@ -22,6 +22,7 @@
 //!
 //! ```
 //! use cohort_cluster::auth::ClusterSecret;
+//! use cohort_cluster::secure::Keyring;
 //! use cohort_cluster::membership::{Membership, MembershipConfig};
 //! use cohort_cluster::{FaultInjector, MemberAddrs, MemberInfo, MemberState, NodeId};
 //!
@@ -34,11 +35,11 @@
 //!     raft_eligible: true,
 //!     failure_domain: String::new(),
 //! };
-//! let secret = ClusterSecret::generate();
+//! let keys = Keyring::new("demo", &ClusterSecret::generate(), None);
 //! let registry = prometheus::Registry::new();
 //! // No seeds: the first node of a cluster. Others would list `gossip` in their seeds.
 //! let membership = Membership::start(
-//!     local, "demo", secret, socket, FaultInjector::disabled(), MembershipConfig::default(), &registry,
+//!     local, keys, socket, FaultInjector::disabled(), MembershipConfig::default(), &registry,
 //! )
 //! .await
 //! .unwrap();
@@ -80,10 +81,10 @@ use rand::RngExt;
 use thiserror::Error;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use crate::auth::ClusterSecret;
 use crate::member::MAX_FAILURE_DOMAIN_LEN;
 use crate::net::FaultInjector;
-use crate::net::gossip::{GossipMetrics, GossipSocket, MAX_SENDER_NAME_BYTES, cluster_key};
+use crate::net::gossip::{GossipMetrics, GossipSocket, MAX_SENDER_NAME_BYTES};
+use crate::secure::Keyring;
 use crate::{MemberInfo, MemberState, MemberView, MembershipEvent};
 
 mod actor;
@@ -384,25 +385,23 @@ impl Membership {
     /// Starts the membership actor on the current tokio runtime.
     ///
     /// `socket` is already bound by the node (port 0 allowed); `local.addrs.gossip` must be the
-    /// address peers reach it at (the bound address, resolved, not port 0). `cluster_name` and
-    /// `secret` must match the other nodes': datagrams of another cluster or secret are refused
-    /// and counted. Metrics are registered into `registry`, every series at 0.
+    /// address peers reach it at (the bound address, resolved, not port 0). The cluster name and
+    /// secret of `keys` must match the other nodes': datagrams of another cluster or secret are
+    /// refused and counted. Metrics are registered into `registry`, every series at 0.
     pub async fn start(
         local: MemberInfo,
-        cluster_name: &str,
-        secret: ClusterSecret,
+        keys: Keyring,
         socket: std::net::UdpSocket,
         faults: FaultInjector,
         config: MembershipConfig,
         registry: &prometheus::Registry,
     ) -> Result<Self, MembershipError> {
+        let cluster_name = keys.cluster();
         if cluster_name.is_empty() || cluster_name.len() > MAX_CLUSTER_NAME_BYTES {
             return Err(MembershipError::InvalidClusterName);
         }
         let settings = DriverSettings::from_config(&config)?;
         validate_local(&GossipIdentity::new(local.clone()), settings.max_packet())?;
-        let key = cluster_key(&secret, cluster_name)
-            .map_err(|_| MembershipError::InvalidConfig { field: "secret", reason: "cannot derive the gossip key" })?;
 
         socket.set_nonblocking(true)?;
         let socket = tokio::net::UdpSocket::from_std(socket)?;
@@ -410,7 +409,7 @@ impl Membership {
         let metrics = MembershipMetrics::register(registry)?;
         let socket = GossipSocket::new(
             socket,
-            key,
+            keys,
             faults,
             gossip_metrics,
             config.max_datagram_bytes,

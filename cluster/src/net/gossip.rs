@@ -3,9 +3,13 @@
 //! Role: the only code that touches the membership actor's UDP socket. Outbound, it wraps a body
 //! (a foca packet or a discovery message) in an envelope, seals it with the cluster's gossip key
 //! and passes it through the node's [`FaultInjector`]; inbound, it does the same in reverse and
-//! hands the actor only authenticated, well-formed envelopes that the fault plan let through.
+//! hands the actor only authenticated, fresh, well-formed envelopes that the fault plan let
+//! through.
 //!
-//! Wire format (SPEC 5.1), inside [`crate::auth::seal`] (`payload | HMAC tag`):
+//! Wire format (SPEC 5.1), encrypted inside [`crate::secure::seal_datagram`] (`version 2 | nonce
+//! | XChaCha20-Poly1305(send time | envelope)`, with the per-cluster gossip key of the
+//! [`Keyring`]; a datagram sent more than [`GOSSIP_WINDOW_MS`] from the receiver's clock, or
+//! seen before, is refused):
 //!
 //! ```text
 //! version u8 (= 1) | kind u8 | name_len u8 | sender node name (UTF-8, 1..=255 bytes) | body
@@ -17,15 +21,14 @@
 //! outside the foca packet so the receiver can apply `FaultInjector::decide(sender, In)` before
 //! foca decodes anything.
 //!
-//! Cluster separation: the tag is keyed with a per-cluster key, `HMAC(secret, gossip label |
-//! "cohort gossip cluster key v1\0" | cluster name)` (computed with [`crate::auth::seal`], see
-//! `cluster_key`), so two clusters sharing a secret but not a name never accept each other's
-//! datagrams, at zero bytes per packet. The derivation input starts with `'c'` while every
-//! envelope starts with the version byte `1`, so no tag ever sent on the wire equals a derived key.
+//! Cluster separation: the gossip key is derived from the secret and the cluster name (see
+//! [`crate::secure`]), so two clusters sharing a secret but not a name never accept each other's
+//! datagrams, at zero bytes per packet.
 //!
 //! Invariants: lengths are checked before reading; nothing here panics on any datagram; every
 //! refused datagram is counted in `cohort_gossip_dropped_total{reason}` or
-//! `cohort_gossip_auth_failures_total{reason}`; datagrams held back by a `Delay` verdict are
+//! `cohort_gossip_auth_failures_total{reason}` (`truncated`, `version_mismatch`, `bad_tag`,
+//! `stale`, `replayed`); the replay guard is bounded ([`GOSSIP_REPLAY_CAPACITY`]); datagrams held back by a `Delay` verdict are
 //! bounded by a configured count, overflow is dropped and counted (`delay_overflow`); sends never
 //! block the actor (`try_send_to`; a full socket buffer is a counted `send_failed` drop, which SWIM
 //! tolerates like any lost datagram).
@@ -34,15 +37,29 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use thiserror::Error;
 use tokio::net::UdpSocket;
 
-use crate::auth::{self, AuthError, ClusterSecret, SecretError, TAG_BYTES};
 use crate::faults::{Direction, Verdict};
 use crate::net::FaultInjector;
+use crate::secure::{self, DATAGRAM_OVERHEAD, DatagramError, Keyring, ReplayGuard};
+
+/// How far a datagram's send time may be from the receiver's clock, in milliseconds.
+///
+/// Why: it bounds for how long a captured datagram could be replayed (never twice: the replay
+/// guard remembers what it accepted within the window) and so how long the guard must remember;
+/// 30 s is far above the clock skew of NTP-synchronised machines and a chaos delay.
+pub const GOSSIP_WINDOW_MS: u64 = 30_000;
+
+/// How many accepted datagrams the replay guard remembers.
+///
+/// Why: at about 100 bytes an entry this caps it near 2 MiB; beyond 16,384 datagrams in the
+/// window (550 a second, far above a 100-node cluster's gossip to one node) the guard refuses the
+/// oldest send times as stale rather than forget them, which SWIM treats as loss.
+pub const GOSSIP_REPLAY_CAPACITY: usize = 16_384;
 
 /// The envelope version this build writes and accepts.
 pub(crate) const ENVELOPE_VERSION: u8 = 1;
@@ -57,10 +74,7 @@ pub(crate) const MAX_SENDER_NAME_BYTES: usize = 255;
 ///
 /// Why it matters: foca's packet budget is the datagram budget minus this, the same on every
 /// node, so a packet one node produces is never too large for another to consume.
-pub(crate) const MAX_ENVELOPE_OVERHEAD: usize = ENVELOPE_HEADER_BYTES + MAX_SENDER_NAME_BYTES + TAG_BYTES;
-
-/// Domain label of the per-cluster gossip key derivation (see the module docs).
-const CLUSTER_KEY_LABEL: &[u8] = b"cohort gossip cluster key v1\0";
+pub(crate) const MAX_ENVELOPE_OVERHEAD: usize = ENVELOPE_HEADER_BYTES + MAX_SENDER_NAME_BYTES + DATAGRAM_OVERHEAD;
 
 /// Every `reason` label of `cohort_gossip_dropped_total`, exported at 0 from boot.
 pub(crate) const DROP_REASONS: [&str; 9] = [
@@ -178,15 +192,6 @@ pub(crate) fn decode_envelope(payload: &[u8]) -> Result<Envelope<'_>, EnvelopeEr
     Ok(Envelope { kind, sender, body })
 }
 
-/// The per-cluster gossip key: `secret` bound to `cluster_name` (see the module docs).
-pub(crate) fn cluster_key(secret: &ClusterSecret, cluster_name: &str) -> Result<ClusterSecret, SecretError> {
-    let mut input = Vec::with_capacity(CLUSTER_KEY_LABEL.len() + cluster_name.len());
-    input.extend_from_slice(CLUSTER_KEY_LABEL);
-    input.extend_from_slice(cluster_name.as_bytes());
-    let sealed = auth::seal(secret, &input);
-    ClusterSecret::from_bytes(&sealed[input.len()..])
-}
-
 /// The gossip metrics, registered at boot with every series at 0.
 #[derive(Clone)]
 pub(crate) struct GossipMetrics {
@@ -216,7 +221,8 @@ impl GossipMetrics {
         let auth_failures = IntCounterVec::new(
             Opts::new(
                 "cohort_gossip_auth_failures_total",
-                "Gossip datagrams refused because their cluster-secret tag did not verify, by reason.",
+                "Gossip datagrams refused by their sealing: not decryptable with the cluster key, \
+                 outside the time window, or seen before, by reason.",
             ),
             &["reason"],
         )?;
@@ -227,7 +233,7 @@ impl GossipMetrics {
         for reason in DROP_REASONS {
             dropped.with_label_values(&[reason]);
         }
-        for reason in AuthError::REASONS {
+        for reason in DatagramError::REASONS {
             auth_failures.with_label_values(&[reason]);
         }
         Ok(Self {
@@ -301,7 +307,8 @@ impl Ord for DelayedEntry {
 /// The membership actor's UDP socket with authentication and fault injection.
 pub(crate) struct GossipSocket {
     socket: UdpSocket,
-    key: ClusterSecret,
+    keys: Keyring,
+    guard: ReplayGuard,
     faults: FaultInjector,
     metrics: GossipMetrics,
     max_datagram_bytes: usize,
@@ -312,10 +319,10 @@ pub(crate) struct GossipSocket {
 }
 
 impl GossipSocket {
-    /// Wraps an already bound socket. `key` is the [`cluster_key`].
+    /// Wraps an already bound socket; datagrams are sealed with `keys`.
     pub(crate) fn new(
         socket: UdpSocket,
-        key: ClusterSecret,
+        keys: Keyring,
         faults: FaultInjector,
         metrics: GossipMetrics,
         max_datagram_bytes: usize,
@@ -323,7 +330,8 @@ impl GossipSocket {
     ) -> Self {
         Self {
             socket,
-            key,
+            keys,
+            guard: ReplayGuard::new(GOSSIP_WINDOW_MS, GOSSIP_REPLAY_CAPACITY),
             faults,
             metrics,
             max_datagram_bytes,
@@ -349,7 +357,7 @@ impl GossipSocket {
     /// `to_name` (empty when unknown: a discover to a seed address) at `to`, through the fault
     /// plan. Never blocks.
     pub(crate) fn send(&mut self, to_name: &str, to: SocketAddr, envelope: &[u8]) {
-        let datagram = auth::seal(&self.key, envelope);
+        let datagram = secure::seal_datagram(&self.keys, wall_clock_ms(), envelope, &mut rand::rng());
         if datagram.len() > self.max_datagram_bytes {
             self.metrics.dropped("too_large");
             return;
@@ -423,9 +431,9 @@ impl GossipSocket {
     }
 
     /// Authenticates and decodes `recv_buf[..len]`, counting what it refuses.
-    fn accept(&self, len: usize, from: SocketAddr) -> Option<Inbound> {
+    fn accept(&mut self, len: usize, from: SocketAddr) -> Option<Inbound> {
         let datagram = self.recv_buf.get(..len)?;
-        let payload = match auth::open(&self.key, datagram) {
+        let payload = match secure::open_datagram(&self.keys, wall_clock_ms(), &mut self.guard, datagram) {
             Ok(payload) => payload,
             Err(error) => {
                 tracing::debug!(%from, reason = error.as_str(), "gossip datagram failed authentication");
@@ -433,7 +441,7 @@ impl GossipSocket {
                 return None;
             }
         };
-        match decode_envelope(payload) {
+        match decode_envelope(&payload) {
             Ok(envelope) => Some(Inbound {
                 kind: envelope.kind,
                 sender: envelope.sender.to_owned(),
@@ -449,13 +457,19 @@ impl GossipSocket {
     }
 }
 
+/// Milliseconds since the Unix epoch by the machine's clock (gossip freshness is judged across
+/// machines, so it must be the wall clock, not a monotonic one); 0 before 1970.
+fn wall_clock_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn secret(byte: u8) -> ClusterSecret {
-        ClusterSecret::from_bytes(&[byte; 32]).unwrap()
+    fn keys(byte: u8) -> Keyring {
+        Keyring::new("prod", &crate::auth::ClusterSecret::from_bytes(&[byte; 32]).unwrap(), None)
     }
 
     #[test]
@@ -477,7 +491,7 @@ mod tests {
         assert!(out.is_empty());
         let longest = "x".repeat(MAX_SENDER_NAME_BYTES);
         encode_envelope(EnvelopeKind::Foca, &longest, b"", &mut out).unwrap();
-        assert_eq!(out.len(), MAX_ENVELOPE_OVERHEAD - TAG_BYTES);
+        assert_eq!(out.len(), MAX_ENVELOPE_OVERHEAD - DATAGRAM_OVERHEAD);
     }
 
     #[test]
@@ -492,18 +506,6 @@ mod tests {
             decode_envelope(&[1, 1, 1, b'a']),
             Ok(Envelope { kind: EnvelopeKind::Discover, sender: "a", body: b"" })
         );
-    }
-
-    #[test]
-    fn cluster_keys_differ_by_cluster_name_and_secret() {
-        let a = cluster_key(&secret(1), "prod").unwrap();
-        let b = cluster_key(&secret(1), "staging").unwrap();
-        let c = cluster_key(&secret(2), "prod").unwrap();
-        let sealed = auth::seal(&a, b"\x01payload");
-        assert!(auth::open(&a, &sealed).is_ok());
-        assert_eq!(auth::open(&b, &sealed), Err(AuthError::BadTag));
-        assert_eq!(auth::open(&c, &sealed), Err(AuthError::BadTag));
-        assert_eq!(cluster_key(&secret(1), "prod").unwrap().to_hex(), a.to_hex());
     }
 
     proptest! {
@@ -526,9 +528,11 @@ mod tests {
             let cut = cut.min(out.len());
             let _ = decode_envelope(&out[..cut]);
             // A sealed datagram cut anywhere fails authentication instead of decoding.
-            let key = secret(7);
-            let sealed = auth::seal(&key, &out);
-            prop_assert!(auth::open(&key, &sealed[..cut.min(sealed.len().saturating_sub(1))]).is_err());
+            let keys = keys(7);
+            let sealed = secure::seal_datagram(&keys, 1_000, &out, &mut rand::rng());
+            let mut guard = ReplayGuard::new(GOSSIP_WINDOW_MS, 8);
+            let cut = cut.min(sealed.len().saturating_sub(1));
+            prop_assert!(secure::open_datagram(&keys, 1_000, &mut guard, &sealed[..cut]).is_err());
         }
     }
 }

@@ -1,18 +1,17 @@
-//! The handshake on a fresh connection: the three [`auth`](crate::auth) messages, each inside a
-//! `control` frame (`[len u32][class 0][kind][message]`), read with a [`FrameDecoder`] whose
-//! maximum is [`MAX_HANDSHAKE_MESSAGE_BYTES`], so a forged length is refused before anything is
-//! allocated for it.
+//! The handshake on a fresh connection: the three [`secure`](crate::secure) messages (`Hello`,
+//! `HelloAck`, `Confirm`, protocol version 2), each inside a `control` frame
+//! (`[len u32][class 0][kind][message]`), read with a [`FrameDecoder`] whose maximum is
+//! [`MAX_HANDSHAKE_MESSAGE_BYTES`], so a forged length is refused before anything is allocated
+//! for it. What follows on the connection is encrypted records only.
 //!
 //! The frame `kind` of the initiator's `Hello` names the link the connection opens:
 //! [`KIND_HELLO`] for the priority link (`control` + `raft`), [`KIND_HELLO_BULK`] for the bulk
-//! link (`pg` + `registry` + `user`). The `Hello` bytes and the proofs are the same on both, so
-//! the [`auth`](crate::auth) protocol is unchanged. The kind is not covered by the proofs; it does
-//! not need to be: it only labels the connection (which older connection it replaces, logs), and
-//! the responder delivers every frame by its class whichever link it came on.
+//! link (`pg` + `registry` + `user`). The kind is part of the Noise prologue, so a hello moved to
+//! the other link fails; the responder still delivers every frame by its class.
 //!
 //! The drivers ([`initiate`], [`respond`]) work over any `AsyncRead + AsyncWrite` (a TCP stream
-//! or an in-memory duplex in tests) and leave whatever followed the last handshake message in
-//! the read buffer, for the frame reader. Timeouts are the caller's.
+//! or an in-memory duplex in tests) and leave whatever followed the last handshake message (the
+//! first records) in the read buffer, for the record reader. Timeouts are the caller's.
 
 use std::io;
 
@@ -20,9 +19,11 @@ use bytes::{Bytes, BytesMut};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::auth::{ClusterSecret, Established, HandshakeError, Hello, InitiatorHandshake, ResponderHandshake};
+use crate::NodeId;
+use crate::auth::HandshakeError;
 use crate::frame::{FrameDecoder, FrameError, encode_into};
 use crate::queue::Class;
+use crate::secure::{Initiator, Keyring, Opener, Peer, Responder, Sealer};
 
 use super::route::Link;
 
@@ -32,15 +33,15 @@ pub const KIND_HELLO: u8 = 1;
 /// Frame `kind` of the initiator's [`Hello`](crate::auth::Hello) on the bulk link (`pg` +
 /// `registry` + `user`). Same message as [`KIND_HELLO`]; only the kind differs.
 pub const KIND_HELLO_BULK: u8 = 4;
-/// Frame `kind` of the responder's [`HelloAck`](crate::auth::HelloAck).
+/// Frame `kind` of the responder's `HelloAck`.
 pub const KIND_HELLO_ACK: u8 = 2;
-/// Frame `kind` of the initiator's [`Proof`](crate::auth::Proof).
+/// Frame `kind` of the initiator's `Confirm` (its first encrypted message).
 pub const KIND_PROOF: u8 = 3;
 
 /// The largest handshake frame `len` accepted, in bytes.
 ///
-/// Why: the largest message, a `HelloAck` with two 255-byte names, is 590 bytes plus the two
-/// header bytes; 1 KiB leaves room and caps what an unauthenticated stranger can make the node
+/// Why: the largest message, a `Hello` with a 255-byte cluster name and a 255-byte node name, is
+/// 574 bytes plus the two header bytes; 1 KiB leaves room and caps what an unauthenticated stranger can make the node
 /// buffer per connection.
 pub const MAX_HANDSHAKE_MESSAGE_BYTES: usize = 1024;
 
@@ -185,58 +186,53 @@ async fn write_message<S: AsyncWrite + Unpin>(stream: &mut S, kind: u8, message:
     stream.flush().await
 }
 
-/// The dialling side of `link`: sends our hello (its frame kind names the link), checks the ack
-/// (proof, cluster, and that the node that answered is `expected_peer`), sends our proof. Frames
-/// may follow on the stream right away.
+/// The dialling side of `link`: sends our hello (its frame kind names the link), reads the ack
+/// (checking that the node that answered is `expected_peer`), sends our confirm. Records may
+/// follow on the stream right away, sealed with the returned [`Sealer`].
 pub(crate) async fn initiate<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
-    secret: &ClusterSecret,
-    own: Hello,
+    keys: &Keyring,
+    own: &NodeId,
     expected_peer: &str,
     link: Link,
-) -> Result<Established, HandshakeFailure> {
-    let (handshake, hello) =
-        InitiatorHandshake::start(own).map_err(|_| HandshakeError::Malformed { what: "own hello not encodable" })?;
+) -> Result<(Peer, Sealer), HandshakeFailure> {
+    let (initiator, hello) = Initiator::start(keys, own, link.hello_kind())?;
     write_message(stream, link.hello_kind(), &hello).await?;
     let mut buf = BytesMut::new();
     let ack = read_message(stream, &mut buf, KIND_HELLO_ACK).await?;
-    let (established, proof) = handshake.on_ack(secret, &ack)?;
-    if established.peer.name != expected_peer {
-        return Err(HandshakeFailure::UnexpectedPeer {
-            expected: expected_peer.to_owned(),
-            found: established.peer.name,
-        });
+    let (peer, confirm, sealer) = initiator.on_ack(&ack)?;
+    if peer.peer.name != expected_peer {
+        return Err(HandshakeFailure::UnexpectedPeer { expected: expected_peer.to_owned(), found: peer.peer.name });
     }
-    write_message(stream, KIND_PROOF, &proof).await?;
-    Ok(established)
+    write_message(stream, KIND_PROOF, &confirm).await?;
+    Ok((peer, sealer))
 }
 
 /// The accepting side: reads the hello (and from its kind, the link), answers with our ack,
-/// checks the proof. Bytes after the proof (the first frames) stay in `buf`.
+/// checks the confirm. Bytes after the confirm (the first records) stay in `buf`, to be opened
+/// with the returned [`Opener`].
 pub(crate) async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
-    secret: &ClusterSecret,
-    own: Hello,
-) -> Result<(Established, Link), HandshakeFailure> {
-    let handshake =
-        ResponderHandshake::new(own).map_err(|_| HandshakeError::Malformed { what: "own hello not encodable" })?;
+    keys: &Keyring,
+    own: &NodeId,
+) -> Result<(Peer, Link, Opener), HandshakeFailure> {
     let (link, hello) = read_until(stream, buf, take_hello).await?;
-    let (awaiting, ack) = handshake.on_hello(secret, &hello)?;
+    let (awaiting, ack) = Responder::on_hello(keys, own, link.hello_kind(), &hello)?;
     write_message(stream, KIND_HELLO_ACK, &ack).await?;
-    let proof = read_message(stream, buf, KIND_PROOF).await?;
-    Ok((awaiting.on_proof(secret, &proof)?, link))
+    let confirm = read_message(stream, buf, KIND_PROOF).await?;
+    let (peer, opener) = awaiting.on_confirm(&confirm)?;
+    Ok((peer, link, opener))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::NodeId;
-    use crate::auth::random_nonce;
+    use crate::auth::ClusterSecret;
     use proptest::prelude::*;
 
-    fn hello(cluster: &str, name: &str) -> Hello {
-        Hello::new(cluster, NodeId::new(name, 1), random_nonce(&mut rand::rng()))
+    fn node(name: &str) -> NodeId {
+        NodeId::new(name, 1)
     }
 
     #[test]
@@ -287,20 +283,29 @@ mod tests {
     #[tokio::test]
     async fn initiator_and_responder_agree_over_a_duplex_on_the_link_dialled() {
         for link in Link::ALL {
-            let secret = ClusterSecret::generate();
+            let keys = Keyring::new("c", &ClusterSecret::generate(), None);
             let (mut a, mut b) = tokio::io::duplex(4096);
-            let responder_secret = secret.clone();
+            let responder_keys = keys.clone();
             let responder = tokio::spawn(async move {
                 let mut buf = BytesMut::new();
-                let established = respond(&mut b, &mut buf, &responder_secret, hello("c", "b")).await;
-                (established, buf)
+                let (peer, link, mut opener) = respond(&mut b, &mut buf, &responder_keys, &node("b")).await?;
+                // The first record may still be on its way.
+                let mut plain = BytesMut::new();
+                while opener.open(&mut buf, &mut plain).map_err(|_| HandshakeFailure::Closed)? == 0 {
+                    if b.read_buf(&mut buf).await? == 0 {
+                        return Err(HandshakeFailure::Closed);
+                    }
+                }
+                Ok::<_, HandshakeFailure>((peer, link, plain))
             });
-            let at_a = initiate(&mut a, &secret, hello("c", "a"), "b", link).await.unwrap();
-            a.write_all(b"frames").await.unwrap();
-            let (at_b, _) = responder.await.unwrap();
+            let (at_a, mut sealer) = initiate(&mut a, &keys, &node("a"), "b", link).await.unwrap();
+            let mut record = BytesMut::new();
+            sealer.seal(b"frames", &mut record).unwrap();
+            a.write_all(&record).await.unwrap();
             assert_eq!(at_a.peer.name, "b");
-            let (at_b, responder_link) = at_b.unwrap();
+            let (at_b, responder_link, plain) = responder.await.unwrap().unwrap();
             assert_eq!((at_b.peer.name.as_str(), responder_link), ("a", link));
+            assert_eq!(&plain[..], b"frames");
         }
     }
 
@@ -317,14 +322,14 @@ mod tests {
 
     #[tokio::test]
     async fn initiator_refuses_a_node_it_did_not_dial() {
-        let secret = ClusterSecret::generate();
+        let keys = Keyring::new("c", &ClusterSecret::generate(), None);
         let (mut a, mut b) = tokio::io::duplex(4096);
-        let responder_secret = secret.clone();
+        let responder_keys = keys.clone();
         tokio::spawn(async move {
             let mut buf = BytesMut::new();
-            let _ = respond(&mut b, &mut buf, &responder_secret, hello("c", "imposter")).await;
+            let _ = respond(&mut b, &mut buf, &responder_keys, &node("imposter")).await;
         });
-        let error = initiate(&mut a, &secret, hello("c", "a"), "b", Link::Bulk).await.unwrap_err();
+        let error = initiate(&mut a, &keys, &node("a"), "b", Link::Bulk).await.unwrap_err();
         assert_eq!(error.as_str(), "unexpected_peer");
     }
 
@@ -338,8 +343,8 @@ mod tests {
                 peer.write_all(&bytes).await.unwrap();
                 drop(peer);
                 let mut buf = BytesMut::new();
-                let secret = ClusterSecret::generate();
-                let result = respond(&mut ours, &mut buf, &secret, hello("c", "b")).await;
+                let keys = Keyring::new("c", &ClusterSecret::generate(), None);
+                let result = respond(&mut ours, &mut buf, &keys, &node("b")).await;
                 prop_assert!(result.is_err());
                 prop_assert!(buf.capacity() <= 8 * 1024);
                 Ok(())

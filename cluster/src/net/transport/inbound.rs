@@ -1,5 +1,7 @@
 //! The receiving side: the accept loop, the responder handshake, and the frame reader of each
-//! authenticated connection, which hands frames to the per-class channels without ever waiting.
+//! authenticated connection, which opens its encrypted records ([`Opener`]) and hands the frames
+//! inside to the per-class channels without ever waiting. A record that fails authentication
+//! (altered, replayed, reordered) closes the connection and is counted.
 //!
 //! Each peer has two connections to us, its priority and bulk links; the hello's frame kind says
 //! which. Both are read the same way and every frame goes to its class's channel whichever link
@@ -25,6 +27,7 @@ use crate::NodeId;
 use crate::faults::{Direction, Verdict};
 use crate::frame::{Frame, FrameDecoder, FrameError};
 use crate::queue::Class;
+use crate::secure::Opener;
 
 /// Accepts connections until shutdown; each one is served by its own task.
 pub(super) async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
@@ -135,15 +138,14 @@ impl Inner {
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         let mut buf = BytesMut::new();
-        let hello = self.own_hello();
-        let handshake = handshake::respond(&mut stream, &mut buf, &self.secret, hello);
+        let handshake = handshake::respond(&mut stream, &mut buf, &self.keys, &self.local);
         let result = match tokio::time::timeout(self.config.handshake_timeout, handshake).await {
             Ok(result) => result,
             Err(_) => Err(HandshakeFailure::Timeout),
         };
         drop(handshake_permit);
-        let (peer, link) = match result {
-            Ok((established, link)) => (established.peer, link),
+        let (peer, link, opener) = match result {
+            Ok((established, link, opener)) => (established.peer, link, opener),
             Err(failure) => {
                 self.metrics.handshake_failed(&failure);
                 if self.may_warn() {
@@ -160,7 +162,7 @@ impl Inner {
         let key = (peer.name.clone(), link);
         let (conn_id, close) = self.register_inbound(&key);
         tracing::debug!(peer = %peer, %link, "internode inbound link authenticated");
-        let result = self.read_frames(&mut stream, buf, &peer, link, &close).await;
+        let result = self.read_frames(&mut stream, buf, opener, &peer, link, &close).await;
         self.inbound_conns.remove_if(&key, |_, (id, _)| *id == conn_id);
         result.map(|()| peer)
     }
@@ -176,11 +178,13 @@ impl Inner {
         (id, close)
     }
 
-    /// Reads and delivers frames until EOF, an error, replacement or shutdown.
+    /// Reads records, opens them and delivers their frames until EOF, an error, replacement or
+    /// shutdown. `raw` holds what the handshake read past its last message (the first records).
     async fn read_frames<S: AsyncRead + Unpin>(
         &self,
         stream: &mut S,
-        mut buf: BytesMut,
+        mut raw: BytesMut,
+        mut opener: Opener,
         from: &NodeId,
         link: Link,
         close: &Notify,
@@ -193,7 +197,15 @@ impl Inner {
         let mut frames = Vec::with_capacity(FRAMES_PER_PASS);
         // Frames a chaos `Delay` fault holds back; empty (and free) unless one is installed.
         let mut held = HeldIn { inbound: self, from, line: DelayLine::default() };
+        let mut buf = BytesMut::with_capacity(chunk);
         loop {
+            if let Err(error) = opener.open(&mut raw, &mut buf) {
+                self.metrics.record_error(&error);
+                if self.may_warn() {
+                    tracing::warn!(peer = %from, %error, "internode record refused; closing the connection");
+                }
+                return Err(InboundError::Record { peer: from.clone(), error });
+            }
             let decoded = loop {
                 let mut tally = Tally::default();
                 let decoded = decode_pass(&decoder, &mut buf, &mut frames, &mut tally);
@@ -237,8 +249,8 @@ impl Inner {
                 }
                 return Err(InboundError::Frame { peer: from.clone(), error });
             }
-            if buf.capacity() - buf.len() < chunk / 2 {
-                buf.reserve(chunk);
+            if raw.capacity() - raw.len() < chunk / 2 {
+                raw.reserve(chunk);
             }
             if link == Link::Bulk {
                 // One read per poll: the per-frame budget above bounds frames, not bytes; with
@@ -260,7 +272,7 @@ impl Inner {
                     }
                     continue;
                 }
-                read = stream.read_buf(&mut buf), if room => read,
+                read = stream.read_buf(&mut raw), if room => read,
             };
             match read {
                 Ok(0) => return Ok(()),

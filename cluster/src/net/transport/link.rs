@@ -1,5 +1,6 @@
 //! One outbound link to one peer (its priority or its bulk link, see [`Link`]): dial, handshake
-//! naming the link, then drain that link's queues in batches onto the connection; on any
+//! naming the link, then drain that link's queues in batches onto the connection, each batch
+//! sealed into encrypted records ([`Sealer`]) and written with one `write_all`; on any
 //! failure, back off (exponential, jittered, rate-limited across peers) and dial again, while
 //! frames keep queuing under their class policies. The two links of a peer are independent
 //! tasks: one being slow, blocked or redialling never holds up the other.
@@ -25,6 +26,7 @@ use super::{Inner, Peer, PeerLink, lock};
 use crate::faults::{Direction, Verdict};
 use crate::frame::Frame;
 use crate::queue::Class;
+use crate::secure::Sealer;
 
 /// Why a link's connection ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -56,7 +58,10 @@ pub(super) async fn run_link(inner: Arc<Inner>, peer: Arc<Peer>, link: Link) {
     let mut shutdown = inner.shutdown.subscribe();
     let mut failures: u32 = 0;
     let mut first_dial = true;
-    let mut buf = BytesMut::with_capacity(inner.config.write_batch_max_bytes + 1024);
+    let mut buf = Buffers {
+        plain: BytesMut::with_capacity(inner.config.write_batch_max_bytes + 1024),
+        sealed: BytesMut::with_capacity(Sealer::sealed_len(inner.config.write_batch_max_bytes + 1024)),
+    };
     loop {
         if *shutdown.borrow() {
             return;
@@ -74,12 +79,12 @@ pub(super) async fn run_link(inner: Arc<Inner>, peer: Arc<Peer>, link: Link) {
         };
         let state = peer.link(link);
         match dialled {
-            Ok(stream) => {
+            Ok((stream, sealer)) => {
                 failures = 0;
                 gauge.set(&inner.metrics, ConnState::Connected);
                 state.connected.store(true, Ordering::Relaxed);
                 tracing::debug!(peer = %peer.id, addr = %peer.addr, %link, "internode link connected");
-                let end = write_loop(&inner, &peer, link, stream, &mut buf, &mut shutdown).await;
+                let end = write_loop(&inner, &peer, link, stream, sealer, &mut buf, &mut shutdown).await;
                 state.connected.store(false, Ordering::Relaxed);
                 gauge.set(&inner.metrics, ConnState::Connecting);
                 if end == LinkEnd::Shutdown {
@@ -126,7 +131,7 @@ async fn wait_for_dial_permit(inner: &Inner, shutdown: &mut watch::Receiver<bool
 
 /// Connects to the peer (under `connect_timeout`) and runs the initiator handshake of `link`
 /// (under `handshake_timeout`), checking that the node that answers is the one dialled.
-async fn dial(inner: &Inner, peer: &Peer, link: Link) -> Result<TcpStream, DialError> {
+async fn dial(inner: &Inner, peer: &Peer, link: Link) -> Result<(TcpStream, Sealer), DialError> {
     let config = &inner.config;
     let socket = if peer.addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() };
     let socket = socket.map_err(DialError::Connect)?;
@@ -140,16 +145,15 @@ async fn dial(inner: &Inner, peer: &Peer, link: Link) -> Result<TcpStream, DialE
         Ok(Err(error)) => return Err(DialError::Connect(error)),
         Err(_) => return Err(DialError::Connect(io::ErrorKind::TimedOut.into())),
     };
-    let hello = inner.own_hello();
-    let handshake = handshake::initiate(&mut stream, &inner.secret, hello, &peer.id.name, link);
+    let handshake = handshake::initiate(&mut stream, &inner.keys, &inner.local, &peer.id.name, link);
     match tokio::time::timeout(config.handshake_timeout, handshake).await {
-        Ok(Ok(established)) => {
+        Ok(Ok((established, sealer))) => {
             if established.peer != peer.id {
                 // Same name, other incarnation: membership will tell us about the new run soon;
                 // until then the link carries traffic for the node name.
                 tracing::debug!(expected = %peer.id, found = %established.peer, "internode peer has another incarnation");
             }
-            Ok(stream)
+            Ok((stream, sealer))
         }
         Ok(Err(failure)) => Err(DialError::Handshake(failure)),
         Err(_) => Err(DialError::Handshake(HandshakeFailure::Timeout)),
@@ -162,7 +166,8 @@ async fn write_loop(
     peer: &Peer,
     kind: Link,
     mut stream: TcpStream,
-    buf: &mut BytesMut,
+    mut sealer: Sealer,
+    buf: &mut Buffers,
     shutdown: &mut watch::Receiver<bool>,
 ) -> LinkEnd {
     let link = peer.link(kind);
@@ -174,7 +179,7 @@ async fn write_loop(
     loop {
         if !held.line.is_empty() {
             let due = held.line.pop_due(Instant::now(), |(_, frame)| frame.encoded_len());
-            if let Err(error) = write_frames(inner, peer, &mut writer, due, buf).await {
+            if let Err(error) = write_frames(inner, peer, &mut writer, due, &mut sealer, buf).await {
                 tracing::debug!(peer = %peer.id, %error, "internode write failed");
                 return LinkEnd::Lost;
             }
@@ -198,13 +203,14 @@ async fn write_loop(
             continue;
         }
         let ready = judge(inner, peer, batch, &mut held.line);
-        if let Err(error) = write_frames(inner, peer, &mut writer, ready, buf).await {
+        if let Err(error) = write_frames(inner, peer, &mut writer, ready, &mut sealer, buf).await {
             tracing::debug!(peer = %peer.id, %error, "internode write failed");
             return LinkEnd::Lost;
         }
         // A rare huge frame must not pin its buffer for the life of the link.
-        if buf.capacity() > 4 * config.write_batch_max_bytes {
-            *buf = BytesMut::with_capacity(config.write_batch_max_bytes + 1024);
+        if buf.plain.capacity() > 4 * config.write_batch_max_bytes {
+            buf.plain = BytesMut::with_capacity(config.write_batch_max_bytes + 1024);
+            buf.sealed = BytesMut::with_capacity(Sealer::sealed_len(config.write_batch_max_bytes + 1024));
         }
         if kind == Link::Bulk {
             // One batch per poll. Otherwise, while the peer's receive window is open, a flooded
@@ -324,14 +330,21 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Encodes the frames into `buf` and writes them with one `write_all` (the fault filter has
-/// already judged them, see [`judge`]).
+/// A link's write buffers, kept across batches: the encoded frames and their sealed records.
+struct Buffers {
+    plain: BytesMut,
+    sealed: BytesMut,
+}
+
+/// Encodes the frames into `buf`, seals them and writes the records with one `write_all` (the
+/// fault filter has already judged them, see [`judge`]).
 async fn write_frames<W: AsyncWrite + Unpin>(
     inner: &Inner,
     peer: &Peer,
     writer: &mut W,
     frames: Vec<(Class, Frame)>,
-    buf: &mut BytesMut,
+    sealer: &mut Sealer,
+    buf: &mut Buffers,
 ) -> io::Result<()> {
     if frames.is_empty() {
         return Ok(());
@@ -340,9 +353,9 @@ async fn write_frames<W: AsyncWrite + Unpin>(
     for (class, _) in &frames {
         in_flight.pending[class.code() as usize] += 1;
     }
-    buf.clear();
+    buf.plain.clear();
     for (class, frame) in frames {
-        if frame.encode_into(buf, inner.config.max_frame_bytes).is_err() {
+        if frame.encode_into(&mut buf.plain, inner.config.max_frame_bytes).is_err() {
             // `send` checked the size; only a config change could get here.
             in_flight.drop_one(class, DropCause::TooLarge);
             continue;
@@ -351,19 +364,24 @@ async fn write_frames<W: AsyncWrite + Unpin>(
         entry.0 += 1;
         entry.1 += frame.encoded_len() as u64;
     }
-    flush(writer, buf, &mut in_flight).await
+    flush(writer, sealer, buf, &mut in_flight).await
 }
 
 async fn flush<W: AsyncWrite + Unpin>(
     writer: &mut W,
-    buf: &mut BytesMut,
+    sealer: &mut Sealer,
+    buf: &mut Buffers,
     in_flight: &mut InFlight<'_>,
 ) -> io::Result<()> {
-    if buf.is_empty() {
+    if buf.plain.is_empty() {
         return Ok(());
     }
-    writer.write_all(buf).await?;
-    buf.clear();
+    buf.sealed.clear();
+    // Fails only when the connection's 2^64 nonces are used up: a new connection starts over.
+    sealer.seal(&buf.plain, &mut buf.sealed).map_err(io::Error::other)?;
+    writer.write_all(&buf.sealed).await?;
+    buf.plain.clear();
+    buf.sealed.clear();
     in_flight.written();
     Ok(())
 }

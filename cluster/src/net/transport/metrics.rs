@@ -6,6 +6,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registr
 use super::handshake::HandshakeFailure;
 use crate::frame::FrameError;
 use crate::queue::{Class, DropReason};
+use crate::secure::RecordError;
 
 /// Why a frame did not reach its peer or its subscriber; the `reason` label of
 /// `cohort_internode_dropped_total{class,reason}`.
@@ -77,7 +78,7 @@ impl DropCause {
 }
 
 /// Frame error reasons of `cohort_internode_frame_errors_total{reason}`.
-const FRAME_ERROR_REASONS: [&str; 3] = ["too_large", "too_short", "unknown_class"];
+const FRAME_ERROR_REASONS: [&str; 5] = ["too_large", "too_short", "unknown_class", "record_auth", "record_length"];
 
 /// The state label of `cohort_internode_connections{state}`; each of a peer's two links (priority
 /// and bulk) counts once.
@@ -148,7 +149,8 @@ impl Metrics {
         let frame_errors = IntCounterVec::new(
             Opts::new(
                 "cohort_internode_frame_errors_total",
-                "Authenticated connections closed because of a malformed frame, by reason.",
+                "Authenticated connections closed because of a malformed frame or a record that failed \
+                 authentication (altered, replayed or reordered), by reason.",
             ),
             &["reason"],
         )?;
@@ -202,6 +204,10 @@ impl Metrics {
     }
 
     pub fn frame_error(&self, error: &FrameError) {
+        self.frame_errors.with_label_values(&[error.as_str()]).inc();
+    }
+
+    pub fn record_error(&self, error: &RecordError) {
         self.frame_errors.with_label_values(&[error.as_str()]).inc();
     }
 

@@ -85,11 +85,12 @@ use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::{AbortHandle, JoinSet};
 
 use crate::NodeId;
-use crate::auth::{ClusterSecret, EncodeError, Hello};
+use crate::auth::{EncodeError, MAX_NAME_BYTES};
 use crate::frame::{Frame, FrameError, HEADER_BYTES};
 use crate::member::MemberInfo;
 use crate::net::FaultInjector;
 use crate::queue::{Class, PeerQueues, PushOutcome, QueueConfig};
+use crate::secure::{Keyring, RecordError};
 
 pub use config::{
     MAX_IO_BUFFER_BYTES, MAX_TIMEOUT, MAX_WRITE_BATCH_FRAMES, MIN_IO_BUFFER_BYTES, TransportConfig,
@@ -219,6 +220,15 @@ pub enum InboundError {
         peer: NodeId,
         /// What was wrong.
         error: FrameError,
+    },
+    /// A record failed authentication (altered, replayed, reordered or dropped on the way);
+    /// counted in `cohort_internode_frame_errors_total`; the connection was closed.
+    #[error("record from {peer}: {error}")]
+    Record {
+        /// The peer.
+        peer: NodeId,
+        /// What was wrong.
+        error: RecordError,
     },
     /// Reading the connection failed.
     #[error("read from {peer}: {error}")]
@@ -404,8 +414,8 @@ impl Peer {
 
 struct Inner {
     local: NodeId,
-    cluster: String,
-    secret: ClusterSecret,
+    /// The keys of the cluster secret (and of the next one during a rotation).
+    keys: Keyring,
     faults: FaultInjector,
     config: TransportConfig,
     local_addr: SocketAddr,
@@ -491,11 +501,15 @@ impl Inner {
         }
         true
     }
+}
 
-    fn own_hello(&self) -> Hello {
-        let nonce = crate::auth::random_nonce(&mut rand::rng());
-        Hello::new(self.cluster.clone(), self.local.clone(), nonce)
+/// Checks that a name fits a handshake (1..=255 bytes), so no handshake can later fail on our
+/// side.
+fn check_handshake_name(field: &'static str, name: &str) -> Result<(), EncodeError> {
+    if name.is_empty() || name.len() > MAX_NAME_BYTES {
+        return Err(EncodeError::BadName { field, len: name.len(), max: MAX_NAME_BYTES });
     }
+    Ok(())
 }
 
 impl Transport {
@@ -503,16 +517,15 @@ impl Transport {
     /// registers its metrics in `registry`. Must be called inside a tokio runtime.
     pub async fn start(
         local: NodeId,
-        cluster_name: &str,
-        secret: ClusterSecret,
+        keys: Keyring,
         listener: std::net::TcpListener,
         faults: FaultInjector,
         config: TransportConfig,
         registry: &prometheus::Registry,
     ) -> Result<Self, TransportError> {
         config.validate()?;
-        // Checked here so no handshake can later fail on our side.
-        Hello::new(cluster_name, local.clone(), [0; 32]).encode()?;
+        check_handshake_name("cluster", keys.cluster())?;
+        check_handshake_name("node", &local.name)?;
         if let Some(bytes) = config.socket_recv_buffer_bytes {
             inbound::set_recv_buffer(&listener, bytes)?;
         }
@@ -533,8 +546,7 @@ impl Transport {
             Quota::per_second(std::num::NonZeroU32::new(WARN_LOGS_PER_SECOND).unwrap_or(std::num::NonZeroU32::MIN));
         let inner = Arc::new(Inner {
             local,
-            cluster: cluster_name.to_owned(),
-            secret,
+            keys,
             faults,
             config,
             local_addr,
