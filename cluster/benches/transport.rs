@@ -8,6 +8,10 @@
 //!    in the same run; the ratio is the figure.
 //! 2. `raft`-class round-trip latency (A sends, B echoes on `raft`), p50/p99, unloaded and with a
 //!    saturating `user` flood from A to B running at the same time.
+//! 3. Handshake cost: `BENCH_HANDSHAKES` (default 100) peers dial one transport at the same time
+//!    and run the whole Noise handshake; the time until every one is established (a peer refused
+//!    as `busy`, beyond the 64 handshakes in progress, dials again 5 ms later, as a link's backoff
+//!    would).
 //!
 //! Environment: `BENCH_SECONDS` (throughput window per case, default 2), `BENCH_PINGS` (round
 //! trips per latency case, default 5000); tuning: `BENCH_SNDBUF` (`SO_SNDBUF` of both links),
@@ -23,9 +27,10 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use cohort_cluster::auth::ClusterSecret;
 use cohort_cluster::frame::{FrameDecoder, MAX_FRAME_BYTES, encode_into};
+use cohort_cluster::net::transport::{KIND_HELLO, KIND_HELLO_ACK, KIND_PROOF};
 use cohort_cluster::net::transport::{SendError, Transport, TransportConfig};
 use cohort_cluster::queue::Class;
-use cohort_cluster::secure::Keyring;
+use cohort_cluster::secure::{Initiator, Keyring};
 use cohort_cluster::{FaultInjector, MemberAddrs, MemberInfo, NodeId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::runtime::Runtime;
@@ -357,4 +362,99 @@ fn main() {
     for (label, p99) in [("4 KiB flood", p99s[1]), ("64 B flood", p99s[2])] {
         println!("raft p99 {label} / unloaded: {:.2}x", p99.as_secs_f64() / p99s[0].as_secs_f64());
     }
+    println!();
+    let peers = if quick { 10 } else { env_or("BENCH_HANDSHAKES", 100) as usize };
+    let (took, redials) = simultaneous_handshakes(peers);
+    println!(
+        "{peers} simultaneous handshakes: all established in {:.0} ms ({redials} redials after busy)",
+        took.as_secs_f64() * 1e3
+    );
+}
+
+/// `peers` tasks dial one transport at once and run the initiator handshake by hand; the time
+/// until the transport has accepted every one (after its confirm) and how many dials were
+/// refused as busy.
+fn simultaneous_handshakes(peers: usize) -> (Duration, u64) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let secret = ClusterSecret::from_bytes(&[7; 32]).expect("secret");
+    let keys = Keyring::new(CLUSTER, &secret, None);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let registry = prometheus::Registry::new();
+    let b = rt
+        .block_on(Transport::start(
+            NodeId::new("b", 1),
+            keys.clone(),
+            listener,
+            FaultInjector::disabled(),
+            bench_config(),
+            &registry,
+        ))
+        .expect("start");
+    let addr = b.local_addr();
+    let redials = Arc::new(AtomicU64::new(0));
+    let accepted = || {
+        registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == "cohort_internode_connections")
+            .flat_map(|f| f.get_metric().iter())
+            .filter(|m| m.get_label().iter().any(|l| l.value() == "accepted"))
+            .map(|m| m.get_gauge().get_value())
+            .sum::<f64>()
+    };
+    let started = Instant::now();
+    rt.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..peers {
+            let (keys, redials) = (keys.clone(), Arc::clone(&redials));
+            tasks.spawn(async move {
+                loop {
+                    if let Some(stream) = handshake_once(addr, &keys, &format!("p{i}")).await {
+                        return stream;
+                    }
+                    redials.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            });
+        }
+        // Connections stay open until the transport has accepted every one.
+        let mut open = Vec::with_capacity(peers);
+        while let Some(Ok(stream)) = tasks.join_next().await {
+            open.push(stream);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while accepted() < peers as f64 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        drop(open);
+    });
+    let took = started.elapsed();
+    rt.block_on(b.shutdown());
+    (took, redials.load(Ordering::Relaxed))
+}
+
+/// One dial and handshake as peer `name`: the connection, or `None` if it was refused or closed.
+async fn handshake_once(addr: SocketAddr, keys: &Keyring, name: &str) -> Option<tokio::net::TcpStream> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let (initiator, hello) = Initiator::start(keys, &NodeId::new(name, 1), KIND_HELLO).ok()?;
+    let mut wire = BytesMut::new();
+    encode_into(&mut wire, Class::Control, KIND_HELLO, &hello, 1024).ok()?;
+    stream.write_all(&wire).await.ok()?;
+    let decoder = FrameDecoder::new(1024);
+    let mut buf = BytesMut::new();
+    let ack = loop {
+        match decoder.decode(&mut buf) {
+            Ok(Some(frame)) if frame.kind == KIND_HELLO_ACK => break frame.payload,
+            Ok(None) => {}
+            _ => return None,
+        }
+        if stream.read_buf(&mut buf).await.ok()? == 0 {
+            return None;
+        }
+    };
+    let (_, confirm, _) = initiator.on_ack(&ack).ok()?;
+    wire.clear();
+    encode_into(&mut wire, Class::Control, KIND_PROOF, &confirm, 1024).ok()?;
+    stream.write_all(&wire).await.ok()?;
+    Some(stream)
 }
