@@ -4,6 +4,10 @@
 //! message names it); 1 for a failure of the outside world (a port already taken, a child that died).
 //! Every `cohort node` flag can also come from a `COHORT_*` environment variable; flags win over
 //! the environment, which wins over the config file.
+//!
+//! No secret is ever a flag value: argv is readable by every local user (`ps`,
+//! `/proc/PID/cmdline`). The cluster key comes from a file, the admin token from a file or the
+//! `COHORT_ADMIN_TOKEN` variable; `--admin-token` is refused with a message naming both.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,7 +15,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, LogFormat, Overrides};
+use crate::config::{ADMIN_TOKEN_ENV, Config, ConfigError, LogFormat, Overrides};
 use crate::{Node, telemetry};
 
 /// Exit code for usage and configuration errors (clap uses it too).
@@ -87,12 +91,19 @@ pub struct NodeArgs {
     /// Directory for durable state.
     #[arg(long, env = "COHORT_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// File holding the cluster secret.
+    /// File holding the cluster key: 32-64 bytes as base64 or hex (`cohort keygen` makes one).
     #[arg(long, env = "COHORT_CLUSTER_SECRET_FILE", value_name = "F")]
     pub cluster_secret_file: Option<PathBuf>,
-    /// Bearer token for mutating admin endpoints.
-    #[arg(long, env = "COHORT_ADMIN_TOKEN", value_name = "T", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    /// File holding the next cluster key, accepted as a second key during a rotation window.
+    #[arg(long, env = "COHORT_CLUSTER_SECRET_FILE_NEXT", value_name = "F")]
+    pub cluster_secret_file_next: Option<PathBuf>,
+    /// File holding the bearer token for mutating admin endpoints. The token may instead be given
+    /// in the COHORT_ADMIN_TOKEN environment variable (the file wins); never on the command line.
+    #[arg(long, env = "COHORT_ADMIN_TOKEN_FILE", value_name = "F")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Removed: refused with a message, since a token in argv is readable by every local user.
+    #[arg(long = "admin-token", hide = true, value_name = "T", num_args = 0..=1)]
+    pub removed_admin_token: Option<Option<String>>,
     /// Enable chaos mode (fault injection, probe workload).
     #[arg(long, env = "COHORT_CHAOS")]
     pub chaos: bool,
@@ -108,8 +119,22 @@ pub struct NodeArgs {
 }
 
 impl NodeArgs {
-    fn overrides(&self) -> Overrides {
-        Overrides {
+    /// The flags, plus `COHORT_ADMIN_TOKEN` (read here, not by clap: it must not be a flag).
+    fn overrides(&self) -> Result<Overrides, ConfigError> {
+        let admin_token = match std::env::var(ADMIN_TOKEN_ENV) {
+            Ok(token) if token.is_empty() => {
+                return Err(ConfigError::Invalid {
+                    key: ADMIN_TOKEN_ENV,
+                    reason: "is set but empty (unset it for a node without admin token)".into(),
+                });
+            }
+            Ok(token) => Some(token),
+            Err(std::env::VarError::NotPresent) => None,
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(ConfigError::Invalid { key: ADMIN_TOKEN_ENV, reason: "is not valid UTF-8".into() });
+            }
+        };
+        Ok(Overrides {
             name: self.name.clone(),
             http: self.http,
             gossip: self.gossip,
@@ -117,12 +142,14 @@ impl NodeArgs {
             seeds: self.seeds.clone(),
             data_dir: self.data_dir.clone(),
             cluster_secret_file: self.cluster_secret_file.clone(),
-            admin_token: self.admin_token.clone(),
+            cluster_secret_file_next: self.cluster_secret_file_next.clone(),
+            admin_token,
+            admin_token_file: self.admin_token_file.clone(),
             chaos: self.chaos,
             log_format: self.log_format,
             log_filter: self.log_filter.clone(),
             otlp_endpoint: self.otlp_endpoint.clone(),
-        }
+        })
     }
 }
 
@@ -188,7 +215,22 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn run_node(args: NodeArgs) -> ExitCode {
-    let config = match Config::load(args.config.as_deref(), args.overrides()) {
+    if args.removed_admin_token.is_some() {
+        eprintln!(
+            "cohort node: --admin-token is no longer accepted: a token on the command line is readable by \
+             every local user (ps, /proc/PID/cmdline). Put it in a file readable only by the node's user and \
+             pass --admin-token-file FILE, or set the {ADMIN_TOKEN_ENV} environment variable"
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let overrides = match args.overrides() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("cohort node: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let config = match Config::load(args.config.as_deref(), overrides) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("cohort node: {e}");
