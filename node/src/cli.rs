@@ -36,11 +36,35 @@ enum Command {
     Node(Box<NodeArgs>),
     /// Start a local cluster of N nodes on 127.0.0.1 with generated secrets (the embedded default).
     Up(crate::up::UpArgs),
+    /// Print a new random 32-byte cluster key (base64) for `cluster_secret_file`.
+    #[command(long_about = KEYGEN_ABOUT)]
+    Keygen(KeygenArgs),
     /// Chaos scenarios (SPEC 11).
     #[command(subcommand)]
     Chaos(ChaosCommand),
     /// Deterministic whole-cluster simulation: seeded composed faults on a simulated network and clock.
     Sim(crate::sim_cli::SimArgs),
+}
+
+/// The long help of `cohort keygen`.
+const KEYGEN_ABOUT: &str = "\
+Print a new random cluster key on stdout: 32 bytes from the operating system's random number
+generator, as one line of base64 (or hex with --hex). A node reads either form from
+`cluster_secret_file` (or `cluster_secret_file_next` during a key rotation); every node of a
+cluster needs the same key.
+
+    cohort keygen > cluster.key; chmod 600 cluster.key
+    cohort node --cluster-secret-file cluster.key ...
+
+(`(umask 077; cohort keygen > cluster.key)` creates the file unreadable to others from the
+start.) Copy the file to each node over a channel you trust; it never goes on a command line.";
+
+/// Flags of `cohort keygen`.
+#[derive(Args, Debug)]
+struct KeygenArgs {
+    /// Print the key as 64 lower-case hex digits instead of base64.
+    #[arg(long)]
+    hex: bool,
 }
 
 /// `cohort chaos ...`
@@ -166,6 +190,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Node(args) => run_node(*args),
         Command::Up(args) => crate::up::run(args),
+        Command::Keygen(args) => keygen(&args),
         Command::Chaos(ChaosCommand::Run(args)) => run_chaos(args),
         Command::Sim(args) => crate::sim_cli::run(args),
     }
@@ -212,6 +237,27 @@ fn run_chaos(args: ChaosRunArgs) -> ExitCode {
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("cohort").build()
+}
+
+/// `cohort keygen`: one line on stdout, nothing else (so `> FILE` captures exactly the key).
+fn keygen(args: &KeygenArgs) -> ExitCode {
+    use std::io::Write;
+    let secret = match cohort_cluster::auth::ClusterSecret::generate_from_os() {
+        Ok(secret) => secret,
+        Err(e) => {
+            eprintln!("cohort keygen: the operating system's random number generator failed: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let text = if args.hex { secret.to_hex() } else { secret.to_base64() };
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cohort keygen: cannot write the key: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
 }
 
 fn run_node(args: NodeArgs) -> ExitCode {

@@ -1,7 +1,7 @@
 //! The `cohort` binary as an operator runs it: config errors exit 2 naming the key, flags and
 //! `COHORT_*` variables override the file, SIGTERM/SIGINT stop the node with exit 0 in under 5 s
-//! with subsystems stopped in reverse start order, the admin API validates its input, and no
-//! secret is taken from the command line.
+//! with subsystems stopped in reverse start order, the admin API validates its input, `cohort
+//! keygen` makes keys a node accepts, and no secret is taken from the command line.
 
 mod common;
 
@@ -133,6 +133,47 @@ async fn admin_token_file_wins_over_the_environment() {
     };
     assert_eq!(post("token-from-the-file-0123456789").await, 200);
     assert_eq!(post(TOKEN).await, 401);
+}
+
+/// `cohort keygen [--hex]`: its stdout, which must be exactly one line.
+fn keygen(extra: &[&str]) -> String {
+    let out = std::process::Command::new(common::BIN).arg("keygen").args(extra).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text:?}");
+    assert!(text.ends_with('\n'), "{text:?}");
+    text
+}
+
+#[tokio::test]
+async fn keygen_prints_a_fresh_32_byte_key_that_a_node_accepts() {
+    use cohort::cluster::auth::ClusterSecret;
+    let first = keygen(&[]);
+    let second = keygen(&[]);
+    assert_ne!(first, second, "two runs must give two keys");
+    assert_eq!(first.trim().len(), 44, "32 bytes of padded base64: {first:?}");
+    assert_eq!(ClusterSecret::from_text(&first).unwrap().len(), 32);
+    let hex = keygen(&["--hex"]);
+    assert_eq!(hex.trim().len(), 64);
+    assert!(hex.trim().bytes().all(|b| b.is_ascii_hexdigit()), "{hex:?}");
+    assert_eq!(ClusterSecret::from_text(&hex).unwrap().len(), 32);
+
+    // `cohort keygen > cluster.key` is a key file a node starts with (both forms).
+    for (name, key) in [("cluster.key", &first), ("cluster-hex.key", &hex)] {
+        let file = temp_file(name, key);
+        let mut args = node_args("keyed");
+        args.extend(["--cluster-secret-file".into(), file.display().to_string()]);
+        let mut p = Proc::spawn(&as_strs(&args));
+        let url = p.node_url().await;
+        assert_eq!(get(&url, "/livez").await.status, 200);
+        p.signal(libc::SIGTERM);
+        assert_eq!(p.wait_exit(Duration::from_secs(10)).await.0, Some(0), "{}", p.stderr_text());
+    }
+
+    let help = std::process::Command::new(common::BIN).args(["keygen", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("cohort keygen > cluster.key; chmod 600 cluster.key"), "{help}");
+    assert!(help.contains("--hex"), "{help}");
 }
 
 #[tokio::test]
