@@ -1,8 +1,11 @@
 //! `cohort node` child processes: start, signal, stop, reap.
 //!
 //! Role: the only place the runner touches processes. A node is started with free loopback ports
-//! (port 0), chaos enabled, the run's cluster secret and admin token; its announce line on stdout
+//! (port 0), chaos enabled, the run's cluster key and admin token; its announce line on stdout
 //! gives its real addresses; its logs go to files in the report directory.
+//!
+//! The key and the token reach a node as paths of 0600 files, never as arguments: every local
+//! user can read a process's argv (`ps`, `/proc/PID/cmdline`).
 //!
 //! No orphans, whatever happens:
 //! - each child runs in its own process group (a terminal's Ctrl-C reaches only the runner) with
@@ -89,10 +92,10 @@ pub struct NodeSpec {
     pub name: String,
     /// Its data directory (kept across restarts).
     pub data_dir: PathBuf,
-    /// Cluster secret file.
+    /// Cluster key file (0600).
     pub secret_file: PathBuf,
-    /// Admin token.
-    pub token: String,
+    /// Admin token file (0600).
+    pub token_file: PathBuf,
     /// Gossip addresses to join through.
     pub seeds: Vec<String>,
     /// Extra config file, if the scenario has node settings.
@@ -103,6 +106,33 @@ pub struct NodeSpec {
     pub log_dir: PathBuf,
     /// Which start of this node this is (1-based), for log file names.
     pub start_number: u32,
+}
+
+/// The command line of a node: secrets by file path only, no `COHORT_*` variable inherited.
+fn node_command(spec: &NodeSpec) -> Command {
+    let mut cmd = Command::new(&spec.exe);
+    cmd.arg("node");
+    if let Some(cfg) = &spec.config_file {
+        cmd.arg("--config").arg(cfg);
+    }
+    cmd.args(["--name", &spec.name])
+        .args(["--http", "127.0.0.1:0", "--gossip", "127.0.0.1:0", "--internode", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(&spec.data_dir)
+        .arg("--cluster-secret-file")
+        .arg(&spec.secret_file)
+        .arg("--admin-token-file")
+        .arg(&spec.token_file)
+        .args(["--chaos", "--log-format", "json", "--log-filter", &spec.log_filter]);
+    if !spec.seeds.is_empty() {
+        cmd.args(["--seeds", &spec.seeds.join(",")]);
+    }
+    for (k, _) in std::env::vars_os() {
+        if k.to_str().is_some_and(|k| k.starts_with("COHORT_") || k == "RUST_LOG") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
 }
 
 /// A running (or exited, not yet dropped) node process.
@@ -124,26 +154,7 @@ impl NodeProcess {
         let log = spec.log_dir.join(format!("{stem}.log"));
         let stderr = File::create(&log).map_err(spawn_err)?;
         let stdout_log = OpenOptions::new().create(true).append(true).open(&log).map_err(spawn_err)?;
-        let mut cmd = Command::new(&spec.exe);
-        cmd.arg("node");
-        if let Some(cfg) = &spec.config_file {
-            cmd.arg("--config").arg(cfg);
-        }
-        cmd.args(["--name", &spec.name])
-            .args(["--http", "127.0.0.1:0", "--gossip", "127.0.0.1:0", "--internode", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(&spec.data_dir)
-            .arg("--cluster-secret-file")
-            .arg(&spec.secret_file)
-            .args(["--admin-token", &spec.token, "--chaos", "--log-format", "json", "--log-filter", &spec.log_filter]);
-        if !spec.seeds.is_empty() {
-            cmd.args(["--seeds", &spec.seeds.join(",")]);
-        }
-        for (k, _) in std::env::vars() {
-            if k.starts_with("COHORT_") || k == "RUST_LOG" {
-                cmd.env_remove(k);
-            }
-        }
+        let mut cmd = node_command(spec);
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::from(stderr));
         let parent = std::process::id() as libc::pid_t;
         // SAFETY: only async-signal-safe calls (setpgid, prctl, getppid) between fork and exec.
@@ -306,11 +317,26 @@ fn forward_stdout(stdout: std::process::ChildStdout, mut log: File, tx: mpsc::Se
     }
 }
 
-/// Write the cluster secret file (mode 0600).
+/// Random bytes of the run's admin token: 192 bits, written as 48 hex digits.
+pub const TOKEN_BYTES: usize = 24;
+
+/// A new admin token from the operating system's generator (never from the run's seed: a
+/// reproducible run must not mean a guessable token), as hex.
+pub fn generate_token() -> Result<String, rand::rngs::SysError> {
+    use rand::TryRng;
+    let mut bytes = [0u8; TOKEN_BYTES];
+    rand::rngs::SysRng.try_fill_bytes(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Write a secret file (the cluster key, the admin token): mode 0600 from its creation, and
+/// forced to 0600 when it already existed.
 pub fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
-    f.write_all(secret.as_bytes())
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(secret.as_bytes())?;
+    f.write_all(b"\n")
 }
 
 #[cfg(test)]
@@ -337,7 +363,7 @@ mod tests {
             name: "node-1".into(),
             data_dir: dir.join("d"),
             secret_file: dir.join("s"),
-            token: "t".into(),
+            token_file: dir.join("t"),
             seeds: vec![],
             config_file: None,
             log_filter: "info".into(),
@@ -346,6 +372,38 @@ mod tests {
         };
         let err = NodeProcess::spawn(&spec).err().expect("must fail");
         assert!(err.to_string().contains("exit code 1"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_node_gets_its_key_and_token_as_file_paths_never_in_argv() {
+        let dir = std::env::temp_dir().join(format!("cohort-chaos-argv-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let token = generate_token().unwrap();
+        assert_eq!(token.len(), 2 * TOKEN_BYTES);
+        assert_ne!(token, generate_token().unwrap());
+        let key = cohort_cluster::auth::ClusterSecret::generate_from_os().unwrap().to_base64();
+        let spec = NodeSpec {
+            exe: PathBuf::from("/bin/cohort"),
+            name: "node-1".into(),
+            data_dir: dir.join("d"),
+            secret_file: dir.join("cluster.key"),
+            token_file: dir.join("admin.token"),
+            seeds: vec!["127.0.0.1:1".into()],
+            config_file: None,
+            log_filter: "info".into(),
+            log_dir: dir.clone(),
+            start_number: 1,
+        };
+        write_secret(&spec.secret_file, &key).unwrap();
+        write_secret(&spec.token_file, &token).unwrap();
+        for file in [&spec.secret_file, &spec.token_file] {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(file).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        let args: Vec<String> = node_command(&spec).get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert!(args.windows(2).any(|w| w[0] == "--admin-token-file" && w[1].ends_with("admin.token")), "{args:?}");
+        assert!(args.iter().all(|a| !a.contains(&token) && !a.contains(&key) && a != "--admin-token"), "{args:?}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

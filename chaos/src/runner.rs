@@ -1,7 +1,7 @@
 //! The chaos runner: executes a [`Scenario`] against real `cohort node` processes.
 //!
 //! Phases, in order:
-//! 1. **start**: N nodes on 127.0.0.1 (port 0, chaos on, one generated secret and admin token), each
+//! 1. **start**: N nodes on 127.0.0.1 (port 0, chaos on, one generated key and admin token), each
 //!    seeded with the gossip addresses of the nodes before it; wait for `/readyz`; find which
 //!    optional subsystems exist (a 404 on `/admin/registry/*`, `/admin/raft`, `/admin/planes` =
 //!    absent); start one sampler thread per node.
@@ -37,7 +37,7 @@ use thiserror::Error;
 
 use crate::client::{Admin, Reply, metric_sum};
 use crate::invariants::{self, Verdict};
-use crate::process::{NodeProcess, NodeSpec, describe_status, write_secret};
+use crate::process::{NodeProcess, NodeSpec, describe_status, generate_token, write_secret};
 use crate::record::*;
 use crate::scenario::{self, Fault, FaultAction, NodeRef, Scenario, ScenarioError, StrongOn, node_name};
 use crate::truth::{Outcome, TruthModel};
@@ -131,9 +131,9 @@ fn with_node_count(text: &str, nodes: u16) -> Result<Scenario, ScenarioError> {
     })
 }
 
-fn random_hex(rng: &mut StdRng, bytes: usize) -> String {
-    (0..bytes).map(|_| format!("{:02x}", rng.random::<u8>())).collect()
-}
+/// The run's secret files in the report directory (0600, removed once the nodes are stopped).
+const KEY_FILE: &str = "cluster.key";
+const TOKEN_FILE: &str = "admin.token";
 
 /// Run a validated scenario.
 pub fn run(sc: &Scenario, opts: &RunOptions) -> Result<RunOutcome, RunError> {
@@ -146,15 +146,21 @@ pub fn run(sc: &Scenario, opts: &RunOptions) -> Result<RunOutcome, RunError> {
     std::fs::create_dir_all(out_dir.join("logs")).map_err(|e| setup(e, "creating the report directory"))?;
     std::fs::create_dir_all(out_dir.join("data")).map_err(|e| setup(e, "creating the data directory"))?;
     let seed = opts.seed.unwrap_or(sc.seed);
-    let mut runner = Runner::new(sc, opts, &out_dir, seed)?;
+    let remove_secrets = || {
+        for file in [KEY_FILE, TOKEN_FILE] {
+            let _ = std::fs::remove_file(out_dir.join(file));
+        }
+    };
+    let mut runner = Runner::new(sc, opts, &out_dir, seed).inspect_err(|_| remove_secrets())?;
     let result = runner.execute();
     // Whatever happened, stop every node before judging (Drop would SIGKILL them anyway).
     runner.stop_all();
+    // No node needs the secrets any more; they go whether the run succeeded or not.
+    remove_secrets();
     result?;
     let rec = runner.finish();
     let verdicts = invariants::check_all(&rec);
     crate::report::write(&out_dir, sc, &rec, &verdicts).map_err(|e| setup(e, "writing the report"))?;
-    let _ = std::fs::remove_file(out_dir.join("cluster.secret"));
     Ok(RunOutcome { verdicts, out_dir, elapsed: started.elapsed() })
 }
 
@@ -218,8 +224,8 @@ struct Runner<'a> {
     exe: PathBuf,
     out_dir: PathBuf,
     secret_file: PathBuf,
+    token_file: PathBuf,
     config_file: Option<PathBuf>,
-    token: String,
     truth: TruthModel,
     rec: Recording,
     next_op: u64,
@@ -236,12 +242,17 @@ struct Runner<'a> {
 impl<'a> Runner<'a> {
     fn new(sc: &'a Scenario, opts: &RunOptions, out_dir: &Path, seed: u64) -> Result<Self, RunError> {
         let rng = StdRng::seed_from_u64(seed);
-        // Secrets come from the OS, not the seed: a reproducible run must not mean a guessable token.
-        let mut os = rand::rng();
-        let token: String = (0..24).map(|_| format!("{:02x}", os.random::<u8>())).collect();
-        let secret_file = out_dir.join("cluster.secret");
-        let secret = random_hex(&mut StdRng::seed_from_u64(os.random()), 32);
-        write_secret(&secret_file, &secret).map_err(|e| RunError::Setup(format!("writing the secret: {e}")))?;
+        // Secrets come from the OS, not the seed: a reproducible run must not mean a guessable key
+        // or token. The key is 32 bytes of key material, what a node requires.
+        let key = cohort_cluster::auth::ClusterSecret::generate_from_os()
+            .map_err(|e| RunError::Setup(format!("generating the cluster key: {e}")))?;
+        let token = generate_token().map_err(|e| RunError::Setup(format!("generating the admin token: {e}")))?;
+        let secret_file = out_dir.join(KEY_FILE);
+        write_secret(&secret_file, &key.to_base64())
+            .map_err(|e| RunError::Setup(format!("writing {}: {e}", secret_file.display())))?;
+        let token_file = out_dir.join(TOKEN_FILE);
+        write_secret(&token_file, &token)
+            .map_err(|e| RunError::Setup(format!("writing {}: {e}", token_file.display())))?;
         let config_file = match &sc.node.config {
             Some(table) => {
                 let path = out_dir.join("node-config.toml");
@@ -295,8 +306,8 @@ impl<'a> Runner<'a> {
             exe: opts.node_binary.clone(),
             out_dir: out_dir.to_path_buf(),
             secret_file,
+            token_file,
             config_file,
-            token,
             truth: TruthModel::new(&sc.workload.groups),
             rec,
             next_op: 1,
@@ -389,7 +400,7 @@ impl<'a> Runner<'a> {
             name: name.clone(),
             data_dir: self.out_dir.join("data").join(&name),
             secret_file: self.secret_file.clone(),
-            token: self.token.clone(),
+            token_file: self.token_file.clone(),
             seeds,
             config_file: self.config_file.clone(),
             log_filter: self.sc.node.log_filter.clone().unwrap_or_else(|| "info".into()),

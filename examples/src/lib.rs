@@ -24,7 +24,8 @@ pub async fn local_cluster_with(
     let dir = std::env::temp_dir().join(format!("cohort-example-{}-{}", std::process::id(), nanos()));
     std::fs::create_dir_all(&dir)?;
     let secret: PathBuf = dir.join("cluster.secret");
-    std::fs::write(&secret, format!("example-secret-{:032x}", nanos()))?;
+    // A key file as `cohort keygen > cluster.secret` writes it: 32 random bytes in base64.
+    std::fs::write(&secret, format!("{}\n", cohort::cluster::auth::ClusterSecret::generate().to_base64()))?;
     let mut nodes: Vec<Node> = Vec::new();
     for name in names {
         let mut config = Config {

@@ -4,6 +4,10 @@
 //! message names it); 1 for a failure of the outside world (a port already taken, a child that died).
 //! Every `cohort node` flag can also come from a `COHORT_*` environment variable; flags win over
 //! the environment, which wins over the config file.
+//!
+//! No secret is ever a flag value: argv is readable by every local user (`ps`,
+//! `/proc/PID/cmdline`). The cluster key comes from a file, the admin token from a file or the
+//! `COHORT_ADMIN_TOKEN` variable; `--admin-token` is refused with a message naming both.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,7 +15,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, LogFormat, Overrides};
+use crate::config::{ADMIN_TOKEN_ENV, Config, ConfigError, LogFormat, Overrides};
 use crate::{Node, telemetry};
 
 /// Exit code for usage and configuration errors (clap uses it too).
@@ -32,11 +36,35 @@ enum Command {
     Node(Box<NodeArgs>),
     /// Start a local cluster of N nodes on 127.0.0.1 with generated secrets (the embedded default).
     Up(crate::up::UpArgs),
+    /// Print a new random 32-byte cluster key (base64) for `cluster_secret_file`.
+    #[command(long_about = KEYGEN_ABOUT)]
+    Keygen(KeygenArgs),
     /// Chaos scenarios (SPEC 11).
     #[command(subcommand)]
     Chaos(ChaosCommand),
     /// Deterministic whole-cluster simulation: seeded composed faults on a simulated network and clock.
     Sim(crate::sim_cli::SimArgs),
+}
+
+/// The long help of `cohort keygen`.
+const KEYGEN_ABOUT: &str = "\
+Print a new random cluster key on stdout: 32 bytes from the operating system's random number
+generator, as one line of base64 (or hex with --hex). A node reads either form from
+`cluster_secret_file` (or `cluster_secret_file_next` during a key rotation); every node of a
+cluster needs the same key.
+
+    cohort keygen > cluster.key; chmod 600 cluster.key
+    cohort node --cluster-secret-file cluster.key ...
+
+(`(umask 077; cohort keygen > cluster.key)` creates the file unreadable to others from the
+start.) Copy the file to each node over a channel you trust; it never goes on a command line.";
+
+/// Flags of `cohort keygen`.
+#[derive(Args, Debug)]
+struct KeygenArgs {
+    /// Print the key as 64 lower-case hex digits instead of base64.
+    #[arg(long)]
+    hex: bool,
 }
 
 /// `cohort chaos ...`
@@ -87,12 +115,19 @@ pub struct NodeArgs {
     /// Directory for durable state.
     #[arg(long, env = "COHORT_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// File holding the cluster secret.
+    /// File holding the cluster key: 32-64 bytes as base64 or hex (`cohort keygen` makes one).
     #[arg(long, env = "COHORT_CLUSTER_SECRET_FILE", value_name = "F")]
     pub cluster_secret_file: Option<PathBuf>,
-    /// Bearer token for mutating admin endpoints.
-    #[arg(long, env = "COHORT_ADMIN_TOKEN", value_name = "T", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    /// File holding the next cluster key, accepted as a second key during a rotation window.
+    #[arg(long, env = "COHORT_CLUSTER_SECRET_FILE_NEXT", value_name = "F")]
+    pub cluster_secret_file_next: Option<PathBuf>,
+    /// File holding the bearer token for mutating admin endpoints. The token may instead be given
+    /// in the COHORT_ADMIN_TOKEN environment variable (the file wins); never on the command line.
+    #[arg(long, env = "COHORT_ADMIN_TOKEN_FILE", value_name = "F")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Removed: refused with a message, since a token in argv is readable by every local user.
+    #[arg(long = "admin-token", hide = true, value_name = "T", num_args = 0..=1)]
+    pub removed_admin_token: Option<Option<String>>,
     /// Enable chaos mode (fault injection, probe workload).
     #[arg(long, env = "COHORT_CHAOS")]
     pub chaos: bool,
@@ -108,8 +143,22 @@ pub struct NodeArgs {
 }
 
 impl NodeArgs {
-    fn overrides(&self) -> Overrides {
-        Overrides {
+    /// The flags, plus `COHORT_ADMIN_TOKEN` (read here, not by clap: it must not be a flag).
+    fn overrides(&self) -> Result<Overrides, ConfigError> {
+        let admin_token = match std::env::var(ADMIN_TOKEN_ENV) {
+            Ok(token) if token.is_empty() => {
+                return Err(ConfigError::Invalid {
+                    key: ADMIN_TOKEN_ENV,
+                    reason: "is set but empty (unset it for a node without admin token)".into(),
+                });
+            }
+            Ok(token) => Some(token),
+            Err(std::env::VarError::NotPresent) => None,
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(ConfigError::Invalid { key: ADMIN_TOKEN_ENV, reason: "is not valid UTF-8".into() });
+            }
+        };
+        Ok(Overrides {
             name: self.name.clone(),
             http: self.http,
             gossip: self.gossip,
@@ -117,12 +166,14 @@ impl NodeArgs {
             seeds: self.seeds.clone(),
             data_dir: self.data_dir.clone(),
             cluster_secret_file: self.cluster_secret_file.clone(),
-            admin_token: self.admin_token.clone(),
+            cluster_secret_file_next: self.cluster_secret_file_next.clone(),
+            admin_token,
+            admin_token_file: self.admin_token_file.clone(),
             chaos: self.chaos,
             log_format: self.log_format,
             log_filter: self.log_filter.clone(),
             otlp_endpoint: self.otlp_endpoint.clone(),
-        }
+        })
     }
 }
 
@@ -139,6 +190,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Node(args) => run_node(*args),
         Command::Up(args) => crate::up::run(args),
+        Command::Keygen(args) => keygen(&args),
         Command::Chaos(ChaosCommand::Run(args)) => run_chaos(args),
         Command::Sim(args) => crate::sim_cli::run(args),
     }
@@ -187,8 +239,44 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("cohort").build()
 }
 
+/// `cohort keygen`: one line on stdout, nothing else (so `> FILE` captures exactly the key).
+fn keygen(args: &KeygenArgs) -> ExitCode {
+    use std::io::Write;
+    let secret = match cohort_cluster::auth::ClusterSecret::generate_from_os() {
+        Ok(secret) => secret,
+        Err(e) => {
+            eprintln!("cohort keygen: the operating system's random number generator failed: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let text = if args.hex { secret.to_hex() } else { secret.to_base64() };
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cohort keygen: cannot write the key: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
 fn run_node(args: NodeArgs) -> ExitCode {
-    let config = match Config::load(args.config.as_deref(), args.overrides()) {
+    if args.removed_admin_token.is_some() {
+        eprintln!(
+            "cohort node: --admin-token is no longer accepted: a token on the command line is readable by \
+             every local user (ps, /proc/PID/cmdline). Put it in a file readable only by the node's user and \
+             pass --admin-token-file FILE, or set the {ADMIN_TOKEN_ENV} environment variable"
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let overrides = match args.overrides() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("cohort node: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let config = match Config::load(args.config.as_deref(), overrides) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("cohort node: {e}");

@@ -39,6 +39,9 @@ pub enum ClusterStartError {
     /// The cluster secret is unusable.
     #[error("cluster_secret_file: {0}")]
     Secret(String),
+    /// The next cluster secret (key rotation) is unusable.
+    #[error("cluster_secret_file_next: {0}")]
+    SecretNext(String),
     /// Membership refused its configuration or socket.
     #[error("membership: {0}")]
     Membership(#[from] cohort_cluster::membership::MembershipError),
@@ -50,14 +53,11 @@ pub enum ClusterStartError {
     Health(#[from] HealthError),
 }
 
-/// The cluster secret: the file's trimmed contents, or a fresh random secret when none is
-/// configured (the node can then only form a cluster alone; the start log says so).
+/// The cluster secret: the key in `cluster_secret_file` (hex or base64), or a fresh random secret
+/// when none is configured (the node can then only form a cluster alone; the start log says so).
 pub fn load_secret(config: &Config) -> Result<ClusterSecret, ClusterStartError> {
     match &config.cluster_secret_file {
-        Some(path) => {
-            let bytes = crate::config::read_cluster_secret(path).map_err(ClusterStartError::Secret)?;
-            ClusterSecret::from_bytes(&bytes).map_err(|e| ClusterStartError::Secret(e.to_string()))
-        }
+        Some(path) => crate::config::read_cluster_secret(path).map_err(ClusterStartError::Secret),
         None => {
             tracing::warn!(
                 "no cluster_secret_file: using a random secret; no other node can join this one \
@@ -65,6 +65,15 @@ pub fn load_secret(config: &Config) -> Result<ClusterSecret, ClusterStartError> 
             );
             Ok(ClusterSecret::generate())
         }
+    }
+}
+
+/// The next cluster secret, from `cluster_secret_file_next` when it is set: a second key accepted
+/// during a rotation window (see docs/operations.md, "Rotating the cluster key").
+pub fn load_secret_next(config: &Config) -> Result<Option<ClusterSecret>, ClusterStartError> {
+    match &config.cluster_secret_file_next {
+        Some(path) => crate::config::read_cluster_secret(path).map(Some).map_err(ClusterStartError::SecretNext),
+        None => Ok(None),
     }
 }
 
@@ -207,5 +216,38 @@ fn resync(membership: &Membership, followers: &Followers, local: &NodeId) {
             MemberState::Alive | MemberState::Suspect => followers.up(&row.info),
             MemberState::Down | MemberState::Left => followers.down(&row.info),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_file(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn secrets_load_from_base64_and_hex_files_and_the_next_one_is_optional() {
+        let dir = std::env::temp_dir().join(format!("cohort-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let current = ClusterSecret::generate();
+        let next = ClusterSecret::generate();
+        let mut config = Config {
+            cluster_secret_file: Some(key_file(&dir, "current", &format!("{}\n", current.to_base64()))),
+            ..Config::default()
+        };
+        assert_eq!(load_secret(&config).unwrap().to_hex(), current.to_hex());
+        assert!(load_secret_next(&config).unwrap().is_none());
+
+        config.cluster_secret_file_next = Some(key_file(&dir, "next", &next.to_hex()));
+        assert_eq!(load_secret_next(&config).unwrap().unwrap().to_hex(), next.to_hex());
+
+        config.cluster_secret_file_next = Some(key_file(&dir, "short", "0123456789abcdef0123456789abcdef"));
+        let error = load_secret_next(&config).unwrap_err().to_string();
+        assert!(error.starts_with("cluster_secret_file_next: ") && error.contains("16 bytes"), "{error}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -14,16 +14,19 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cohort_cluster::auth::ClusterSecret;
 use serde::{Deserialize, Serialize};
 
-/// Shortest cluster secret accepted, in bytes. HMAC-SHA256 keys shorter than this are guessable
-/// offline from one captured handshake.
+/// Shortest cluster secret accepted, in bytes of decoded key material (256 bits): a key shorter
+/// than this is guessable offline from one captured handshake or datagram.
 pub const MIN_CLUSTER_SECRET_BYTES: usize = cohort_cluster::auth::MIN_SECRET_BYTES;
-/// Longest cluster secret accepted, in bytes (the HMAC key block of SHA-256).
+/// Longest cluster secret accepted, in bytes of decoded key material (the HMAC key block of
+/// SHA-256: longer keys are hashed down and add nothing).
 pub const MAX_CLUSTER_SECRET_BYTES: usize = cohort_cluster::auth::MAX_SECRET_BYTES;
 /// Largest config file read, so a wrong path (a log file, a device) fails fast instead of filling memory.
 pub const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
-/// Largest cluster secret file read.
+/// Largest cluster secret or admin token file read (a key is at most 128 hex digits; the rest
+/// is room for white space), so a wrong path fails fast.
 pub const MAX_SECRET_FILE_BYTES: u64 = 4096;
 /// Longest node name: it travels in every gossip identity, so it must stay small.
 pub const MAX_NODE_NAME_LEN: usize = 64;
@@ -31,6 +34,9 @@ pub const MAX_NODE_NAME_LEN: usize = 64;
 pub const MAX_SEEDS: usize = 64;
 /// Shortest admin token accepted.
 pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+/// The environment variable that may hold the admin token (the token never goes on a command
+/// line, where every local user can read it in `/proc/PID/cmdline`).
+pub const ADMIN_TOKEN_ENV: &str = "COHORT_ADMIN_TOKEN";
 
 /// Default HTTP listen address: loopback only (SPEC 9.2), a port of our own.
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:7480";
@@ -51,11 +57,19 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Gossip addresses (`host:port`) of nodes to join through.
     pub seeds: Vec<String>,
-    /// File holding the cluster secret (at least 16 bytes after trimming white space).
-    /// Without one the node generates a secret of its own and can only form a cluster alone.
+    /// File holding the cluster secret: 32 to 64 bytes of key material written as hex or base64
+    /// (`cohort keygen` makes one). Without one the node generates a secret of its own and can
+    /// only form a cluster alone.
     pub cluster_secret_file: Option<PathBuf>,
-    /// Bearer token for mutating admin endpoints; without one they answer 403.
+    /// File holding the next cluster secret, same format: accepted as a second key during a
+    /// rotation window. Needs `cluster_secret_file`.
+    pub cluster_secret_file_next: Option<PathBuf>,
+    /// Bearer token for mutating admin endpoints; without one they answer 403. Also set by the
+    /// `COHORT_ADMIN_TOKEN` environment variable; [`admin_token_file`](Self::admin_token_file)
+    /// wins over both.
     pub admin_token: Option<String>,
+    /// File holding the admin token (trimmed); wins over [`admin_token`](Self::admin_token).
+    pub admin_token_file: Option<PathBuf>,
     /// Whether this node may be a raft voter (advertised in its gossip identity).
     pub raft_eligible: bool,
     /// Failure domain (rack, zone): raft voters are spread across domains. Empty = none.
@@ -173,7 +187,9 @@ impl Default for Config {
             data_dir: PathBuf::from("cohort-data"),
             seeds: Vec::new(),
             cluster_secret_file: None,
+            cluster_secret_file_next: None,
             admin_token: None,
+            admin_token_file: None,
             raft_eligible: true,
             failure_domain: String::new(),
             http: HttpConfig::default(),
@@ -306,8 +322,12 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     /// `--cluster-secret-file`
     pub cluster_secret_file: Option<PathBuf>,
-    /// `--admin-token`
+    /// `--cluster-secret-file-next`
+    pub cluster_secret_file_next: Option<PathBuf>,
+    /// `COHORT_ADMIN_TOKEN` (never a flag: argv is world-readable)
     pub admin_token: Option<String>,
+    /// `--admin-token-file`
+    pub admin_token_file: Option<PathBuf>,
     /// `--chaos`
     pub chaos: bool,
     /// `--log-format`
@@ -413,8 +433,14 @@ impl Config {
         if let Some(v) = o.cluster_secret_file {
             self.cluster_secret_file = Some(v);
         }
+        if let Some(v) = o.cluster_secret_file_next {
+            self.cluster_secret_file_next = Some(v);
+        }
         if let Some(v) = o.admin_token {
             self.admin_token = Some(v);
+        }
+        if let Some(v) = o.admin_token_file {
+            self.admin_token_file = Some(v);
         }
         if o.chaos {
             self.chaos.enabled = true;
@@ -430,8 +456,9 @@ impl Config {
         }
     }
 
-    /// Check every value that the types alone do not constrain. Reads the secret file (so a
-    /// missing or short secret fails here, with exit code 2, rather than at the first handshake).
+    /// Check every value that the types alone do not constrain. Reads the secret and token files
+    /// (so a missing or short secret fails here, with exit code 2, rather than at the first
+    /// handshake).
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_node_name(&self.name).map_err(|r| ConfigError::invalid("name", r))?;
         validate_node_name(&self.cluster_name).map_err(|r| ConfigError::invalid("cluster_name", r))?;
@@ -447,17 +474,16 @@ impl Config {
         if let Some(path) = &self.cluster_secret_file {
             read_cluster_secret(path).map_err(|r| ConfigError::invalid("cluster_secret_file", r))?;
         }
-        if let Some(token) = &self.admin_token {
-            if token.len() < MIN_ADMIN_TOKEN_LEN {
+        if let Some(path) = &self.cluster_secret_file_next {
+            if self.cluster_secret_file.is_none() {
                 return Err(ConfigError::invalid(
-                    "admin_token",
-                    format!("must be at least {MIN_ADMIN_TOKEN_LEN} characters"),
+                    "cluster_secret_file_next",
+                    "needs cluster_secret_file too (the next key is a second key, accepted during a rotation)",
                 ));
             }
-            if !token.chars().all(|c| c.is_ascii_graphic()) {
-                return Err(ConfigError::invalid("admin_token", "must be printable ASCII without spaces"));
-            }
+            read_cluster_secret(path).map_err(|r| ConfigError::invalid("cluster_secret_file_next", r))?;
         }
+        self.admin_token()?;
         if self.failure_domain.len() > cohort_cluster::member::MAX_FAILURE_DOMAIN_LEN
             || !self.failure_domain.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
@@ -544,6 +570,31 @@ impl Config {
         Ok(())
     }
 
+    /// The admin token in force: the trimmed contents of `admin_token_file` when it is set,
+    /// else `admin_token` (from the config file or `COHORT_ADMIN_TOKEN`). Reads the file, so the
+    /// node calls it once at start; [`validate`](Self::validate) calls it too.
+    pub fn admin_token(&self) -> Result<Option<String>, ConfigError> {
+        let (key, token) = match &self.admin_token_file {
+            Some(path) => {
+                ("admin_token_file", read_admin_token(path).map_err(|r| ConfigError::invalid("admin_token_file", r))?)
+            }
+            None => match &self.admin_token {
+                Some(token) => ("admin_token", token.clone()),
+                None => return Ok(None),
+            },
+        };
+        if token.is_empty() {
+            return Err(ConfigError::invalid(key, "must not be empty (leave it unset for a node without admin token)"));
+        }
+        if token.len() < MIN_ADMIN_TOKEN_LEN {
+            return Err(ConfigError::invalid(key, format!("must be at least {MIN_ADMIN_TOKEN_LEN} characters")));
+        }
+        if !token.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(ConfigError::invalid(key, "must be printable ASCII without spaces"));
+        }
+        Ok(Some(token))
+    }
+
     /// Load a complete configuration: the optional file, then the overrides, then validation.
     pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Self, ConfigError> {
         let mut config = match file {
@@ -556,23 +607,44 @@ impl Config {
     }
 }
 
-/// Read the cluster secret file: trimmed contents, at least [`MIN_CLUSTER_SECRET_BYTES`].
-pub fn read_cluster_secret(path: &Path) -> Result<Vec<u8>, String> {
+/// Read a cluster secret file: [`MIN_CLUSTER_SECRET_BYTES`] to [`MAX_CLUSTER_SECRET_BYTES`]
+/// bytes of key material written as hex or standard base64, surrounding white space ignored
+/// ([`ClusterSecret::from_text`]). The error names the file and what is wrong with it.
+pub fn read_cluster_secret(path: &Path) -> Result<ClusterSecret, String> {
+    use cohort_cluster::auth::SecretError;
+    let text = read_small_text(path)?;
+    ClusterSecret::from_text(&text).map_err(|e| {
+        let problem = match e {
+            SecretError::TooShort { len, min } => {
+                format!("decodes to {len} bytes of key material; a cluster secret needs at least {min}")
+            }
+            SecretError::TooLong { len, max } => {
+                format!("decodes to {len} bytes of key material; a cluster secret holds at most {max}")
+            }
+            other => other.to_string(),
+        };
+        format!("{}: {problem} (make one with `cohort keygen > FILE`)", path.display())
+    })
+}
+
+/// Read an admin token file: its trimmed contents.
+pub fn read_admin_token(path: &Path) -> Result<String, String> {
+    let text = read_small_text(path)?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(token.to_string())
+}
+
+/// A file of at most [`MAX_SECRET_FILE_BYTES`], as UTF-8 text.
+fn read_small_text(path: &Path) -> Result<String, String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     if meta.len() > MAX_SECRET_FILE_BYTES {
         return Err(format!("{} is larger than {MAX_SECRET_FILE_BYTES} bytes", path.display()));
     }
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let trimmed = bytes.trim_ascii();
-    if !(MIN_CLUSTER_SECRET_BYTES..=MAX_CLUSTER_SECRET_BYTES).contains(&trimmed.len()) {
-        return Err(format!(
-            "{} holds {} bytes; a cluster secret needs {MIN_CLUSTER_SECRET_BYTES} to {MAX_CLUSTER_SECRET_BYTES} \
-             (e.g. `openssl rand -hex 32`)",
-            path.display(),
-            trimmed.len()
-        ));
-    }
-    Ok(trimmed.to_vec())
+    String::from_utf8(bytes).map_err(|_| format!("{} is not text (hex or base64 expected)", path.display()))
 }
 
 /// Node and cluster names: 1-64 characters of `[A-Za-z0-9_-.]`, so they are safe in logs, URLs
@@ -739,19 +811,95 @@ timeout_ms = 2000
         assert!(c.validate().unwrap_err().to_string().contains("https:// is not supported"));
     }
 
-    #[test]
-    fn missing_or_short_secret_file_is_refused() {
-        let dir = std::env::temp_dir().join(format!("cohort-cfg-{}", std::process::id()));
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("cohort-cfg-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn missing_short_or_raw_text_secret_file_is_refused_naming_the_file() {
+        let dir = temp_dir("secret");
         let short = dir.join("short");
-        std::fs::write(&short, "abc\n").unwrap();
-        let c = Config { cluster_secret_file: Some(short), ..Config::default() };
-        assert!(c.validate().unwrap_err().to_string().contains("cluster_secret_file"));
+        // 32 hex digits: 16 bytes of key material, the old minimum.
+        std::fs::write(&short, "0123456789abcdef0123456789abcdef\n").unwrap();
+        let c = Config { cluster_secret_file: Some(short.clone()), ..Config::default() };
+        let error = c.validate().unwrap_err().to_string();
+        assert!(error.contains("cluster_secret_file") && error.contains(&short.display().to_string()), "{error}");
+        assert!(error.contains("decodes to 16 bytes") && error.contains("at least 32"), "{error}");
+        assert!(error.contains("cohort keygen"), "{error}");
+
+        let raw = dir.join("raw");
+        std::fs::write(&raw, "this is my cluster password!\n").unwrap();
+        let error = read_cluster_secret(&raw).unwrap_err();
+        assert!(
+            error.contains(&raw.display().to_string()) && error.contains("neither hex nor standard base64"),
+            "{error}"
+        );
+        let binary = dir.join("binary");
+        std::fs::write(&binary, [0xffu8; 40]).unwrap();
+        assert!(read_cluster_secret(&binary).unwrap_err().contains("not text"));
+
         let c = Config { cluster_secret_file: Some(dir.join("missing")), ..Config::default() };
         assert!(c.validate().unwrap_err().to_string().contains("cluster_secret_file"));
+
+        let key = ClusterSecret::generate();
         let good = dir.join("good");
-        std::fs::write(&good, "0123456789abcdef0123\n").unwrap();
-        assert_eq!(read_cluster_secret(&good).unwrap(), b"0123456789abcdef0123");
+        std::fs::write(&good, format!("{}\n", key.to_base64())).unwrap();
+        assert_eq!(read_cluster_secret(&good).unwrap().to_hex(), key.to_hex());
+        std::fs::write(&good, key.to_hex()).unwrap();
+        assert_eq!(read_cluster_secret(&good).unwrap().to_hex(), key.to_hex());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn next_secret_file_is_read_like_the_current_one_and_needs_it() {
+        let dir = temp_dir("next");
+        let current = dir.join("current");
+        std::fs::write(&current, ClusterSecret::generate().to_base64()).unwrap();
+        let next = dir.join("next");
+        std::fs::write(&next, ClusterSecret::generate().to_hex()).unwrap();
+        let c = parse(&format!(
+            "cluster_secret_file = {:?}\ncluster_secret_file_next = {:?}\n",
+            current.display().to_string(),
+            next.display().to_string()
+        ))
+        .unwrap();
+        c.validate().unwrap();
+
+        let alone = Config { cluster_secret_file_next: Some(next.clone()), ..Config::default() };
+        let error = alone.validate().unwrap_err().to_string();
+        assert!(error.contains("cluster_secret_file_next") && error.contains("needs cluster_secret_file"), "{error}");
+
+        std::fs::write(&next, "short").unwrap();
+        let c = Config { cluster_secret_file_next: Some(next.clone()), ..c };
+        let error = c.validate().unwrap_err().to_string();
+        assert!(error.contains("`cluster_secret_file_next`") && error.contains(&next.display().to_string()), "{error}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn admin_token_file_wins_over_the_token_and_empty_is_refused() {
+        let dir = temp_dir("token");
+        let file = dir.join("token");
+        std::fs::write(&file, "  from-the-file-0123456789\n").unwrap();
+        let mut c = Config { admin_token: Some("from-the-env-0123456789".into()), ..Config::default() };
+        assert_eq!(c.admin_token().unwrap().as_deref(), Some("from-the-env-0123456789"));
+        c.apply(Overrides { admin_token_file: Some(file.clone()), ..Overrides::default() });
+        c.validate().unwrap();
+        assert_eq!(c.admin_token().unwrap().as_deref(), Some("from-the-file-0123456789"));
+
+        std::fs::write(&file, "\n").unwrap();
+        let error = c.validate().unwrap_err().to_string();
+        assert!(error.contains("`admin_token_file`") && error.contains("is empty"), "{error}");
+        std::fs::write(&file, "short").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("at least 16"));
+        c.admin_token_file = Some(dir.join("missing"));
+        assert!(c.validate().unwrap_err().to_string().contains("`admin_token_file`"));
+
+        let c = Config { admin_token: Some(String::new()), ..Config::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("must not be empty"));
+        assert_eq!(Config::default().admin_token().unwrap(), None);
         std::fs::remove_dir_all(&dir).ok();
     }
 

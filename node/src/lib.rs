@@ -40,7 +40,7 @@ pub mod sim_cli;
 pub mod telemetry;
 pub mod up;
 
-pub use cluster_subsystems::ClusterStartError;
+pub use cluster_subsystems::{ClusterStartError, load_secret, load_secret_next};
 pub use cohort_actors as actors;
 pub use cohort_chaos as chaos;
 pub use cohort_cluster as cluster;

@@ -117,6 +117,9 @@ pub enum StartError {
     /// A health check could not be registered.
     #[error("health registry: {0}")]
     Health(#[from] HealthError),
+    /// A file the configuration names (the admin token file) could not be read or is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// Membership or the transport could not start.
     #[error(transparent)]
     Cluster(#[from] ClusterStartError),
@@ -216,6 +219,9 @@ impl Node {
 
     async fn start_with(config: Config, log_control: Option<LogControl>) -> Result<Self, StartError> {
         let started = Instant::now();
+        // Read before anything binds: a token file that went missing since validation stops the
+        // start rather than leaving the admin API without its token.
+        let admin_token = config.admin_token()?;
         let id = NodeId::new(config.name.clone(), NodeId::fresh_incarnation());
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
@@ -312,7 +318,7 @@ impl Node {
 
         node.start_cluster();
         node.start_supervised(cluster_gate)?;
-        node.start_http(http_listener, log_control);
+        node.start_http(http_listener, log_control, admin_token);
         startup_gate.set(true);
         tracing::info!(
             node = %node.id,
@@ -416,14 +422,19 @@ impl Node {
         Ok(())
     }
 
-    fn start_http(&mut self, listener: tokio::net::TcpListener, log_control: Option<LogControl>) {
+    fn start_http(
+        &mut self,
+        listener: tokio::net::TcpListener,
+        log_control: Option<LogControl>,
+        admin_token: Option<String>,
+    ) {
         let state = HttpState {
             id: self.id.clone(),
             started: self.health.boot(),
             addrs: self.addrs,
             health: self.health.clone(),
             metrics: self.metrics.clone(),
-            admin_token: self.config.admin_token.as_deref().map(Arc::from),
+            admin_token: admin_token.map(Arc::from),
             in_flight: Arc::new(Semaphore::new(self.config.http.max_in_flight)),
             log_control,
             faults: self.faults.clone(),

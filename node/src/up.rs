@@ -1,9 +1,14 @@
 //! `cohort up`: a local cluster in one command (the embedded default of SPEC 9.1).
 //!
 //! Starts N `cohort node` child processes on 127.0.0.1 with free ports (port 0), one generated
-//! cluster secret (a 0600 file in the work directory) and one generated admin token, chaos enabled.
-//! Each node after the first gets every earlier node's gossip address as a seed. Their log lines are
-//! forwarded with a `[name]` prefix. It prints each node's name, HTTP URL and pid, and the admin token.
+//! cluster key and one generated admin token, chaos enabled. Each node after the first gets every
+//! earlier node's gossip address as a seed. Their log lines are forwarded with a `[name]` prefix.
+//! It prints each node's name, HTTP URL and pid, and the admin token.
+//!
+//! Secrets: the key (32 bytes) and the token (24 bytes) come straight from the operating system's
+//! generator, and each is written to a 0600 file in the work directory (`cluster.key`,
+//! `admin.token`) that the children are given by path. Neither ever appears in a child's argv, which
+//! every local user can read in `/proc/PID/cmdline`.
 //!
 //! No orphans, whatever happens: children run in their own process group (so a terminal's Ctrl-C
 //! reaches only `cohort up`, which then stops them in order) with `PR_SET_PDEATHSIG = SIGTERM` (so
@@ -18,7 +23,8 @@ use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
 use clap::Args;
-use rand::RngExt;
+use cohort_cluster::auth::ClusterSecret;
+use rand::{RngExt, TryRng};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
@@ -98,15 +104,42 @@ pub fn run(args: UpArgs) -> ExitCode {
     code
 }
 
-fn random_hex(bytes: usize) -> String {
-    let mut rng = rand::rng();
-    (0..bytes).map(|_| format!("{:02x}", rng.random::<u8>())).collect()
+/// Random bytes of the admin token: 192 bits, printed as 48 hex digits.
+pub const ADMIN_TOKEN_BYTES: usize = 24;
+
+/// A new admin token from the operating system's generator, as hex.
+pub fn generate_admin_token() -> Result<String, rand::rngs::SysError> {
+    let mut bytes = [0u8; ADMIN_TOKEN_BYTES];
+    rand::rngs::SysRng.try_fill_bytes(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
+/// Write a secret to `path`, readable and writable by the owner only (mode 0600 from creation, so
+/// it is never readable by others, even for an instant). An existing file is replaced.
+pub fn write_secret_file(path: &Path, secret: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
-    f.write_all(secret.as_bytes())
+    // `mode` only applies to a file this call creates; an older file keeps its bits otherwise.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(secret.as_bytes())?;
+    f.write_all(b"\n")
+}
+
+/// The files `cohort up` gives its children.
+struct Secrets {
+    key_file: PathBuf,
+    token_file: PathBuf,
+    token: String,
+}
+
+fn make_secrets(dir: &Path) -> Result<Secrets, String> {
+    let key = ClusterSecret::generate_from_os().map_err(|e| format!("cannot generate the cluster key: {e}"))?;
+    let token = generate_admin_token().map_err(|e| format!("cannot generate the admin token: {e}"))?;
+    let key_file = dir.join("cluster.key");
+    write_secret_file(&key_file, &key.to_base64()).map_err(|e| format!("cannot write {}: {e}", key_file.display()))?;
+    let token_file = dir.join("admin.token");
+    write_secret_file(&token_file, &token).map_err(|e| format!("cannot write {}: {e}", token_file.display()))?;
+    Ok(Secrets { key_file, token_file, token })
 }
 
 async fn up(args: &UpArgs, dir: &Path) -> ExitCode {
@@ -117,11 +150,10 @@ async fn up(args: &UpArgs, dir: &Path) -> ExitCode {
     if let Err(e) = std::fs::create_dir_all(dir) {
         return fail(format!("cannot create {}: {e}", dir.display()));
     }
-    let secret_file = dir.join("cluster.secret");
-    if let Err(e) = write_secret(&secret_file, &random_hex(32)) {
-        return fail(format!("cannot write {}: {e}", secret_file.display()));
-    }
-    let token = random_hex(24);
+    let secrets = match make_secrets(dir) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(e) => return fail(format!("cannot find the cohort binary: {e}")),
@@ -134,7 +166,8 @@ async fn up(args: &UpArgs, dir: &Path) -> ExitCode {
     for i in 1..=args.nodes {
         let name = format!("node-{i}");
         let seeds: Vec<&str> = announced.iter().map(|a| a.gossip.as_str()).collect();
-        let started = spawn_node(&exe, &name, dir, &secret_file, &token, &seeds, &args.log_filter).await;
+        let cmd = node_command(&exe, &name, dir, &secrets, &seeds, &args.log_filter);
+        let started = spawn_node(cmd, &exe, &name).await;
         let (child, announce) = match started {
             Ok(s) => s,
             Err(e) => {
@@ -163,7 +196,8 @@ async fn up(args: &UpArgs, dir: &Path) -> ExitCode {
     for (r, a) in running.iter().zip(&announced) {
         let _ = writeln!(out, "  {:<8} {}  pid {}", r.name, a.http, r.pid);
     }
-    let _ = writeln!(out, "admin token: {token}");
+    let _ = writeln!(out, "admin token: {}", secrets.token);
+    let _ = writeln!(out, "admin token file: {}", secrets.token_file.display());
     if let Some(first) = announced.first() {
         let _ = writeln!(out, "try: curl {}/livez   curl {}/metrics", first.http, first.http);
     }
@@ -240,15 +274,8 @@ fn signal_pid(pid: u32, signal: libc::c_int) {
     }
 }
 
-async fn spawn_node(
-    exe: &Path,
-    name: &str,
-    dir: &Path,
-    secret_file: &Path,
-    token: &str,
-    seeds: &[&str],
-    log_filter: &str,
-) -> Result<(Child, Announce), String> {
+/// The command line of one child: secrets by file path only.
+fn node_command(exe: &Path, name: &str, dir: &Path, secrets: &Secrets, seeds: &[&str], log_filter: &str) -> Command {
     let mut cmd = Command::new(exe);
     cmd.arg("node")
         .args(["--name", name])
@@ -256,15 +283,31 @@ async fn spawn_node(
         .arg("--data-dir")
         .arg(dir.join(name))
         .arg("--cluster-secret-file")
-        .arg(secret_file)
-        .args(["--admin-token", token, "--chaos", "--log-filter", log_filter]);
+        .arg(&secrets.key_file)
+        .arg("--admin-token-file")
+        .arg(&secrets.token_file)
+        .args(["--chaos", "--log-filter", log_filter]);
     if !seeds.is_empty() {
         cmd.args(["--seeds", &seeds.join(",")]);
     }
-    // The child must not inherit settings meant for `cohort up` itself.
-    for var in ["COHORT_CONFIG", "COHORT_SEEDS", "COHORT_HTTP", "COHORT_GOSSIP", "COHORT_INTERNODE", "COHORT_NAME"] {
+    // The child must not inherit settings meant for `cohort up` itself, nor another key, token
+    // or next key from the environment.
+    for var in [
+        "COHORT_CONFIG",
+        "COHORT_SEEDS",
+        "COHORT_HTTP",
+        "COHORT_GOSSIP",
+        "COHORT_INTERNODE",
+        "COHORT_NAME",
+        "COHORT_CLUSTER_SECRET_FILE_NEXT",
+        crate::config::ADMIN_TOKEN_ENV,
+    ] {
         cmd.env_remove(var);
     }
+    cmd
+}
+
+async fn spawn_node(mut cmd: Command, exe: &Path, name: &str) -> Result<(Child, Announce), String> {
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: only async-signal-safe calls (setpgid, prctl, getppid) between fork and exec.
@@ -343,6 +386,30 @@ async fn next_line<R: AsyncBufRead + Unpin>(reader: &mut R, buf: &mut Vec<u8>, m
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn children_get_the_key_and_token_by_file_never_in_argv() {
+        let dir = std::env::temp_dir().join(format!("cohort-up-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secrets = make_secrets(&dir).unwrap();
+        let key = std::fs::read_to_string(&secrets.key_file).unwrap();
+        assert_eq!(ClusterSecret::from_text(&key).unwrap().len(), 32);
+        assert_eq!(std::fs::read_to_string(&secrets.token_file).unwrap().trim(), secrets.token);
+        assert_eq!(secrets.token.len(), 2 * ADMIN_TOKEN_BYTES);
+        for file in [&secrets.key_file, &secrets.token_file] {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(file).unwrap().permissions().mode() & 0o777, 0o600, "{}", file.display());
+        }
+        let cmd = node_command(Path::new("/bin/cohort"), "node-1", &dir, &secrets, &["127.0.0.1:1"], "info");
+        let args: Vec<String> = cmd.as_std().get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert!(args.iter().any(|a| a == "--admin-token-file"), "{args:?}");
+        for arg in &args {
+            assert!(!arg.contains(&secrets.token) && !arg.contains(key.trim()), "secret in argv: {args:?}");
+            assert_ne!(arg, "--admin-token");
+        }
+        assert_ne!(generate_admin_token().unwrap(), secrets.token);
+        std::fs::remove_dir_all(&dir).ok();
+    }
 
     #[test]
     fn announce_line_parses() {

@@ -124,7 +124,9 @@ fn ci_scenario_passes_and_writes_a_readable_report() {
     assert!(!html.contains("<script"), "the page runs no script");
     assert!(html.contains("membership_converges"));
     assert!(out.join("recording.json").exists());
-    assert!(!out.join("cluster.secret").exists(), "the secret is removed after the run");
+    for secret in ["cluster.key", "admin.token"] {
+        assert!(!out.join(secret).exists(), "{secret} is removed after the run");
+    }
     let _ = std::fs::remove_dir_all(&out);
 }
 

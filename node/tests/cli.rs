@@ -1,6 +1,7 @@
 //! The `cohort` binary as an operator runs it: config errors exit 2 naming the key, flags and
 //! `COHORT_*` variables override the file, SIGTERM/SIGINT stop the node with exit 0 in under 5 s
-//! with subsystems stopped in reverse start order, and the admin API validates its input.
+//! with subsystems stopped in reverse start order, the admin API validates its input, `cohort
+//! keygen` makes keys a node accepts, and no secret is taken from the command line.
 
 mod common;
 
@@ -58,9 +59,121 @@ async fn invalid_values_after_parsing_exit_2_naming_the_key() {
     let (code, err) = run_to_exit(&["node", "--cluster-secret-file", secret.to_str().unwrap()], &[]).await;
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("cluster_secret_file"), "{err}");
-    let (code, err) = run_to_exit(&["node", "--admin-token", "short"], &[]).await;
+    let (code, err) = run_to_exit(&["node"], &[("COHORT_ADMIN_TOKEN", "short")]).await;
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("admin_token"), "{err}");
+}
+
+#[tokio::test]
+async fn a_secret_file_that_is_not_32_bytes_of_hex_or_base64_exits_2_naming_the_file() {
+    // 32 hex digits passed before (16 raw bytes); they decode to 16 bytes of key material.
+    let short = temp_file("old.secret", "0123456789abcdef0123456789abcdef\n");
+    let (code, err) = run_to_exit(&["node", "--cluster-secret-file", short.to_str().unwrap()], &[]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains(short.to_str().unwrap()), "{err}");
+    assert!(err.contains("decodes to 16 bytes") && err.contains("at least 32"), "{err}");
+    assert!(err.contains("cohort keygen"), "{err}");
+
+    let raw = temp_file("raw.secret", "a long pass phrase that is not a key\n");
+    let (code, err) = run_to_exit(&["node", "--cluster-secret-file", raw.to_str().unwrap()], &[]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains(raw.to_str().unwrap()) && err.contains("neither hex nor standard base64"), "{err}");
+
+    // The next key is checked the same way, and names its own key.
+    let good = temp_file("good.secret", common::TEST_KEY);
+    let (code, err) = run_to_exit(
+        &[
+            "node",
+            "--cluster-secret-file",
+            good.to_str().unwrap(),
+            "--cluster-secret-file-next",
+            short.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("cluster_secret_file_next") && err.contains(short.to_str().unwrap()), "{err}");
+}
+
+#[tokio::test]
+async fn admin_token_on_the_command_line_is_refused_with_exit_2_and_not_echoed() {
+    let (code, err) = run_to_exit(&["node", "--admin-token", "hunter2-hunter2-hunter2"], &[]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--admin-token-file") && err.contains("COHORT_ADMIN_TOKEN"), "{err}");
+    assert!(!err.contains("hunter2"), "the refused token is echoed: {err}");
+    let (code, err) = run_to_exit(&["node", "--admin-token=hunter2-hunter2-hunter2"], &[]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    // Empty is refused wherever it comes from.
+    let (code, err) = run_to_exit(&["node"], &[("COHORT_ADMIN_TOKEN", "")]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("COHORT_ADMIN_TOKEN") && err.contains("empty"), "{err}");
+    let empty = temp_file("empty.token", "\n");
+    let (code, err) = run_to_exit(&["node", "--admin-token-file", empty.to_str().unwrap()], &[]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("admin_token_file") && err.contains("is empty"), "{err}");
+}
+
+#[tokio::test]
+async fn admin_token_file_wins_over_the_environment() {
+    let file = temp_file("admin.token", "token-from-the-file-0123456789\n");
+    let mut args = node_args("tokenfile");
+    args.extend(["--admin-token-file".into(), file.display().to_string()]);
+    let p = Proc::spawn_env(&as_strs(&args), &[("COHORT_ADMIN_TOKEN", TOKEN)]);
+    let url = p.node_url().await;
+    let post = |token: &'static str| {
+        let url = url.clone();
+        async move {
+            let auth = format!("Bearer {token}");
+            request("POST", &url, "/admin/log-filter", &[("Authorization", &auth)], Some(r#"{"filter":"info"}"#))
+                .await
+                .status
+        }
+    };
+    assert_eq!(post("token-from-the-file-0123456789").await, 200);
+    assert_eq!(post(TOKEN).await, 401);
+}
+
+/// `cohort keygen [--hex]`: its stdout, which must be exactly one line.
+fn keygen(extra: &[&str]) -> String {
+    let out = std::process::Command::new(common::BIN).arg("keygen").args(extra).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text:?}");
+    assert!(text.ends_with('\n'), "{text:?}");
+    text
+}
+
+#[tokio::test]
+async fn keygen_prints_a_fresh_32_byte_key_that_a_node_accepts() {
+    use cohort::cluster::auth::ClusterSecret;
+    let first = keygen(&[]);
+    let second = keygen(&[]);
+    assert_ne!(first, second, "two runs must give two keys");
+    assert_eq!(first.trim().len(), 44, "32 bytes of padded base64: {first:?}");
+    assert_eq!(ClusterSecret::from_text(&first).unwrap().len(), 32);
+    let hex = keygen(&["--hex"]);
+    assert_eq!(hex.trim().len(), 64);
+    assert!(hex.trim().bytes().all(|b| b.is_ascii_hexdigit()), "{hex:?}");
+    assert_eq!(ClusterSecret::from_text(&hex).unwrap().len(), 32);
+
+    // `cohort keygen > cluster.key` is a key file a node starts with (both forms).
+    for (name, key) in [("cluster.key", &first), ("cluster-hex.key", &hex)] {
+        let file = temp_file(name, key);
+        let mut args = node_args("keyed");
+        args.extend(["--cluster-secret-file".into(), file.display().to_string()]);
+        let mut p = Proc::spawn(&as_strs(&args));
+        let url = p.node_url().await;
+        assert_eq!(get(&url, "/livez").await.status, 200);
+        p.signal(libc::SIGTERM);
+        assert_eq!(p.wait_exit(Duration::from_secs(10)).await.0, Some(0), "{}", p.stderr_text());
+    }
+
+    let help = std::process::Command::new(common::BIN).args(["keygen", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("cohort keygen > cluster.key; chmod 600 cluster.key"), "{help}");
+    assert!(help.contains("--hex"), "{help}");
 }
 
 #[tokio::test]
@@ -147,7 +260,8 @@ async fn sigint_stops_the_node_with_exit_0_in_under_5s() {
 #[tokio::test]
 async fn log_filter_endpoint_validates_its_input() {
     let mut args = node_args("logs");
-    args.extend(["--admin-token".into(), TOKEN.into()]);
+    let token_file = temp_file("admin.token", TOKEN);
+    args.extend(["--admin-token-file".into(), token_file.display().to_string()]);
     let p = Proc::spawn(&as_strs(&args));
     let url = p.node_url().await;
     let auth = format!("Bearer {TOKEN}");

@@ -11,11 +11,11 @@ use common::{Proc, as_strs, get, node_args, request, wait_for};
 
 const TOKEN: &str = "cluster-test-token-0123456789";
 
-fn secret_file(contents: &str) -> PathBuf {
+fn secret_file(key: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("cohort-cluster-{}-{}", std::process::id(), common::rand_suffix()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("secret");
-    std::fs::write(&path, contents).unwrap();
+    std::fs::write(&path, format!("{key}\n")).unwrap();
     path
 }
 
@@ -81,7 +81,7 @@ const ALL_ALIVE: [(&str, &str); 3] = [("a", "alive"), ("b", "alive"), ("c", "ali
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_form_a_cluster_with_connected_transports_and_are_ready() {
-    let secret = secret_file("0123456789abcdef0123456789abcdef");
+    let secret = secret_file(common::TEST_KEY);
     let (a, b, c) = three(&secret).await;
     for n in [&a, &b, &c] {
         wait_states(n, &ALL_ALIVE, Duration::from_secs(10)).await;
@@ -113,7 +113,7 @@ async fn three_nodes_form_a_cluster_with_connected_transports_and_are_ready() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_installed_through_the_admin_api_splits_the_views_and_heal_reunites_them() {
-    let secret = secret_file("0123456789abcdef0123456789abcdef");
+    let secret = secret_file(common::TEST_KEY);
     let (a, b, c) = three(&secret).await;
     for n in [&a, &b, &c] {
         wait_states(n, &ALL_ALIVE, Duration::from_secs(10)).await;
@@ -151,8 +151,8 @@ async fn a_partition_installed_through_the_admin_api_splits_the_views_and_heal_r
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_the_wrong_secret_is_refused_and_counted() {
-    let secret = secret_file("0123456789abcdef0123456789abcdef");
-    let other = secret_file("ffffffffffffffffffffffffffffffff");
+    let secret = secret_file(common::TEST_KEY);
+    let other = secret_file(common::OTHER_KEY);
     let a = Node::start(config("a", &secret, &[])).await.unwrap();
     let intruder = Node::start(config("x", &other, &[&a])).await.unwrap();
     let u = url(&a);
@@ -175,7 +175,7 @@ async fn a_node_with_the_wrong_secret_is_refused_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_shuts_down_is_seen_as_left() {
-    let secret = secret_file("0123456789abcdef0123456789abcdef");
+    let secret = secret_file(common::TEST_KEY);
     let (a, b, c) = three(&secret).await;
     for n in [&a, &b, &c] {
         wait_states(n, &ALL_ALIVE, Duration::from_secs(10)).await;
@@ -193,7 +193,7 @@ async fn a_node_that_shuts_down_is_seen_as_left() {
 
 #[tokio::test]
 async fn a_killed_node_process_is_marked_down_everywhere_within_5s() {
-    let secret = secret_file("0123456789abcdef0123456789abcdef");
+    let secret = secret_file(common::TEST_KEY);
     let secret_arg = secret.display().to_string();
     let spawn = |name: &str, seeds: Option<String>| {
         let mut args = node_args(name);

@@ -369,13 +369,14 @@ fn start_node_with(
     extra: &[&str],
 ) -> common::Proc {
     let mut args = common::node_args_in(name, &dir.join(name));
-    args.extend(["--admin-token", TOKEN, "--chaos", "--log-filter", "warn"].iter().map(|s| s.to_string()));
+    args.extend(["--chaos", "--log-filter", "warn"].iter().map(|s| s.to_string()));
     args.extend(["--cluster-secret-file".into(), secret.display().to_string()]);
     if let Some(seed) = seed {
         args.extend(["--seeds".into(), seed.to_string()]);
     }
     args.extend(extra.iter().map(|a| a.to_string()));
-    common::Proc::spawn(&common::as_strs(&args))
+    // The token by environment, the other way `cohort node` takes it (the helpers use a file).
+    common::Proc::spawn_env(&common::as_strs(&args), &[("COHORT_ADMIN_TOKEN", TOKEN)])
 }
 
 #[tokio::test]
@@ -387,7 +388,7 @@ async fn a_killed_node_restarts_recovered_from_its_durable_log_and_catches_up() 
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let secret = dir.join("secret");
-    std::fs::write(&secret, "0123456789abcdef0123456789abcdef").unwrap();
+    common::write_test_key(&secret);
     let mut procs = vec![start_node("n0", &dir, &secret, None)];
     let first = procs[0].wait_stdout("cohort node listening", Duration::from_secs(20)).await;
     let seed = common::field(&first, "gossip").unwrap();
@@ -620,7 +621,7 @@ async fn a_dead_voter_is_replaced_by_a_learner_and_rejoins_as_a_learner_when_it_
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let secret = dir.join("secret");
-    std::fs::write(&secret, "0123456789abcdef0123456789abcdef").unwrap();
+    common::write_test_key(&secret);
     let config = dir.join("node.toml");
     std::fs::write(&config, "[raft]\nstorage = \"durable\"\nmax_voters = 3\ndead_voter_after_ms = 3000\n").unwrap();
     let config = config.display().to_string();

@@ -134,7 +134,7 @@ async fn catch_up_scenario(names: usize, chunk: usize) -> Figures {
     let dir = std::env::temp_dir().join(format!("cohort-snapshot-{}-{}", std::process::id(), common::rand_suffix()));
     std::fs::create_dir_all(&dir).unwrap();
     let secret: PathBuf = dir.join("secret");
-    std::fs::write(&secret, "0123456789abcdef0123456789abcdef").unwrap();
+    common::write_test_key(&secret);
     let s0 = Node::start(config("s0", &dir, &secret, &[], chunk)).await.unwrap();
     let s1 = Node::start(config("s1", &dir, &secret, &[&s0], chunk)).await.unwrap();
     let s2 = Node::start(config("s2", &dir, &secret, &[&s0], chunk)).await.unwrap();

@@ -23,6 +23,25 @@ async fn up(n: usize) -> (Proc, Vec<String>, Vec<i32>) {
     (p, urls, pids)
 }
 
+/// Every local user can read a process's argv (`ps`, `/proc/PID/cmdline`): the children of
+/// `cohort up` must get the cluster key and the admin token by file, never as arguments.
+fn assert_no_secret_in_argv(p: &Proc, token: &str, pids: &[i32]) {
+    let out = p.stdout_text();
+    let work_dir = out.split("(work dir ").nth(1).and_then(|rest| rest.split(')').next()).expect("work dir printed");
+    let key = std::fs::read_to_string(std::path::Path::new(work_dir).join("cluster.key")).unwrap();
+    let key = key.trim();
+    assert_eq!(cohort::cluster::auth::ClusterSecret::from_text(key).unwrap().len(), 32);
+    let token_file = out.lines().find_map(|l| l.strip_prefix("admin token file: ")).expect("token file printed");
+    assert_eq!(std::fs::read_to_string(token_file).unwrap().trim(), token);
+    for pid in pids {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        assert!(cmdline.contains("--admin-token-file"), "pid {pid}: {cmdline}");
+        assert!(!cmdline.contains(token), "pid {pid} has the admin token in argv: {cmdline}");
+        assert!(!cmdline.contains(key), "pid {pid} has the cluster key in argv: {cmdline}");
+    }
+}
+
 fn alive(pid: i32) -> bool {
     // SAFETY: signal 0 only checks existence; a zombie counts as gone for this purpose only
     // after its parent reaps it, so callers poll.
@@ -31,9 +50,10 @@ fn alive(pid: i32) -> bool {
 
 #[tokio::test]
 async fn up_starts_three_healthy_nodes_and_sigterm_stops_them_all() {
-    let (mut p, urls, _pids) = up(3).await;
+    let (mut p, urls, pids) = up(3).await;
     let token = p.stdout_text().lines().find_map(|l| l.strip_prefix("admin token: ").map(str::to_string)).unwrap();
     assert!(token.len() >= 16);
+    assert_no_secret_in_argv(&p, &token, &pids);
     let mut names = Vec::new();
     for url in &urls {
         assert_eq!(get(url, "/livez").await.status, 200, "{url}");

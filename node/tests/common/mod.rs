@@ -251,6 +251,28 @@ pub fn field(line: &str, key: &str) -> Option<String> {
     line.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{key}=")).map(str::to_string))
 }
 
+/// The cluster key the test nodes share: 32 bytes of key material in base64 (the form `cohort
+/// keygen` prints). Fixed rather than random so a failing test's files can be replayed by hand.
+pub const TEST_KEY: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
+
+/// Another valid key (hex this time), for a node that must be refused.
+pub const OTHER_KEY: &str = "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff";
+
+/// Write [`TEST_KEY`] to `path` (a key file as an operator would: one line).
+pub fn write_test_key(path: &std::path::Path) {
+    std::fs::write(path, format!("{TEST_KEY}\n")).unwrap();
+}
+
+/// Write an admin token file (0600, as `cohort up` does) in `dir`; returns its path.
+pub fn write_token_file(dir: &std::path::Path, token: &str) -> std::path::PathBuf {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("admin.token");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path).unwrap();
+    writeln!(f, "{token}").unwrap();
+    path
+}
+
 /// Flags for a node on free loopback ports with its data in a fresh temp dir.
 pub fn node_args(name: &str) -> Vec<String> {
     let dir = std::env::temp_dir().join(format!("cohort-test-{}-{name}-{}", std::process::id(), rand_suffix()));
@@ -311,7 +333,8 @@ pub async fn chaos_cluster_with(prefix: &str, n: usize, token: &str, extra: &[&s
     let dir = std::env::temp_dir().join(format!("cohort-{prefix}-{}-{}", std::process::id(), rand_suffix()));
     std::fs::create_dir_all(&dir).unwrap();
     let secret = dir.join("secret");
-    std::fs::write(&secret, "0123456789abcdef0123456789abcdef").unwrap();
+    write_test_key(&secret);
+    let token_file = write_token_file(&dir, token);
     let mut procs = Vec::new();
     let mut urls = Vec::new();
     let mut seed: Option<String> = None;
@@ -320,8 +343,8 @@ pub async fn chaos_cluster_with(prefix: &str, n: usize, token: &str, extra: &[&s
         args.extend([
             "--cluster-secret-file".into(),
             secret.display().to_string(),
-            "--admin-token".into(),
-            token.into(),
+            "--admin-token-file".into(),
+            token_file.display().to_string(),
             "--chaos".into(),
             "--log-filter".into(),
             "warn".into(),
