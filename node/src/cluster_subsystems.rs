@@ -95,8 +95,10 @@ pub(crate) async fn start(
     registry: &prometheus::Registry,
 ) -> Result<ClusterHandles, ClusterStartError> {
     let secret = load_secret(config)?;
-    // The keys of the wire (issue 14): derived per purpose and bound to the cluster name.
-    let keys = Keyring::new(&config.cluster_name, &secret, None);
+    // The keys of the wire (issue 14): derived per purpose and bound to the cluster name; during
+    // a rotation the next secret's keys are accepted too (we send with the current one).
+    let next = load_secret_next(config)?;
+    let keys = Keyring::new(&config.cluster_name, &secret, next.as_ref());
     let local = MemberInfo {
         id: id.clone(),
         addrs,
