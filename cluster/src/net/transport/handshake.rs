@@ -27,10 +27,10 @@ use crate::secure::{Initiator, Keyring, Opener, Peer, Responder, Sealer};
 
 use super::route::Link;
 
-/// Frame `kind` of the initiator's [`Hello`](crate::auth::Hello) on the priority link
+/// Frame `kind` of the initiator's `Hello` (see [`crate::secure`]) on the priority link
 /// (`control` + `raft`).
 pub const KIND_HELLO: u8 = 1;
-/// Frame `kind` of the initiator's [`Hello`](crate::auth::Hello) on the bulk link (`pg` +
+/// Frame `kind` of the initiator's `Hello` (see [`crate::secure`]) on the bulk link (`pg` +
 /// `registry` + `user`). Same message as [`KIND_HELLO`]; only the kind differs.
 pub const KIND_HELLO_BULK: u8 = 4;
 /// Frame `kind` of the responder's `HelloAck`.
