@@ -173,6 +173,40 @@ async fn a_node_with_the_wrong_secret_is_refused_and_counted() {
     a.shutdown().await;
 }
 
+/// Key rotation (issue 14): in the middle of a rotation (one node has only added the next key,
+/// two have already switched to it and keep the old one as their next) every pair still
+/// handshakes, both ways, and gossips: the cluster forms with every transport link connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_in_the_middle_of_a_key_rotation_form_a_cluster() {
+    let (old, new) = (secret_file(common::TEST_KEY), secret_file(common::OTHER_KEY));
+    let with_next = |mut c: Config, next: &Path| {
+        c.cluster_secret_file_next = Some(next.to_path_buf());
+        c.validate().unwrap();
+        c
+    };
+    let a = Node::start(with_next(config("a", &old, &[]), &new)).await.unwrap();
+    let b = Node::start(with_next(config("b", &new, &[&a]), &old)).await.unwrap();
+    let c = Node::start(with_next(config("c", &new, &[&a]), &old)).await.unwrap();
+    for n in [&a, &b, &c] {
+        wait_states(n, &ALL_ALIVE, Duration::from_secs(15)).await;
+        let u = url(n);
+        wait_for(Duration::from_secs(15), "transport connected to both peers", || {
+            let u = u.clone();
+            async move {
+                let j = get(&u, "/admin/transport").await.json();
+                let peers = j["peers"].as_array()?.clone();
+                (peers.len() == 2 && peers.iter().all(|p| p["connected"] == true)).then_some(())
+            }
+        })
+        .await;
+        let m = get(&u, "/metrics").await.body;
+        assert_eq!(common::metric_sum(&m, "cohort_gossip_auth_failures_total"), 0.0, "{m}");
+    }
+    for n in [c, b, a] {
+        n.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_shuts_down_is_seen_as_left() {
     let secret = secret_file(common::TEST_KEY);
