@@ -27,6 +27,7 @@ pub mod check;
 pub mod nemesis;
 pub mod net;
 pub mod scale;
+pub mod scale_pg;
 mod shell;
 mod world;
 
