@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 use cohort_registry::consistent::ladder::LadderRule;
+use cohort_sim::scale::ScaleConfig;
 use cohort_sim::{FaultProfile, MembershipModel, SimConfig, SimReport, Status};
 
 use crate::cli::{EXIT_FAILURE, EXIT_USAGE};
@@ -57,12 +58,17 @@ pub struct SimArgs {
     /// Threads for a range of seeds (default: the machine's cores).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     jobs: Option<u16>,
-    /// Instead of the full simulation: N nodes running only SWIM membership; prints per seed the
-    /// simulated seconds until every node sees every other (join), sees the other half down after
-    /// a split in two (detect), and sees every node again after the heal (heal).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(2..=cohort_sim::scale::MAX_SCALE_NODES as i64))]
+    /// Instead of the full simulation: N nodes running only SWIM membership and a pg scope; prints
+    /// per seed the simulated seconds until every node sees every other (join), sees the other
+    /// half down after a split in two (detect), and sees every node again after the heal (heal),
+    /// and the same three for pg (every node's process in the groups; only its half's; all again).
+    #[arg(long, visible_alias = "scale", value_name = "N", value_parser = clap::value_parser!(u16).range(2..=cohort_sim::scale::MAX_SCALE_NODES as i64))]
     membership_scale: Option<u16>,
-    /// Run without pg (the workload before pg joined the simulator: its regression seeds replay so).
+    /// With --membership-scale: the longest a phase may take, in simulated seconds.
+    #[arg(long, value_name = "SIM_SECONDS", default_value_t = cohort_sim::scale::PHASE_LIMIT_US / 1_000_000, value_parser = clap::value_parser!(u64).range(1..=cohort_sim::scale::MAX_PHASE_LIMIT_US / 1_000_000))]
+    phase_limit: u64,
+    /// Run without pg (the workload before pg joined the simulator: its regression seeds replay
+    /// so; with --membership-scale, membership alone).
     #[arg(long)]
     no_pg: bool,
     /// Only print failing seeds and the summary.
@@ -181,11 +187,34 @@ pub fn run(args: SimArgs) -> ExitCode {
         let mut ok = true;
         for seed in seeds {
             let started = Instant::now();
-            let r = cohort_sim::scale::membership_scale(usize::from(nodes), seed);
-            let s = |v: Option<f64>| v.map_or_else(|| "never".to_string(), |v| format!("{v:.1} s"));
+            let config = ScaleConfig {
+                nodes: usize::from(nodes),
+                seed,
+                pg: !args.no_pg,
+                phase_limit: Duration::from_secs(args.phase_limit),
+            };
+            let r = cohort_sim::scale::run_scale(&config);
+            let s = |v: Option<f64>| v.map_or_else(|| "never".to_string(), |v| format!("{v:.3} s"));
+            // pg's time with its lag behind membership's, when both converged.
+            let pg_s = |pg: Option<f64>, membership: Option<f64>| match (pg, membership) {
+                (Some(pg), Some(membership)) => format!("{} (+{:.0} ms)", s(Some(pg)), (pg - membership) * 1e3),
+                (pg, _) => s(pg),
+            };
             ok &= r.join_s.is_some() && r.detect_s.is_some() && r.heal_s.is_some();
+            let pg = if config.pg {
+                ok &= r.pg_join_s.is_some() && r.pg_detect_s.is_some() && r.pg_heal_s.is_some();
+                format!(
+                    "; pg join {} detect {} heal {} ({} pg frames)",
+                    pg_s(r.pg_join_s, r.join_s),
+                    pg_s(r.pg_detect_s, r.detect_s),
+                    pg_s(r.pg_heal_s, r.heal_s),
+                    r.pg_frames
+                )
+            } else {
+                String::new()
+            };
             out(&format!(
-                "membership {} nodes seed {seed}: join {} detect {} heal {} ({} datagrams, {} events, {:.1} s wall)",
+                "membership {} nodes seed {seed}: join {} detect {} heal {}{pg} ({} datagrams, {} events, {:.1} s wall)",
                 r.nodes,
                 s(r.join_s),
                 s(r.detect_s),

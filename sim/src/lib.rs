@@ -28,6 +28,7 @@ pub mod links;
 pub mod nemesis;
 pub mod net;
 pub mod scale;
+pub mod scale_pg;
 mod shell;
 mod world;
 
