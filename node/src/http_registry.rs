@@ -214,12 +214,18 @@ pub(crate) struct RegisteredBody {
     fence_token: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     root_token: Option<RootToken>,
+    /// A consistent registration answered from the request-id cache: the node retried its own
+    /// proposal (its first answer was lost) and this is that same registration, applied at
+    /// `fence_token`; `root_token` is the retry's entry.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    duplicate: bool,
 }
 
 /// `POST /admin/probe/register`: registers a live probe of this node under a name. A probe that
 /// loses an eventual name to a concurrent registration counts the `NameRevoked` it is told
 /// (`revoked_total` in `/admin/probe/stats`). A consistent registration answers
-/// `{"fence_token": N, "root_token": {...}}` once committed.
+/// `{"fence_token": N, "root_token": {...}}` once committed (with `"duplicate": true` when the
+/// answer came from a retry of the same request).
 pub(crate) async fn probe_register(
     State(state): State<HttpState>,
     JsonBody(body): JsonBody<RegisterBody>,
@@ -230,10 +236,14 @@ pub(crate) async fn probe_register(
     };
     if tier == Tier::Consistent {
         let done = state.registry.register_consistent(&body.name, &probe).await.map_err(registry_error)?;
-        return Ok(Json(RegisteredBody { fence_token: Some(done.fence_token), root_token: Some(done.root_token) }));
+        return Ok(Json(RegisteredBody {
+            fence_token: Some(done.fence_token),
+            root_token: Some(done.root_token),
+            duplicate: done.duplicate,
+        }));
     }
     state.registry.register(tier, &body.name, &probe).map_err(registry_error)?;
-    Ok(Json(RegisteredBody { fence_token: None, root_token: None }))
+    Ok(Json(RegisteredBody { fence_token: None, root_token: None, duplicate: false }))
 }
 
 #[derive(Deserialize)]
