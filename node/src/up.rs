@@ -23,8 +23,9 @@ use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
 use clap::Args;
+use cohort_chaos::process::{generate_token, write_secret};
 use cohort_cluster::auth::ClusterSecret;
-use rand::{RngExt, TryRng};
+use rand::RngExt;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
@@ -104,27 +105,6 @@ pub fn run(args: UpArgs) -> ExitCode {
     code
 }
 
-/// Random bytes of the admin token: 192 bits, printed as 48 hex digits.
-pub const ADMIN_TOKEN_BYTES: usize = 24;
-
-/// A new admin token from the operating system's generator, as hex.
-pub fn generate_admin_token() -> Result<String, rand::rngs::SysError> {
-    let mut bytes = [0u8; ADMIN_TOKEN_BYTES];
-    rand::rngs::SysRng.try_fill_bytes(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// Write a secret to `path`, readable and writable by the owner only (mode 0600 from creation, so
-/// it is never readable by others, even for an instant). An existing file is replaced.
-pub fn write_secret_file(path: &Path, secret: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
-    // `mode` only applies to a file this call creates; an older file keeps its bits otherwise.
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    f.write_all(secret.as_bytes())?;
-    f.write_all(b"\n")
-}
-
 /// The files `cohort up` gives its children.
 struct Secrets {
     key_file: PathBuf,
@@ -134,11 +114,11 @@ struct Secrets {
 
 fn make_secrets(dir: &Path) -> Result<Secrets, String> {
     let key = ClusterSecret::generate_from_os().map_err(|e| format!("cannot generate the cluster key: {e}"))?;
-    let token = generate_admin_token().map_err(|e| format!("cannot generate the admin token: {e}"))?;
+    let token = generate_token().map_err(|e| format!("cannot generate the admin token: {e}"))?;
     let key_file = dir.join("cluster.key");
-    write_secret_file(&key_file, &key.to_base64()).map_err(|e| format!("cannot write {}: {e}", key_file.display()))?;
+    write_secret(&key_file, &key.to_base64()).map_err(|e| format!("cannot write {}: {e}", key_file.display()))?;
     let token_file = dir.join("admin.token");
-    write_secret_file(&token_file, &token).map_err(|e| format!("cannot write {}: {e}", token_file.display()))?;
+    write_secret(&token_file, &token).map_err(|e| format!("cannot write {}: {e}", token_file.display()))?;
     Ok(Secrets { key_file, token_file, token })
 }
 
@@ -395,7 +375,7 @@ mod tests {
         let key = std::fs::read_to_string(&secrets.key_file).unwrap();
         assert_eq!(ClusterSecret::from_text(&key).unwrap().len(), 32);
         assert_eq!(std::fs::read_to_string(&secrets.token_file).unwrap().trim(), secrets.token);
-        assert_eq!(secrets.token.len(), 2 * ADMIN_TOKEN_BYTES);
+        assert_eq!(secrets.token.len(), 2 * cohort_chaos::process::TOKEN_BYTES);
         for file in [&secrets.key_file, &secrets.token_file] {
             use std::os::unix::fs::PermissionsExt;
             assert_eq!(std::fs::metadata(file).unwrap().permissions().mode() & 0o777, 0o600, "{}", file.display());
@@ -407,7 +387,7 @@ mod tests {
             assert!(!arg.contains(&secrets.token) && !arg.contains(key.trim()), "secret in argv: {args:?}");
             assert_ne!(arg, "--admin-token");
         }
-        assert_ne!(generate_admin_token().unwrap(), secrets.token);
+        assert_ne!(generate_token().unwrap(), secrets.token);
         std::fs::remove_dir_all(&dir).ok();
     }
 
