@@ -10,8 +10,9 @@
 //! the whole frame's extent from the first 4 bytes and `len >= 2` always. `class` is a
 //! [`Class`] code; `kind` is the message kind within the class, opaque to this module.
 //!
-//! Invariants: a frame whose `len` exceeds the decoder's maximum is refused with
-//! [`FrameError::TooLarge`] before a single byte is reserved for it; an unknown class code is
+//! Invariants: a frame whose `len` exceeds the decoder's maximum, or its class's limit
+//! ([`FrameDecoder::with_class_limits`]), is refused with [`FrameError::TooLarge`] before a single
+//! byte is reserved for it (nothing is reserved before the class byte has arrived); an unknown class code is
 //! refused as soon as its byte arrives; partial input is never an error (the decoder waits for
 //! more); no input makes the decoder panic. After any error the stream is out of sync and the
 //! connection must be closed. This module does no I/O.
@@ -148,6 +149,8 @@ pub fn encode_into(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameDecoder {
     max_frame_bytes: usize,
+    /// Per class (by code), the largest accepted `len` (at most `max_frame_bytes`).
+    class_max: [usize; 5],
 }
 
 impl Default for FrameDecoder {
@@ -159,7 +162,17 @@ impl Default for FrameDecoder {
 impl FrameDecoder {
     /// A decoder refusing frames whose `len` exceeds `max_frame_bytes`.
     pub fn new(max_frame_bytes: usize) -> Self {
-        Self { max_frame_bytes }
+        Self { max_frame_bytes, class_max: [max_frame_bytes; 5] }
+    }
+
+    /// The same decoder, also refusing a frame whose `len` exceeds its class's byte budget (the
+    /// class queues' [`ClassByteCapacities`](crate::queue::ClassByteCapacities)): a peer cannot
+    /// make the node reserve more for a frame that has not arrived than the class may hold.
+    pub fn with_class_limits(mut self, limits: &crate::queue::ClassByteCapacities) -> Self {
+        for class in Class::ALL {
+            self.class_max[usize::from(class.code())] = limits.get(class).min(self.max_frame_bytes);
+        }
+        self
     }
 
     /// The largest accepted `len`.
@@ -185,8 +198,12 @@ impl FrameDecoder {
             return Err(FrameError::TooShort { len });
         }
         let len = len as usize;
-        if let Some(&code) = buf.get(LEN_PREFIX_BYTES) {
-            Class::try_from(code).map_err(|_| FrameError::UnknownClass(code))?;
+        // Nothing is reserved before the class is known: its limit may be below the maximum.
+        let Some(&code) = buf.get(LEN_PREFIX_BYTES) else { return Ok(None) };
+        let class = Class::try_from(code).map_err(|_| FrameError::UnknownClass(code))?;
+        let class_max = self.class_max[usize::from(class.code())];
+        if len > class_max {
+            return Err(FrameError::TooLarge { len: len as u64, max: class_max });
         }
         let total = LEN_PREFIX_BYTES + len;
         if buf.len() < total {
@@ -205,7 +222,25 @@ impl FrameDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::ClassByteCapacities;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_frame_over_its_class_limit_is_refused_before_anything_is_reserved() {
+        let limits = ClassByteCapacities { control: 1024, ..ClassByteCapacities::default() };
+        let decoder = FrameDecoder::new(MAX_FRAME_BYTES).with_class_limits(&limits);
+        // A control frame claiming 1 MiB: refused once its class byte is in.
+        let mut buf = BytesMut::from(&(1u32 << 20).to_be_bytes()[..]);
+        assert_eq!(decoder.decode(&mut buf), Ok(None), "waits for the class byte");
+        assert!(buf.capacity() < 4096, "nothing reserved before the class is known");
+        buf.extend_from_slice(&[Class::Control.code()]);
+        assert_eq!(decoder.decode(&mut buf), Err(FrameError::TooLarge { len: 1 << 20, max: 1024 }));
+        assert!(buf.capacity() < 4096);
+        // The same length is fine for raft (32 MiB budget, 16 MiB frames).
+        let mut buf = BytesMut::from(&(1u32 << 20).to_be_bytes()[..]);
+        buf.extend_from_slice(&[Class::Raft.code()]);
+        assert_eq!(decoder.decode(&mut buf), Ok(None));
+    }
 
     fn frame_strategy() -> impl Strategy<Value = Frame> {
         (0..5usize, any::<u8>(), proptest::collection::vec(any::<u8>(), 0..300))

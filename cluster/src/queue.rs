@@ -6,7 +6,9 @@
 //! module does no I/O and reads no clock.
 //!
 //! Invariants:
-//! - Every [`ClassQueue`] holds at most its capacity (between 1 and [`MAX_CLASS_CAPACITY`]).
+//! - Every [`ClassQueue`] holds at most its capacity in frames (between 1 and
+//!   [`MAX_CLASS_CAPACITY`]) and at most its capacity in bytes of wire length (between 1 and
+//!   [`MAX_CLASS_CAPACITY_BYTES`]): a 16 MiB frame weighs 16 MiB, not one slot.
 //! - A full queue applies its class's [`Policy`] and reports what it did in a [`PushOutcome`];
 //!   nothing is dropped silently: each drop or refusal is counted in [`ClassStats`] under a
 //!   [`DropReason`] whose [`DropReason::as_str`] is the `reason` label of
@@ -29,6 +31,12 @@ use thiserror::Error;
 /// Why: a capacity is a promise of memory per peer; a mistyped config value (an extra few zeros)
 /// must be refused at start rather than discovered as an out-of-memory kill under load.
 pub const MAX_CLASS_CAPACITY: usize = 1 << 20;
+
+/// The upper bound of a configured class capacity in bytes (1 GiB).
+///
+/// Why: as for [`MAX_CLASS_CAPACITY`], a mistyped value must be refused at start; a queue of one
+/// peer and class holding more than a gibibyte is a misconfiguration, not a workload.
+pub const MAX_CLASS_CAPACITY_BYTES: usize = 1 << 30;
 
 /// The upper bound of a weighted-round-robin drain weight.
 ///
@@ -89,6 +97,21 @@ impl Class {
             Class::Pg => 2048,
             Class::Registry => 2048,
             Class::User => 8192,
+        }
+    }
+
+    /// The default queue capacity of this class in bytes of wire length (issue 14): with the
+    /// frame capacity, what one peer can pin in this node's memory per class. Every class but
+    /// `control` holds at least two frames of the largest size ([`crate::frame::MAX_FRAME_BYTES`],
+    /// 16 MiB); `control` carries pings and relays of a few hundred bytes. Per peer: 97 MiB.
+    pub const fn default_capacity_bytes(self) -> usize {
+        const MIB: usize = 1024 * 1024;
+        match self {
+            Class::Control => MIB,
+            Class::Raft => 32 * MIB,
+            Class::Pg => 16 * MIB,
+            Class::Registry => 16 * MIB,
+            Class::User => 32 * MIB,
         }
     }
 
@@ -236,8 +259,9 @@ impl QueueItem for bytes::Bytes {
 pub enum PushOutcome<T> {
     /// The item is queued.
     Enqueued,
-    /// The item is queued; the queue was full, so this, its oldest item, was evicted.
-    DroppedOldest(T),
+    /// The item is queued; the queue was full, so these, its oldest items, were evicted (one,
+    /// or more when the new item needed the bytes of several).
+    DroppedOldest(Vec<T>),
     /// The queue was full; this new item was dropped (for `pg`, the peer is now marked for resync).
     DroppedNewest(T),
     /// The queue was full; the item is handed back so the sender can get [`QueueSaturated`].
@@ -299,40 +323,57 @@ impl ClassStats {
 pub struct ClassQueue<T> {
     class: Class,
     capacity: NonZeroUsize,
+    capacity_bytes: NonZeroUsize,
     items: VecDeque<T>,
     queued_bytes: usize,
     stats: ClassStats,
 }
 
 impl<T: QueueItem> ClassQueue<T> {
-    /// An empty queue of `class` holding at most `capacity` items, with the class's policy.
+    /// An empty queue of `class` holding at most `capacity` items and the class's default bytes
+    /// ([`Class::default_capacity_bytes`]), with the class's policy.
     ///
     /// Nothing is preallocated: memory follows the depth, up to the capacity.
     pub fn new(class: Class, capacity: NonZeroUsize) -> Self {
-        Self { class, capacity, items: VecDeque::new(), queued_bytes: 0, stats: ClassStats::default() }
+        let bytes = NonZeroUsize::new(class.default_capacity_bytes()).unwrap_or(NonZeroUsize::MIN);
+        Self::with_capacity_bytes(class, capacity, bytes)
     }
 
-    /// Offers one item; a full queue applies the class policy (see [`PushOutcome`]).
+    /// An empty queue of `class` holding at most `capacity` items and `capacity_bytes` bytes of
+    /// wire length.
+    pub fn with_capacity_bytes(class: Class, capacity: NonZeroUsize, capacity_bytes: NonZeroUsize) -> Self {
+        Self { class, capacity, capacity_bytes, items: VecDeque::new(), queued_bytes: 0, stats: ClassStats::default() }
+    }
+
+    /// Whether one more item of `len` bytes fits in both capacities.
+    fn fits(&self, len: usize) -> bool {
+        self.items.len() < self.capacity.get() && self.queued_bytes.saturating_add(len) <= self.capacity_bytes.get()
+    }
+
+    /// Offers one item; a full queue (in frames or in bytes) applies the class policy (see
+    /// [`PushOutcome`]). An item larger than the whole byte capacity can never fit: it is dropped
+    /// as the newest whatever the policy (a drop-oldest queue would otherwise empty itself for
+    /// nothing), or refused for a refusing class.
     pub fn push(&mut self, item: T) -> PushOutcome<T> {
-        if self.items.len() < self.capacity.get() {
+        let len = item.wire_len();
+        if self.fits(len) {
             self.enqueue(item);
             return PushOutcome::Enqueued;
         }
+        let never_fits = len > self.capacity_bytes.get();
         match self.class.policy() {
-            Policy::DropOldest => match self.items.pop_front() {
-                Some(oldest) => {
+            Policy::DropOldest if !never_fits => {
+                let mut evicted = Vec::with_capacity(1);
+                while !self.fits(len) {
+                    let Some(oldest) = self.items.pop_front() else { break };
                     self.release_bytes(&oldest);
                     self.stats.dropped_oldest += 1;
-                    self.enqueue(item);
-                    PushOutcome::DroppedOldest(oldest)
+                    evicted.push(oldest);
                 }
-                // Unreachable with a non-zero capacity; kept total rather than panicking.
-                None => {
-                    self.enqueue(item);
-                    PushOutcome::Enqueued
-                }
-            },
-            Policy::DropNewest | Policy::DropNewestAndResync => {
+                self.enqueue(item);
+                PushOutcome::DroppedOldest(evicted)
+            }
+            Policy::DropOldest | Policy::DropNewest | Policy::DropNewestAndResync => {
                 self.stats.dropped_newest += 1;
                 PushOutcome::DroppedNewest(item)
             }
@@ -361,6 +402,7 @@ impl<T: QueueItem> ClassQueue<T> {
         self.items.push_back(item);
         self.stats.enqueued += 1;
         debug_assert!(self.items.len() <= self.capacity.get());
+        debug_assert!(self.queued_bytes <= self.capacity_bytes.get());
     }
 
     fn release_bytes(&mut self, item: &T) {
@@ -386,6 +428,11 @@ impl<T> ClassQueue<T> {
         self.capacity.get()
     }
 
+    /// The most bytes of wire length the queue holds.
+    pub fn capacity_bytes(&self) -> usize {
+        self.capacity_bytes.get()
+    }
+
     /// The number of items queued now.
     pub fn depth(&self) -> usize {
         self.items.len()
@@ -396,9 +443,9 @@ impl<T> ClassQueue<T> {
         self.items.is_empty()
     }
 
-    /// Whether the next push meets the full-queue policy.
+    /// Whether the next push meets the full-queue policy whatever its size (no slot left).
     pub fn is_full(&self) -> bool {
-        self.items.len() >= self.capacity.get()
+        self.items.len() >= self.capacity.get() || self.queued_bytes >= self.capacity_bytes.get()
     }
 
     /// The sum of the wire lengths of the queued items.
@@ -453,6 +500,48 @@ impl ClassCapacities {
     }
 }
 
+/// The queue capacity of each class in bytes of wire length (issue 14); a frame counts its whole
+/// size, so one peer sending large frames fills its queues in bytes long before in frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClassByteCapacities {
+    /// Bytes of the `control` queue (default 1 MiB).
+    pub control: usize,
+    /// Bytes of the `raft` queue (default 32 MiB).
+    pub raft: usize,
+    /// Bytes of the `pg` queue (default 16 MiB).
+    pub pg: usize,
+    /// Bytes of the `registry` queue (default 16 MiB).
+    pub registry: usize,
+    /// Bytes of the `user` queue (default 32 MiB).
+    pub user: usize,
+}
+
+impl Default for ClassByteCapacities {
+    fn default() -> Self {
+        Self {
+            control: Class::Control.default_capacity_bytes(),
+            raft: Class::Raft.default_capacity_bytes(),
+            pg: Class::Pg.default_capacity_bytes(),
+            registry: Class::Registry.default_capacity_bytes(),
+            user: Class::User.default_capacity_bytes(),
+        }
+    }
+}
+
+impl ClassByteCapacities {
+    /// The byte capacity of one class.
+    pub fn get(&self, class: Class) -> usize {
+        match class {
+            Class::Control => self.control,
+            Class::Raft => self.raft,
+            Class::Pg => self.pg,
+            Class::Registry => self.registry,
+            Class::User => self.user,
+        }
+    }
+}
+
 /// The weighted-round-robin weights of the classes drained after `control` and `raft`: out of
 /// every `pg + registry + user` frames drained while all three are backlogged, each class sends
 /// its weight.
@@ -491,6 +580,8 @@ impl DrainWeights {
 pub struct QueueConfig {
     /// Per-class capacities, in frames.
     pub capacity: ClassCapacities,
+    /// Per-class capacities, in bytes of wire length.
+    pub capacity_bytes: ClassByteCapacities,
     /// Drain weights of `pg`, `registry` and `user`.
     pub weights: DrainWeights,
 }
@@ -502,6 +593,16 @@ pub enum QueueConfigError {
     #[error("capacity.{class}: {value} is outside 1..={max}")]
     Capacity {
         /// The class whose capacity is bad.
+        class: Class,
+        /// The configured value.
+        value: usize,
+        /// The largest accepted value.
+        max: usize,
+    },
+    /// A byte capacity is 0 or above [`MAX_CLASS_CAPACITY_BYTES`].
+    #[error("capacity_bytes.{class}: {value} is outside 1..={max}")]
+    CapacityBytes {
+        /// The class whose byte capacity is bad.
         class: Class,
         /// The configured value.
         value: usize,
@@ -527,6 +628,10 @@ impl QueueConfig {
             let value = self.capacity.get(class);
             if value == 0 || value > MAX_CLASS_CAPACITY {
                 return Err(QueueConfigError::Capacity { class, value, max: MAX_CLASS_CAPACITY });
+            }
+            let value = self.capacity_bytes.get(class);
+            if value == 0 || value > MAX_CLASS_CAPACITY_BYTES {
+                return Err(QueueConfigError::CapacityBytes { class, value, max: MAX_CLASS_CAPACITY_BYTES });
             }
         }
         for class in Class::WEIGHTED {
@@ -568,7 +673,8 @@ impl<T: QueueItem> PeerQueues<T> {
         config.validate()?;
         let queue = |class: Class| {
             let capacity = NonZeroUsize::new(config.capacity.get(class)).unwrap_or(NonZeroUsize::MIN);
-            ClassQueue::new(class, capacity)
+            let bytes = NonZeroUsize::new(config.capacity_bytes.get(class)).unwrap_or(NonZeroUsize::MIN);
+            ClassQueue::with_capacity_bytes(class, capacity, bytes)
         };
         let weight = |class: Class| config.weights.get(class).unwrap_or(1).max(1);
         let weights = Class::WEIGHTED.map(weight);
@@ -704,7 +810,7 @@ mod tests {
     fn small_config(n: usize) -> QueueConfig {
         QueueConfig {
             capacity: ClassCapacities { control: n, raft: n, pg: n, registry: n, user: n },
-            weights: DrainWeights::default(),
+            ..QueueConfig::default()
         }
     }
 
@@ -749,11 +855,57 @@ mod tests {
         }
     }
 
+    fn bytes(n: usize) -> NonZeroUsize {
+        NonZeroUsize::new(n).unwrap()
+    }
+
+    #[test]
+    fn a_queue_full_in_bytes_applies_its_policy_before_it_is_full_in_frames() {
+        // raft: a large frame evicts as many of the oldest as it needs.
+        let mut raft = ClassQueue::with_capacity_bytes(Class::Raft, cap(100), bytes(100));
+        for i in 0..4 {
+            assert_eq!(raft.push(Item(i, 25)), PushOutcome::Enqueued);
+        }
+        assert!(raft.is_full());
+        assert_eq!(raft.push(Item(9, 60)), PushOutcome::DroppedOldest(vec![Item(0, 25), Item(1, 25), Item(2, 25)]));
+        assert_eq!((raft.depth(), raft.queued_bytes()), (2, 85));
+        assert_eq!(raft.stats().dropped(DropReason::QueueFullDropOldest), 3);
+        // A frame larger than the whole budget never fits: dropped, and nothing else is.
+        assert_eq!(raft.push(Item(10, 101)), PushOutcome::DroppedNewest(Item(10, 101)));
+        assert_eq!(drain_ids(&mut raft), [3, 9]);
+        // user: refused, the sender is told.
+        let mut user = ClassQueue::with_capacity_bytes(Class::User, cap(100), bytes(50));
+        assert_eq!(user.push(Item(1, 40)), PushOutcome::Enqueued);
+        assert_eq!(user.push(Item(2, 20)), PushOutcome::Refused(Item(2, 20)));
+        assert_eq!(user.push(Item(3, 10)), PushOutcome::Enqueued);
+        // pg: dropped and the peer marked for a resync.
+        let config = QueueConfig {
+            capacity_bytes: ClassByteCapacities { pg: 30, ..ClassByteCapacities::default() },
+            ..QueueConfig::default()
+        };
+        let mut peer = PeerQueues::<Item>::new(config).unwrap();
+        assert_eq!(peer.push(Class::Pg, Item(1, 20)), PushOutcome::Enqueued);
+        assert_eq!(peer.push(Class::Pg, Item(2, 20)), PushOutcome::DroppedNewest(Item(2, 20)));
+        assert!(peer.take_resync());
+    }
+
+    #[test]
+    fn byte_capacities_are_validated_and_named() {
+        let mut config = QueueConfig::default();
+        config.capacity_bytes.registry = 0;
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            format!("capacity_bytes.registry: 0 is outside 1..={MAX_CLASS_CAPACITY_BYTES}")
+        );
+        config.capacity_bytes.registry = MAX_CLASS_CAPACITY_BYTES + 1;
+        assert!(config.validate().is_err());
+    }
+
     #[test]
     fn full_raft_queue_drops_oldest_and_keeps_newest() {
         let mut queue = ClassQueue::new(Class::Raft, cap(3));
         fill(&mut queue, 3);
-        assert_eq!(queue.push(Item(3, 10)), PushOutcome::DroppedOldest(Item(0, 10)));
+        assert_eq!(queue.push(Item(3, 10)), PushOutcome::DroppedOldest(vec![Item(0, 10)]));
         assert_eq!(queue.stats().dropped(DropReason::QueueFullDropOldest), 1);
         assert_eq!(drain_ids(&mut queue), [1, 2, 3]);
     }
@@ -951,11 +1103,15 @@ mod tests {
         #[test]
         fn depth_never_exceeds_capacity_and_counters_balance(
             caps in proptest::array::uniform5(1..6usize),
+            byte_caps in proptest::array::uniform5(1..400usize),
             ops in proptest::collection::vec(op(), 0..300),
         ) {
             let config = QueueConfig {
                 capacity: ClassCapacities {
                     control: caps[0], raft: caps[1], pg: caps[2], registry: caps[3], user: caps[4],
+                },
+                capacity_bytes: ClassByteCapacities {
+                    control: byte_caps[0], raft: byte_caps[1], pg: byte_caps[2], registry: byte_caps[3], user: byte_caps[4],
                 },
                 weights: DrainWeights::default(),
             };
@@ -973,9 +1129,11 @@ mod tests {
                         pushed_bytes[c] += len;
                         match queues.push(class, Item(n as u32, len)) {
                             PushOutcome::Enqueued => {}
-                            PushOutcome::DroppedOldest(old)
-                            | PushOutcome::DroppedNewest(old)
-                            | PushOutcome::Refused(old) => lost_bytes[c] += old.1,
+                            PushOutcome::DroppedOldest(old) => {
+                                prop_assert!(!old.is_empty());
+                                lost_bytes[c] += old.iter().map(|o| o.1).sum::<usize>();
+                            }
+                            PushOutcome::DroppedNewest(old) | PushOutcome::Refused(old) => lost_bytes[c] += old.1,
                         }
                     }
                     Op::PopBatch(max, bytes) => {
@@ -992,6 +1150,7 @@ mod tests {
                     let s = q.stats();
                     let i = class.index();
                     prop_assert!(q.depth() <= q.capacity());
+                    prop_assert!(q.queued_bytes() <= q.capacity_bytes());
                     prop_assert_eq!(s.popped, popped[i]);
                     prop_assert_eq!(s.enqueued, s.popped + s.dropped_oldest + q.depth() as u64);
                     prop_assert_eq!(pushes[i], s.enqueued + s.dropped_newest + s.refused);

@@ -555,6 +555,35 @@ async fn user_queue_to_an_unreachable_peer_saturates_while_raft_and_control_drop
     a.transport.shutdown().await;
 }
 
+/// Byte budgets (issue 14): large frames fill a class queue in bytes long before in frames. With
+/// 1 MiB payloads the user queue (32 MiB) refuses its 32nd frame, and raft (32 MiB) drops its
+/// oldest; the depth gauge and the drop counters follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_frames_fill_class_queues_by_bytes_and_the_policies_apply() {
+    let a = start_node("a", CLUSTER, secret(), fast_config()).await;
+    a.transport.peer_up(&member_at(NodeId::new("b", 1), dead_addr()));
+    let payload = Bytes::from(vec![0u8; 1 << 20]);
+    let mut queued = 0;
+    let refused = loop {
+        match a.transport.send("b", Class::User, 0, payload.clone()) {
+            Ok(SendOutcome::Queued) => queued += 1,
+            other => break other,
+        }
+        assert!(queued <= 64, "the user queue never filled");
+    };
+    assert_eq!(refused, Err(SendError::QueueSaturated { class: Class::User }));
+    assert_eq!(queued, 31, "31 frames of 1 MiB and their headers fit in 32 MiB");
+    assert_eq!(a.metric("cohort_internode_queue_depth", &[("class", "user")]), 31.0);
+    assert_eq!(a.dropped("user", "queue_full_refused"), 1.0);
+    for _ in 0..31 {
+        assert_eq!(a.transport.send("b", Class::Raft, 0, payload.clone()), Ok(SendOutcome::Queued));
+    }
+    assert_eq!(a.transport.send("b", Class::Raft, 0, payload.clone()), Ok(SendOutcome::QueuedDroppedOldest));
+    assert_eq!(a.dropped("raft", "queue_full_drop_oldest"), 1.0);
+    assert_eq!(a.metric("cohort_internode_queue_depth", &[("class", "raft")]), 31.0);
+    a.transport.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raft_frames_are_delivered_during_a_user_flood() {
     let (a, b) = pair().await;

@@ -112,7 +112,7 @@ impl Links {
         let outcome = link.queues.push(class, item);
         self.stats.queued += 1;
         match &outcome {
-            PushOutcome::DroppedOldest(_) => self.stats.dropped_oldest += 1,
+            PushOutcome::DroppedOldest(evicted) => self.stats.dropped_oldest += evicted.len() as u64,
             PushOutcome::DroppedNewest(_) | PushOutcome::Refused(_) => self.stats.dropped_newest += 1,
             PushOutcome::Enqueued => {}
         }

@@ -189,7 +189,8 @@ impl Inner {
         link: Link,
         close: &Notify,
     ) -> Result<(), InboundError> {
-        let decoder = FrameDecoder::new(self.config.max_frame_bytes);
+        let decoder =
+            FrameDecoder::new(self.config.max_frame_bytes).with_class_limits(&self.config.queue.capacity_bytes);
         let senders: [Option<mpsc::Sender<Inbound>>; 5] =
             std::array::from_fn(|i| lock(&self.inbound[i].sender).clone());
         let mut shutdown = self.shutdown.subscribe();

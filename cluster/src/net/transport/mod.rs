@@ -656,17 +656,24 @@ impl Transport {
         let link = peer.link_of(class);
         let outcome = lock(&link.queues).push(class, Frame { class, kind, payload });
         let i = class.code() as usize;
+        // Drops beyond the one `outcome_reason` counts (a large frame may evict several).
+        let mut evicted_extra = 0;
         let result = match outcome {
             PushOutcome::Enqueued => {
                 inner.metrics.depth[i].inc();
                 Ok(SendOutcome::Queued)
             }
-            PushOutcome::DroppedOldest(_) => Ok(SendOutcome::QueuedDroppedOldest),
+            PushOutcome::DroppedOldest(evicted) => {
+                // One in, `evicted` out: the depth moves by their difference.
+                inner.metrics.depth[i].add(1 - evicted.len() as i64);
+                evicted_extra = evicted.len().saturating_sub(1) as u64;
+                Ok(SendOutcome::QueuedDroppedOldest)
+            }
             PushOutcome::DroppedNewest(_) => Ok(SendOutcome::DroppedNewest { resync: class == Class::Pg }),
             PushOutcome::Refused(_) => Err(SendError::QueueSaturated { class }),
         };
         if let Some(reason) = outcome_reason(&result) {
-            inner.count_drop(Some(&peer), class, DropCause::Queue(reason), 1);
+            inner.count_drop(Some(&peer), class, DropCause::Queue(reason), 1 + evicted_extra);
         }
         if matches!(result, Ok(SendOutcome::Queued | SendOutcome::QueuedDroppedOldest)) {
             link.notify.notify_one();
