@@ -8,9 +8,12 @@
 //! when it arrives. A congestion window gives a node's outbound links a bandwidth in bytes per
 //! second: frames then wait in their class queues (raft ahead of the bulk classes, the bulk
 //! classes by weighted round robin, as the real writer drains them), full queues apply their
-//! policies, and what they drop is counted.
+//! policies, and what they drop is counted. The frame on the wire leaves the link when its bytes
+//! have gone at that bandwidth; when the window ends, it and the backlog go at once (a real link
+//! whose bandwidth recovers finishes the rest of a frame at full speed).
 //!
-//! Invariants: a non-empty link always has a writer wake-up pending (returned by
+//! Invariants: a link with a frame in flight or queued under congestion always has a writer
+//! wake-up pending (returned by
 //! [`Links::pump`] exactly once until it fires); nothing here reads a clock or draws a random
 //! number, so a seed replays exactly.
 
@@ -77,7 +80,9 @@ pub struct LinkStats {
 
 struct LinkState {
     queues: PeerQueues<Queued>,
-    /// Until when the writer is busy with the frame it took last (simulated µs).
+    /// The frame on the wire under congestion: it leaves the link at `busy_until`.
+    in_flight: Option<Queued>,
+    /// Until when the writer is busy with the frame in flight (simulated µs).
     busy_until: u64,
     /// The writer wake-up already handed out, if any.
     wake: Option<u64>,
@@ -106,6 +111,7 @@ impl Links {
         let config = self.config;
         let link = self.links.entry((from, to, Lane::of(class))).or_insert_with(|| LinkState {
             queues: PeerQueues::new(config).unwrap_or_else(|_| unreachable_config()),
+            in_flight: None,
             busy_until: 0,
             wake: None,
         });
@@ -126,32 +132,34 @@ impl Links {
         self.links.get_mut(&(from, to, Lane::Bulk)).is_some_and(|l| l.queues.take_resync())
     }
 
-    /// The writer of `from -> to` on `lane` at `now`: the frames it puts on the wire, each with
-    /// the instant it has left, and the wake-up to schedule (the caller calls `pump` again then).
+    /// The writer of `from -> to` on `lane` at `now`: the frames that have left the link (each
+    /// with that instant, `now`), and the wake-up to schedule (the caller calls `pump` again
+    /// then).
     pub fn pump(&mut self, now: u64, from: usize, to: usize, lane: Lane) -> (Vec<(u64, Queued)>, Option<u64>) {
         let bandwidth = self.bandwidth(from);
         let Some(link) = self.links.get_mut(&(from, to, lane)) else { return (Vec::new(), None) };
         if link.wake.is_some_and(|at| at <= now) {
             link.wake = None;
         }
-        if now < link.busy_until || link.queues.is_empty() {
-            if link.queues.is_empty() || link.wake.is_some() {
+        if now < link.busy_until {
+            // A frame is still going out: the writer wakes when it is done.
+            if link.wake.is_some() {
                 return (Vec::new(), None);
             }
             link.wake = Some(link.busy_until);
             return (Vec::new(), link.wake);
         }
+        let mut out: Vec<(u64, Queued)> = link.in_flight.take().map(|f| (now, f)).into_iter().collect();
         let Some(bytes_per_second) = bandwidth else {
-            let frames = link.queues.pop_batch(usize::MAX, usize::MAX).into_iter().map(|(_, f)| (now, f)).collect();
-            return (frames, None);
+            out.extend(link.queues.pop_batch(usize::MAX, usize::MAX).into_iter().map(|(_, f)| (now, f)));
+            return (out, None);
         };
-        let Some((_, frame)) = link.queues.pop() else { return (Vec::new(), None) };
+        let Some((_, frame)) = link.queues.pop() else { return (out, None) };
         let took = (frame.wire_len() as u64 * 1_000_000).div_ceil(bytes_per_second.max(1)).max(1);
         link.busy_until = now + took;
-        if !link.queues.is_empty() {
-            link.wake = Some(link.busy_until);
-        }
-        (vec![(link.busy_until, frame)], link.wake)
+        link.in_flight = Some(frame);
+        link.wake = Some(link.busy_until);
+        (out, link.wake)
     }
 
     /// Slows `node`'s outbound links to `bytes_per_second` under fault `id`.
@@ -159,9 +167,29 @@ impl Links {
         self.congested.insert(id, (node, bytes_per_second));
     }
 
-    /// Ends congestion window `id`, if it was one.
-    pub fn heal(&mut self, id: u64) {
-        self.congested.remove(&id);
+    /// Ends congestion window `id`, if it was one, at `now`: the links it slowed that no other
+    /// window slows finish the frame in flight at once (the rest of it goes at full speed, as
+    /// on a real link whose bandwidth recovers) and are returned, for the caller to pump now.
+    pub fn heal(&mut self, id: u64, now: u64) -> Vec<(usize, usize, Lane)> {
+        let Some((node, _)) = self.congested.remove(&id) else { return Vec::new() };
+        if self.bandwidth(node).is_some() {
+            return Vec::new();
+        }
+        self.release(now, |from| from == node)
+    }
+
+    /// Links out of the nodes `which` selects that are busy past `now`: no longer busy, and the
+    /// ones with frames waiting, to pump.
+    fn release(&mut self, now: u64, which: impl Fn(usize) -> bool) -> Vec<(usize, usize, Lane)> {
+        let mut pump = Vec::new();
+        for (&(from, to, lane), link) in self.links.iter_mut().filter(|((from, _, _), _)| which(*from)) {
+            if link.busy_until > now {
+                link.busy_until = now;
+                link.wake = None;
+                pump.push((from, to, lane));
+            }
+        }
+        pump
     }
 
     /// Whether any congestion window is active (availability is then a matter of degree).
@@ -169,9 +197,10 @@ impl Links {
         !self.congested.is_empty()
     }
 
-    /// Ends every congestion window.
-    pub fn heal_all(&mut self) {
+    /// Ends every congestion window at `now`; the links to pump now (see [`Links::heal`]).
+    pub fn heal_all(&mut self, now: u64) -> Vec<(usize, usize, Lane)> {
         self.congested.clear();
+        self.release(now, |_| true)
     }
 
     /// `node` stopped: its outbound queues are lost with it.
@@ -231,17 +260,21 @@ mod tests {
         for i in 0..3 {
             let _ = links.push(0, 1, Class::Raft, frame(i, 92));
         }
-        let (frames, wake) = links.pump(0, 0, 1, Lane::Priority);
-        assert_eq!((frames.len(), frames[0].0, wake), (1, 100_000, Some(100_000)));
+        // The first frame goes on the wire; it has left at 100 ms.
+        assert_eq!(links.pump(0, 0, 1, Lane::Priority), (Vec::new(), Some(100_000)));
         // More frames meanwhile: no second wake-up while one is pending.
         let _ = links.push(0, 1, Class::Raft, frame(3, 92));
         assert_eq!(links.pump(10, 0, 1, Lane::Priority), (Vec::new(), None));
         let (frames, wake) = links.pump(100_000, 0, 1, Lane::Priority);
-        assert_eq!((frames[0].0, frames[0].1.kind, wake), (200_000, 1, Some(200_000)));
-        // The window ends: the rest goes at once when the writer wakes.
-        links.heal(9);
-        let (frames, wake) = links.pump(200_000, 0, 1, Lane::Priority);
-        assert_eq!((frames.len(), wake), (2, None));
+        assert_eq!((frames.len(), frames[0].0, frames[0].1.kind, wake), (1, 100_000, 0, Some(200_000)));
+        // The window ends: the frame in flight and the rest go at once.
+        assert_eq!(links.heal(9, 150_000), vec![(0, 1, Lane::Priority)]);
+        let (frames, wake) = links.pump(150_000, 0, 1, Lane::Priority);
+        assert_eq!(
+            frames.iter().map(|(at, f)| (*at, f.kind)).collect::<Vec<_>>(),
+            vec![(150_000, 1), (150_000, 2), (150_000, 3)]
+        );
+        assert_eq!(wake, None);
     }
 
     #[test]
@@ -258,9 +291,24 @@ mod tests {
         assert!(!links.take_resync(0, 1));
         assert_eq!((links.stats.dropped_oldest, links.stats.dropped_newest), (2, 1));
         // Raft kept its two newest.
-        links.heal(1);
+        links.heal(1, 0);
         let (frames, _) = links.pump(0, 0, 1, Lane::Priority);
         assert_eq!(frames.iter().map(|(_, f)| f.kind).collect::<Vec<_>>(), vec![2, 3]);
+    }
+
+    #[test]
+    fn a_frame_in_flight_when_the_window_ends_finishes_at_full_speed() {
+        let mut links = Links::new(QueueConfig::default());
+        links.congest(1, 0, 100); // 100 B/s: a 1 MiB frame would take three hours
+        let _ = links.push(0, 1, Class::Raft, frame(1, 1 << 20));
+        let _ = links.push(0, 1, Class::Raft, frame(2, 10));
+        let (none, wake) = links.pump(0, 0, 1, Lane::Priority);
+        assert!(none.is_empty() && wake.is_some_and(|at| at > 3_600_000_000));
+        // The window ends after 2 s: the big frame finishes at once, the small one follows.
+        assert_eq!(links.heal(1, 2_000_000), vec![(0, 1, Lane::Priority)]);
+        let (rest, wake) = links.pump(2_000_000, 0, 1, Lane::Priority);
+        assert_eq!(rest.iter().map(|(at, f)| (*at, f.kind)).collect::<Vec<_>>(), vec![(2_000_000, 1), (2_000_000, 2)]);
+        assert_eq!(wake, None);
     }
 
     #[test]

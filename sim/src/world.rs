@@ -1203,7 +1203,11 @@ impl World {
         (self.now, 8u8, id).hash(&mut self.hasher);
         match hold {
             Hold::Net => self.net.heal(id),
-            Hold::Congest => self.links.heal(id),
+            Hold::Congest => {
+                for (from, to, lane) in self.links.heal(id, self.now) {
+                    self.pump(from, to, lane);
+                }
+            }
             Hold::Crash(i) => {
                 self.nodes[i].crash_holds.remove(&id);
                 if self.nodes[i].member && !self.nodes[i].held_down() && !self.nodes[i].running() {
@@ -1231,7 +1235,9 @@ impl World {
     fn final_heal(&mut self) {
         self.line(true, || "heal everything: partitions, loss, pauses; restart crashed and departed nodes".into());
         self.net.heal_all();
-        self.links.heal_all();
+        for (from, to, lane) in self.links.heal_all(self.now) {
+            self.pump(from, to, lane);
+        }
         let ids: Vec<u64> = self.holds.keys().copied().collect();
         self.holds.clear();
         for i in 0..self.nodes.len() {

@@ -75,6 +75,9 @@ fn the_seeds_of_the_defects_found_pass() {
         before_pg(357, 3),
         // A restarted run's proposal ids colliding with its previous run's.
         before_pg(610, 3),
+        // The simulator's own: a frame put on a congested link kept it busy for hours after the
+        // window ended (n0, the leader, never caught up again).
+        SimConfig { faults: FaultProfile::All, ..config(692, 5) },
     ];
     for seed in seeds {
         let report = run(&seed);
