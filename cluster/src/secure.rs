@@ -69,6 +69,13 @@ pub const KEY_BYTES: usize = 32;
 /// The largest Noise message (the Noise specification's limit).
 const MAX_NOISE_MESSAGE: usize = 65_535;
 
+/// The buffer of one handshake message: an ephemeral key (32), an identity (at most 1 + 255 + 8)
+/// and a tag (16) fit with room to spare.
+///
+/// Why not [`MAX_NOISE_MESSAGE`]: the responder runs for any stranger who connects, and four
+/// zeroed 64 KiB buffers per attempt would be work and memory spent on nothing.
+const HANDSHAKE_BUFFER: usize = 1024;
+
 /// The size of a Noise (AES-GCM) tag.
 const NOISE_TAG_BYTES: usize = 16;
 
@@ -257,7 +264,7 @@ impl Initiator {
         let psk = keys.internode.first().ok_or(noise_failure("no key"))?;
         let mut state =
             noise(psk, &prologue(hello_kind, &prefix), true).map_err(|_| noise_failure("noise initiator"))?;
-        let mut message = vec![0u8; MAX_NOISE_MESSAGE];
+        let mut message = vec![0u8; HANDSHAKE_BUFFER];
         let n = state.write_message(&identity, &mut message).map_err(|_| noise_failure("noise hello"))?;
         let mut hello = prefix;
         hello.extend_from_slice(&message[..n]);
@@ -267,7 +274,7 @@ impl Initiator {
     /// Reads the responder's `HelloAck`: the peer, the `Confirm` bytes to send, and the sealer
     /// of the connection's records.
     pub fn on_ack(mut self, ack: &[u8]) -> Result<(Peer, Vec<u8>, Sealer), HandshakeError> {
-        let mut identity = vec![0u8; MAX_NOISE_MESSAGE];
+        let mut identity = vec![0u8; HANDSHAKE_BUFFER];
         let n = self.state.read_message(ack, &mut identity).map_err(|_| HandshakeError::BadProof)?;
         let peer = decode_identity(&identity[..n])?;
         if peer.name == self.own.name {
@@ -296,7 +303,7 @@ impl Responder {
     ) -> Result<(AwaitingConfirm, Vec<u8>), HandshakeError> {
         let (prefix, message) = parse_hello(hello, &keys.cluster)?;
         let prologue = prologue(hello_kind, prefix);
-        let mut identity = vec![0u8; MAX_NOISE_MESSAGE];
+        let mut identity = vec![0u8; HANDSHAKE_BUFFER];
         let mut opened = None;
         for psk in &keys.internode {
             let Ok(mut state) = noise(psk, &prologue, false) else {
@@ -312,7 +319,7 @@ impl Responder {
         if peer.name == own.name {
             return Err(HandshakeError::SelfConnection { name: peer.name });
         }
-        let mut ack = vec![0u8; MAX_NOISE_MESSAGE];
+        let mut ack = vec![0u8; HANDSHAKE_BUFFER];
         let n = state.write_message(&encode_identity(own)?, &mut ack).map_err(|_| noise_failure("noise ack"))?;
         ack.truncate(n);
         let transport = state.into_transport_mode().map_err(|_| noise_failure("noise transport"))?;
