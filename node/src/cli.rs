@@ -112,6 +112,10 @@ pub struct NodeArgs {
     /// Comma-separated gossip addresses of nodes to join through.
     #[arg(long, env = "COHORT_SEEDS", value_name = "A,B", value_delimiter = ',')]
     pub seeds: Option<Vec<String>>,
+    /// The host peers dial to reach this node (IP or DNS name), announced with the listeners'
+    /// ports; needed when --gossip/--internode bind 0.0.0.0 or [::].
+    #[arg(long, env = "COHORT_ADVERTISE", value_name = "HOST")]
+    pub advertise: Option<String>,
     /// Directory for durable state.
     #[arg(long, env = "COHORT_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -164,6 +168,7 @@ impl NodeArgs {
             gossip: self.gossip,
             internode: self.internode,
             seeds: self.seeds.clone(),
+            advertise: self.advertise.clone(),
             data_dir: self.data_dir.clone(),
             cluster_secret_file: self.cluster_secret_file.clone(),
             cluster_secret_file_next: self.cluster_secret_file_next.clone(),

@@ -55,8 +55,13 @@ pub struct Config {
     pub cluster_name: String,
     /// Directory for durable state (raft log, snapshots). Created at start.
     pub data_dir: PathBuf,
-    /// Gossip addresses (`host:port`) of nodes to join through.
+    /// Gossip addresses (`host:port`) of nodes to join through. A host name may resolve to
+    /// several addresses (a Kubernetes headless Service); it is resolved again while joining.
     pub seeds: Vec<String>,
+    /// The host peers dial to reach this node (an IP address or a DNS name, resolved once at
+    /// start), announced with each listener's port. Needed when a listener binds a wildcard
+    /// address (`0.0.0.0`, `[::]`); useful behind NAT. Unset: the bound address is announced.
+    pub advertise: Option<String>,
     /// File holding the cluster secret: 32 to 64 bytes of key material written as hex or base64
     /// (`cohort keygen` makes one). Without one the node generates a secret of its own and can
     /// only form a cluster alone.
@@ -129,6 +134,10 @@ pub struct RaftSection {
     /// Whether this node starts a one-voter group on a clean store. Unset: only a node without
     /// `seeds` does (see docs/consistent.md).
     pub bootstrap: Option<bool>,
+    /// The name of the one node that starts the group on a clean store, for deployments where
+    /// every node has the same config and the same seeds (a Kubernetes StatefulSet: `cohort-0`).
+    /// Replaces the seeds rule; not together with `bootstrap`.
+    pub bootstrap_node: Option<String>,
 }
 
 impl Default for RaftSection {
@@ -141,7 +150,22 @@ impl Default for RaftSection {
             dead_voter_after_ms: 30_000,
             snapshot_chunk_bytes: cohort_registry::consistent::snapshot_transfer::SNAPSHOT_CHUNK_BYTES,
             bootstrap: None,
+            bootstrap_node: None,
         }
+    }
+}
+
+impl Config {
+    /// Whether this node starts a one-voter raft group on a clean store (docs/consistent.md
+    /// "Bootstrap"): `raft.bootstrap` when set, else whether this node is `raft.bootstrap_node`
+    /// when that is set, else whether it has no seeds; never when it is not raft-eligible.
+    pub fn raft_bootstrap(&self) -> bool {
+        let wanted = match (&self.raft.bootstrap, &self.raft.bootstrap_node) {
+            (Some(bootstrap), _) => *bootstrap,
+            (None, Some(node)) => *node == self.name,
+            (None, None) => self.seeds.is_empty(),
+        };
+        wanted && self.raft_eligible
     }
 }
 
@@ -186,6 +210,7 @@ impl Default for Config {
             cluster_name: "cohort".to_string(),
             data_dir: PathBuf::from("cohort-data"),
             seeds: Vec::new(),
+            advertise: None,
             cluster_secret_file: None,
             cluster_secret_file_next: None,
             admin_token: None,
@@ -193,8 +218,8 @@ impl Default for Config {
             raft_eligible: true,
             failure_domain: String::new(),
             http: HttpConfig::default(),
-            gossip: ListenConfig { addr: parse_addr(DEFAULT_GOSSIP_ADDR) },
-            internode: ListenConfig { addr: parse_addr(DEFAULT_INTERNODE_ADDR) },
+            gossip: ListenConfig { addr: parse_addr(DEFAULT_GOSSIP_ADDR), advertise_port: None },
+            internode: ListenConfig { addr: parse_addr(DEFAULT_INTERNODE_ADDR), advertise_port: None },
             log: LogConfig::default(),
             chaos: ChaosConfig::default(),
             telemetry: TelemetryConfig::default(),
@@ -206,12 +231,16 @@ impl Default for Config {
     }
 }
 
-/// A listener: the address to bind (`port 0` picks a free port).
+/// A listener: the address to bind (`port 0` picks a free port) and the port peers dial.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenConfig {
-    /// Address to bind.
+    /// Address to bind: a concrete address, or `0.0.0.0` / `[::]` with [`Config::advertise`].
     pub addr: SocketAddr,
+    /// The port peers dial, when it differs from the bound one (a NAT or container port
+    /// mapping). Unset: the bound port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise_port: Option<u16>,
 }
 
 /// The HTTP surface: address and the limits that protect it.
@@ -318,6 +347,8 @@ pub struct Overrides {
     pub internode: Option<SocketAddr>,
     /// `--seeds`
     pub seeds: Option<Vec<String>>,
+    /// `--advertise`
+    pub advertise: Option<String>,
     /// `--data-dir`
     pub data_dir: Option<PathBuf>,
     /// `--cluster-secret-file`
@@ -427,6 +458,9 @@ impl Config {
         if let Some(v) = o.seeds {
             self.seeds = v.into_iter().filter(|s| !s.trim().is_empty()).collect();
         }
+        if let Some(v) = o.advertise {
+            self.advertise = Some(v);
+        }
         if let Some(v) = o.data_dir {
             self.data_dir = v;
         }
@@ -492,13 +526,29 @@ impl Config {
                 "at most 64 characters of letters, digits, `-` and `_`",
             ));
         }
-        // Gossip and internode addresses are advertised to peers as bound: a wildcard address
-        // would tell peers to dial 0.0.0.0.
-        if self.gossip.addr.ip().is_unspecified() {
-            return Err(ConfigError::invalid("gossip.addr", "bind a concrete address (peers dial it), not 0.0.0.0"));
+        if let Some(host) = &self.advertise {
+            validate_advertise_host(host).map_err(|r| ConfigError::invalid("advertise", format!("`{host}`: {r}")))?;
         }
-        if self.internode.addr.ip().is_unspecified() {
-            return Err(ConfigError::invalid("internode.addr", "bind a concrete address (peers dial it), not 0.0.0.0"));
+        // Peers dial what a node announces: a wildcard bound address says nothing about where
+        // the node is, so it needs an advertised host (docs/operations.md "Addresses").
+        for (key, port_key, listen) in [
+            ("gossip.addr", "gossip.advertise_port", &self.gossip),
+            ("internode.addr", "internode.advertise_port", &self.internode),
+        ] {
+            if listen.advertise_port == Some(0) {
+                return Err(ConfigError::invalid(port_key, "must be 1-65535 (unset it to announce the bound port)"));
+            }
+            if listen.addr.ip().is_unspecified() && self.advertise.is_none() {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!(
+                        "{} is a wildcard address, which peers cannot dial: set `advertise` \
+                         (--advertise HOST, COHORT_ADVERTISE) to the address peers reach this node at, \
+                         or bind a concrete address",
+                        listen.addr.ip()
+                    ),
+                ));
+            }
         }
         if !(1..=16 * 1024 * 1024).contains(&self.processes.mailbox_capacity) {
             return Err(ConfigError::invalid("processes.mailbox_capacity", "must be between 1 and 16777216"));
@@ -511,6 +561,15 @@ impl Config {
         }
         if cohort_registry::consistent::ladder::MaxVoters::new(self.raft.max_voters).is_err() {
             return Err(ConfigError::invalid("raft.max_voters", "must be 1, 3 or 5"));
+        }
+        if let Some(node) = &self.raft.bootstrap_node {
+            if self.raft.bootstrap.is_some() {
+                return Err(ConfigError::invalid(
+                    "raft.bootstrap_node",
+                    "set either raft.bootstrap (per node) or raft.bootstrap_node (one name for all), not both",
+                ));
+            }
+            validate_node_name(node).map_err(|r| ConfigError::invalid("raft.bootstrap_node", r))?;
         }
         if !(10..=10_000).contains(&self.raft.tick_interval_ms) {
             return Err(ConfigError::invalid("raft.tick_interval_ms", "must be between 10 and 10000"));
@@ -670,6 +729,57 @@ fn validate_seed(seed: &str) -> Result<(), String> {
     }
 }
 
+/// An advertised host: an IP address (IPv6 with or without brackets) or a DNS name, without a port.
+fn validate_advertise_host(host: &str) -> Result<(), String> {
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+        if ip.is_unspecified() {
+            return Err("a wildcard address cannot be dialed; give the address peers reach this node at".into());
+        }
+        return Ok(());
+    }
+    if bare.is_empty() || bare.len() > 253 {
+        return Err("expected an IP address or a host name of 1 to 253 characters".into());
+    }
+    if bare.contains(':') {
+        return Err("a host without a port (the listeners' ports are announced; `advertise_port` changes one)".into());
+    }
+    if !bare.split('.').all(|label| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    }) {
+        return Err("not an IP address or a valid host name".into());
+    }
+    Ok(())
+}
+
+/// The IP address `advertise` names: parsed, or resolved by DNS (the first address of the
+/// family of `prefer`, else the first address). `None` when `advertise` is unset.
+pub async fn resolve_advertise(
+    advertise: Option<&str>,
+    prefer: SocketAddr,
+) -> Result<Option<std::net::IpAddr>, String> {
+    let Some(host) = advertise else { return Ok(None) };
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+        return Ok(Some(ip));
+    }
+    let lookup = tokio::net::lookup_host((bare, 0));
+    let addrs: Vec<SocketAddr> = match tokio::time::timeout(ADVERTISE_RESOLVE_TIMEOUT, lookup).await {
+        Ok(Ok(addrs)) => addrs.collect(),
+        Ok(Err(error)) => return Err(format!("`{host}` did not resolve: {error}")),
+        Err(_) => return Err(format!("`{host}` did not resolve within {ADVERTISE_RESOLVE_TIMEOUT:?}")),
+    };
+    let usable = || addrs.iter().map(|a| a.ip()).filter(|ip| !ip.is_unspecified());
+    // An IPv4 socket cannot be reached at an IPv6 address: prefer the bound family.
+    let same_family = usable().find(|ip| ip.is_ipv4() == prefer.is_ipv4());
+    same_family.or_else(|| usable().next()).map(Some).ok_or_else(|| format!("`{host}` resolved to no usable address"))
+}
+
+/// How long the advertised host name may take to resolve at start.
+pub const ADVERTISE_RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn default_node_name() -> String {
     let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let cleaned: String = raw
@@ -809,6 +919,64 @@ timeout_ms = 2000
         assert!(c.validate().unwrap_err().to_string().contains("`telemetry.otlp_endpoint`"));
         c.telemetry.otlp_endpoint = Some("https://collector:4318".into());
         assert!(c.validate().unwrap_err().to_string().contains("https:// is not supported"));
+    }
+
+    #[test]
+    fn a_wildcard_bind_needs_an_advertised_host_that_peers_can_dial() {
+        let mut c = Config::default();
+        c.gossip.addr = "0.0.0.0:7481".parse().unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("`gossip.addr`") && err.contains("--advertise"), "{err}");
+        c.gossip.addr = "[::]:7481".parse().unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("`gossip.addr`"));
+        c.internode.addr = "0.0.0.0:7482".parse().unwrap();
+        for good in ["10.1.2.3", "fd00::7", "[fd00::7]", "cohort-0.cohort-peers", "localhost"] {
+            c.advertise = Some(good.into());
+            c.validate().unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        for bad in ["0.0.0.0", "[::]", "10.1.2.3:7481", "host:7481", "", "a..b", "bad host", &"x".repeat(254)] {
+            c.advertise = Some(bad.into());
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("`advertise`"), "{bad}: {err}");
+        }
+        c.advertise = Some("10.1.2.3".into());
+        c.internode.advertise_port = Some(0);
+        assert!(c.validate().unwrap_err().to_string().contains("`internode.advertise_port`"));
+        // A concrete bind needs no advertise, and may still announce another port (NAT).
+        let text = "[gossip]\naddr = \"10.0.0.5:7481\"\nadvertise_port = 30481\n";
+        let c = Config::from_toml_str(text, "n.toml".as_ref()).unwrap();
+        assert_eq!(c.gossip.advertise_port, Some(30481));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn one_named_node_bootstraps_when_every_node_has_the_same_seeds() {
+        let mut c = Config { name: "cohort-0".into(), seeds: vec!["cohort-peers:7481".into()], ..Config::default() };
+        assert!(!c.raft_bootstrap(), "a node with seeds waits by default");
+        c.raft.bootstrap_node = Some("cohort-0".into());
+        assert!(c.raft_bootstrap());
+        c.validate().unwrap();
+        c.name = "cohort-1".into();
+        assert!(!c.raft_bootstrap());
+        c.seeds.clear();
+        assert!(!c.raft_bootstrap(), "bootstrap_node replaces the seeds rule");
+        c.raft.bootstrap = Some(true);
+        assert!(c.validate().unwrap_err().to_string().contains("`raft.bootstrap_node`"));
+        c.raft.bootstrap_node = None;
+        assert!(c.raft_bootstrap());
+        c.raft_eligible = false;
+        assert!(!c.raft_bootstrap(), "only a raft-eligible node starts a group");
+    }
+
+    #[tokio::test]
+    async fn the_advertised_host_resolves_in_the_bound_family() {
+        let v4: SocketAddr = "0.0.0.0:0".parse().unwrap();
+        let v6: SocketAddr = "[::]:0".parse().unwrap();
+        assert_eq!(resolve_advertise(None, v4).await, Ok(None));
+        assert_eq!(resolve_advertise(Some("[fd00::1]"), v4).await, Ok(Some("fd00::1".parse().unwrap())));
+        assert_eq!(resolve_advertise(Some("localhost"), v4).await, Ok(Some("127.0.0.1".parse().unwrap())));
+        let err = resolve_advertise(Some("no-such-host.invalid"), v6).await.unwrap_err();
+        assert!(err.contains("no-such-host.invalid"), "{err}");
     }
 
     fn temp_dir(tag: &str) -> PathBuf {

@@ -75,11 +75,12 @@ pub fn consistent_config(config: &Config) -> ConsistentConfig {
         reconcile_debounce: Duration::from_secs(1),
         dead_voter_after: Duration::from_millis(config.raft.dead_voter_after_ms),
         snapshot_chunk_bytes: config.raft.snapshot_chunk_bytes,
-        bootstrap: config.raft.bootstrap.unwrap_or(config.seeds.is_empty()) && config.raft_eligible,
+        bootstrap: config.raft_bootstrap(),
     }
 }
 
-/// The bound addresses of a node (real ports, also when the config asked for port 0).
+/// A node's three addresses: as bound ([`Node::bound_addrs`]) or as announced to peers
+/// ([`Node::addrs`]). Ports are real, also when the config asked for port 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NodeAddrs {
     /// HTTP surface.
@@ -88,6 +89,12 @@ pub struct NodeAddrs {
     pub gossip: SocketAddr,
     /// Internode transport (TCP).
     pub internode: SocketAddr,
+}
+
+/// The address announced for a listener bound at `bound`: the advertised IP when there is one,
+/// else the bound IP; `port` when set, else the bound port.
+fn announced(ip: Option<std::net::IpAddr>, bound: SocketAddr, port: Option<u16>) -> SocketAddr {
+    SocketAddr::new(ip.unwrap_or(bound.ip()), port.unwrap_or(bound.port()))
 }
 
 /// Why a node could not start.
@@ -102,6 +109,12 @@ pub enum StartError {
         addr: SocketAddr,
         /// What the OS said.
         source: std::io::Error,
+    },
+    /// The advertised host did not resolve to an address.
+    #[error("advertise: {reason}")]
+    Advertise {
+        /// What went wrong, naming the host.
+        reason: String,
     },
     /// The data directory could not be created.
     #[error("cannot create data_dir {path}: {source}")]
@@ -192,6 +205,7 @@ impl NodeBuilder {
 pub struct Node {
     id: NodeId,
     addrs: NodeAddrs,
+    bound: NodeAddrs,
     config: Arc<Config>,
     health: Health,
     metrics: Metrics,
@@ -239,10 +253,19 @@ impl Node {
         let local = |r: std::io::Result<SocketAddr>, listener, addr| {
             r.map_err(|source| StartError::Bind { listener, addr, source })
         };
-        let addrs = NodeAddrs {
+        let bound = NodeAddrs {
             http: local(http_listener.local_addr(), "http", config.http.addr)?,
             gossip: local(gossip_socket.local_addr(), "gossip", config.gossip.addr)?,
             internode: local(internode_listener.local_addr(), "internode", config.internode.addr)?,
+        };
+        let advertise_ip = crate::config::resolve_advertise(config.advertise.as_deref(), bound.gossip)
+            .await
+            .map_err(|reason| StartError::Advertise { reason })?;
+        let addrs = NodeAddrs {
+            // HTTP is announced for operators only: the advertised host when it binds a wildcard.
+            http: announced(advertise_ip.filter(|_| bound.http.ip().is_unspecified()), bound.http, None),
+            gossip: announced(advertise_ip, bound.gossip, config.gossip.advertise_port),
+            internode: announced(advertise_ip, bound.internode, config.internode.advertise_port),
         };
 
         let health = Health::new(started);
@@ -302,6 +325,7 @@ impl Node {
         let mut node = Self {
             id,
             addrs,
+            bound,
             config: Arc::new(config),
             health,
             metrics,
@@ -325,6 +349,8 @@ impl Node {
             http = %node.addrs.http,
             gossip = %node.addrs.gossip,
             internode = %node.addrs.internode,
+            bound_gossip = %node.bound.gossip,
+            bound_internode = %node.bound.internode,
             chaos = node.config.chaos.enabled,
             "node started"
         );
@@ -464,9 +490,16 @@ impl Node {
         &self.id
     }
 
-    /// The bound addresses.
+    /// The addresses peers and clients reach this node at: the advertised ones
+    /// ([`Config::advertise`](crate::config::Config::advertise)), which are the bound ones unless
+    /// advertise is set. Seeds for other nodes come from here.
     pub fn addrs(&self) -> NodeAddrs {
         self.addrs
+    }
+
+    /// The addresses the listeners are bound to (real ports, also when the config asked for port 0).
+    pub fn bound_addrs(&self) -> NodeAddrs {
+        self.bound
     }
 
     /// The configuration the node runs with.

@@ -313,3 +313,22 @@ async fn sim_runs_seeds_prints_a_line_each_and_refuses_bad_flags_with_2() {
         assert_eq!(code, Some(2), "{bad:?}: {err}");
     }
 }
+
+#[tokio::test]
+async fn a_wildcard_bind_needs_advertise_and_announces_the_advertised_host() {
+    let mut args = common::node_args("wild");
+    let gossip = args.iter().position(|a| a == "--gossip").unwrap() + 1;
+    args[gossip] = "0.0.0.0:0".into();
+    let (code, err) = run_to_exit(&common::as_strs(&args), &[]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("gossip.addr") && err.contains("--advertise"), "{err}");
+
+    let (code, err) = run_to_exit(&common::as_strs(&args), &[("COHORT_ADVERTISE", "no-such-host.invalid")]).await;
+    assert_eq!(code, Some(1), "a name that does not resolve is the outside world's failure: {err}");
+    assert!(err.contains("no-such-host.invalid"), "{err}");
+
+    let p = Proc::spawn_env(&common::as_strs(&args), &[("COHORT_ADVERTISE", "127.0.0.1")]);
+    let line = p.wait_stdout("cohort node listening", Duration::from_secs(20)).await;
+    let announced = common::field(&line, "gossip").unwrap();
+    assert!(announced.starts_with("127.0.0.1:") && !announced.ends_with(":0"), "{line}");
+}

@@ -270,3 +270,77 @@ async fn a_killed_node_process_is_marked_down_everywhere_within_5s() {
     eprintln!("killed node marked down on both survivors after {:?}", killed.elapsed());
     assert!(killed.elapsed() < Duration::from_secs(5));
 }
+
+/// `config` with the gossip and internode listeners bound to `bind` (port 0) and `advertise`.
+fn config_bound(name: &str, secret: &Path, seeds: Vec<String>, bind: &str, advertise: Option<&str>) -> Config {
+    let mut c = config(name, secret, &[]);
+    c.seeds = seeds;
+    c.gossip.addr = format!("{bind}:0").parse().unwrap();
+    c.internode.addr = format!("{bind}:0").parse().unwrap();
+    c.advertise = advertise.map(str::to_string);
+    c.validate().unwrap();
+    c
+}
+
+/// The gossip address `observer` lists for `node` in `/admin/cluster/members`.
+async fn listed_gossip_addr(observer: &Node, node: &str) -> Option<String> {
+    let j = get(&url(observer), "/admin/cluster/members").await.json();
+    let row = j["members"].as_array()?.iter().find(|m| m["node"] == node)?.clone();
+    row["addrs"]["gossip"].as_str().map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_bound_to_wildcard_addresses_announce_their_advertised_host_and_join_through_a_dns_seed() {
+    let secret = secret_file(common::TEST_KEY);
+    // a: IPv4 wildcard; b: the dual-stack IPv6 wildcard, reached over IPv4 (it sends to IPv4
+    // peers through their IPv4-mapped addresses); c: joins through a host name.
+    let a = Node::start(config_bound("a", &secret, vec![], "0.0.0.0", Some("127.0.0.1"))).await.unwrap();
+    assert!(a.bound_addrs().gossip.ip().is_unspecified());
+    assert_eq!(a.addrs().gossip, format!("127.0.0.1:{}", a.bound_addrs().gossip.port()).parse().unwrap());
+    assert_eq!(a.addrs().internode.port(), a.bound_addrs().internode.port());
+    let seed = vec![a.addrs().gossip.to_string()];
+    let b = Node::start(config_bound("b", &secret, seed, "[::]", Some("127.0.0.1"))).await.unwrap();
+    assert!(b.bound_addrs().gossip.is_ipv6());
+    let by_name = vec![format!("localhost:{}", a.addrs().gossip.port())];
+    let c = Node::start(config_bound("c", &secret, by_name, "0.0.0.0", Some("localhost"))).await.unwrap();
+    assert_eq!(c.addrs().gossip.ip().to_string(), "127.0.0.1", "localhost resolves in the bound family");
+    for n in [&a, &b, &c] {
+        wait_states(n, &ALL_ALIVE, Duration::from_secs(15)).await;
+    }
+    // Peers know each node by what it announced, never by the wildcard it bound.
+    for (observer, node, addr) in
+        [(&b, "a", a.addrs().gossip), (&a, "b", b.addrs().gossip), (&a, "c", c.addrs().gossip)]
+    {
+        assert_eq!(listed_gossip_addr(observer, node).await, Some(addr.to_string()));
+    }
+    let u = url(&b);
+    wait_for(Duration::from_secs(10), "b's transport connected to both peers", || {
+        let u = u.clone();
+        async move {
+            let j = get(&u, "/admin/transport").await.json();
+            let peers = j["peers"].as_array()?.clone();
+            (peers.len() == 2 && peers.iter().all(|p| p["connected"] == true)).then_some(())
+        }
+    })
+    .await;
+    for n in [c, b, a] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_nodes_form_a_cluster() {
+    let secret = secret_file(common::TEST_KEY);
+    let a = Node::start(config_bound("a", &secret, vec![], "[::1]", None)).await.unwrap();
+    assert!(a.addrs().gossip.is_ipv6());
+    let seed = vec![a.addrs().gossip.to_string()];
+    let b = Node::start(config_bound("b", &secret, seed.clone(), "[::1]", None)).await.unwrap();
+    let c = Node::start(config_bound("c", &secret, seed, "[::]", Some("::1"))).await.unwrap();
+    assert_eq!(c.addrs().gossip.ip().to_string(), "::1");
+    for n in [&a, &b, &c] {
+        wait_states(n, &ALL_ALIVE, Duration::from_secs(15)).await;
+    }
+    for n in [c, b, a] {
+        n.shutdown().await;
+    }
+}

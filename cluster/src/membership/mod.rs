@@ -161,6 +161,11 @@ const ANNOUNCE_TO_DOWN_FANOUT: NonZeroUsize = NonZeroUsize::new(2).unwrap();
 /// How often the seed host names are resolved again (when some are not literal addresses).
 const SEED_REFRESH: Duration = Duration::from_secs(30);
 
+/// How soon they are resolved again when one did not resolve: in a StatefulSet starting in
+/// parallel, the headless Service has no address for a pod until it runs, and waiting the full
+/// refresh would delay the cluster's forming by that much.
+const SEED_RETRY: Duration = Duration::from_secs(2);
+
 /// The longest one seed resolution may take.
 const SEED_RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -668,6 +673,7 @@ fn seeds(config: &MembershipConfig) -> Seeds {
 async fn resolve_seeds(seeds: Vec<String>, sender: watch::Sender<Vec<SocketAddr>>) {
     loop {
         let mut addrs = Vec::new();
+        let mut unresolved = 0;
         for seed in &seeds {
             if let Ok(addr) = seed.parse::<SocketAddr>() {
                 addrs.push(addr);
@@ -675,14 +681,20 @@ async fn resolve_seeds(seeds: Vec<String>, sender: watch::Sender<Vec<SocketAddr>
             }
             match tokio::time::timeout(SEED_RESOLVE_TIMEOUT, tokio::net::lookup_host(seed.as_str())).await {
                 Ok(Ok(resolved)) => addrs.extend(resolved.take(MAX_ADDRS_PER_SEED)),
-                Ok(Err(error)) => tracing::debug!(%seed, %error, "seed did not resolve"),
-                Err(_) => tracing::debug!(%seed, "seed resolution timed out"),
+                Ok(Err(error)) => {
+                    unresolved += 1;
+                    tracing::debug!(%seed, %error, "seed did not resolve");
+                }
+                Err(_) => {
+                    unresolved += 1;
+                    tracing::debug!(%seed, "seed resolution timed out");
+                }
             }
         }
         if sender.send(addrs).is_err() {
             return;
         }
-        tokio::time::sleep(SEED_REFRESH).await;
+        tokio::time::sleep(if unresolved > 0 { SEED_RETRY } else { SEED_REFRESH }).await;
     }
 }
 

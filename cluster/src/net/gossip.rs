@@ -313,6 +313,9 @@ pub(crate) struct GossipSocket {
     metrics: GossipMetrics,
     max_datagram_bytes: usize,
     max_delayed: usize,
+    /// Whether the socket is IPv6 (`[::]` is dual-stack): IPv4 peers are then sent to at their
+    /// IPv4-mapped address.
+    ipv6: bool,
     recv_buf: Vec<u8>,
     delayed: BinaryHeap<Reverse<DelayedEntry>>,
     delayed_seq: u64,
@@ -328,8 +331,10 @@ impl GossipSocket {
         max_datagram_bytes: usize,
         max_delayed: usize,
     ) -> Self {
+        let ipv6 = socket.local_addr().is_ok_and(|addr| addr.is_ipv6());
         Self {
             socket,
+            ipv6,
             keys,
             guard: ReplayGuard::new(GOSSIP_WINDOW_MS, GOSSIP_REPLAY_CAPACITY),
             faults,
@@ -370,7 +375,7 @@ impl GossipSocket {
     }
 
     fn transmit(&self, to: SocketAddr, datagram: &[u8]) {
-        match self.socket.try_send_to(datagram, to) {
+        match self.socket.try_send_to(datagram, dialable(self.ipv6, to)) {
             Ok(_) => {
                 self.metrics.packets_out.inc();
                 self.metrics.bytes_out.inc_by(datagram.len() as u64);
@@ -415,6 +420,8 @@ impl GossipSocket {
     pub(crate) async fn recv(&mut self) -> io::Result<Inbound> {
         loop {
             let (len, from) = self.socket.recv_from(&mut self.recv_buf).await?;
+            // A dual-stack socket sees IPv4 peers as `::ffff:a.b.c.d`; peers know them as IPv4.
+            let from = SocketAddr::new(from.ip().to_canonical(), from.port());
             self.metrics.packets_in.inc();
             self.metrics.bytes_in.inc_by(len as u64);
             if len > self.max_datagram_bytes {
@@ -457,6 +464,16 @@ impl GossipSocket {
     }
 }
 
+/// `to` in a form the socket can send to: an IPv6 socket reaches an IPv4 peer at its
+/// IPv4-mapped address. Linux also accepts an IPv4 address on a dual-stack socket; the BSDs and
+/// macOS refuse it, so the mapping is made here rather than left to the kernel.
+fn dialable(socket_ipv6: bool, to: SocketAddr) -> SocketAddr {
+    match to {
+        SocketAddr::V4(v4) if socket_ipv6 => SocketAddr::new(std::net::IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port()),
+        other => other,
+    }
+}
+
 /// Milliseconds since the Unix epoch by the machine's clock (gossip freshness is judged across
 /// machines, so it must be the wall clock, not a monotonic one); 0 before 1970.
 fn wall_clock_ms() -> u64 {
@@ -470,6 +487,15 @@ mod tests {
 
     fn keys(byte: u8) -> Keyring {
         Keyring::new("prod", &crate::auth::ClusterSecret::from_bytes(&[byte; 32]).unwrap(), None)
+    }
+
+    #[test]
+    fn an_ipv6_socket_reaches_ipv4_peers_at_their_mapped_address() {
+        let v4: SocketAddr = "10.0.0.7:7481".parse().unwrap();
+        assert_eq!(dialable(true, v4), "[::ffff:10.0.0.7]:7481".parse::<SocketAddr>().unwrap());
+        assert_eq!(dialable(false, v4), v4);
+        let v6: SocketAddr = "[fd00::7]:7481".parse().unwrap();
+        assert_eq!(dialable(true, v6), v6);
     }
 
     #[test]
