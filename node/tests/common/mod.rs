@@ -160,7 +160,12 @@ impl Proc {
     }
 
     pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(BIN);
+        Self::spawn_program(BIN, args, env)
+    }
+
+    /// Start `PROGRAM ARGS` (a wrapper such as `ip netns exec NS cohort ...`) the same way.
+    pub fn spawn_program(program: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(program);
         cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         for (k, _) in std::env::vars() {
             if k.starts_with("COHORT_") || k == "RUST_LOG" {
