@@ -124,6 +124,10 @@ pub(crate) async fn start(
             return Err(e.into());
         }
     };
+    // A refused dial is a dead process's signature: membership confirms it and downs the member
+    // within a second (docs/architecture.md "Failure detection").
+    let reporter = membership.clone();
+    transport.on_peer_gone(Box::new(move |peer| reporter.report_connection_refused(peer)));
     Ok(ClusterHandles { membership, transport })
 }
 

@@ -226,7 +226,7 @@ async fn a_node_that_shuts_down_is_seen_as_left() {
 }
 
 #[tokio::test]
-async fn a_killed_node_process_is_marked_down_everywhere_within_5s() {
+async fn a_killed_node_process_is_marked_down_everywhere_on_its_refused_connections() {
     let secret = secret_file(common::TEST_KEY);
     let secret_arg = secret.display().to_string();
     let spawn = |name: &str, seeds: Option<String>| {
@@ -269,6 +269,18 @@ async fn a_killed_node_process_is_marked_down_everywhere_within_5s() {
     }
     eprintln!("killed node marked down on both survivors after {:?}", killed.elapsed());
     assert!(killed.elapsed() < Duration::from_secs(5));
+    // The refused dials did it (a killed process's port refuses at once), not SWIM's probe and
+    // suspicion timeouts: a survivor counts a down on that evidence.
+    let mut downs = 0.0;
+    for u in &urls[..2] {
+        let m = get(u, "/metrics").await.body;
+        downs += m
+            .lines()
+            .filter(|l| l.starts_with("cohort_membership_refused_connections_total") && l.contains("action=\"down\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    assert!(downs >= 1.0, "no survivor declared the killed node down on refused connections");
 }
 
 /// `config` with the gossip and internode listeners bound to `bind` (port 0) and `advertise`.

@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::Shared;
 use super::driver::{DriverStats, MembershipDriver};
 use crate::net::gossip::{Envelope, GossipMetrics, GossipSocket, Inbound};
-use crate::{MemberState, MemberView};
+use crate::{MemberState, MemberView, NodeId};
 
 /// The back-off after a socket receive error, so a persistent error cannot spin the loop.
 const RECV_ERROR_BACKOFF: Duration = Duration::from_millis(10);
@@ -41,6 +41,8 @@ const BROADCAST_BATCH: usize = 256;
 pub(super) enum Command {
     /// Leave gracefully, answer, and stop.
     Leave(oneshot::Sender<()>),
+    /// The transport's evidence that this member's process is gone (a refused connection).
+    ConnectionRefused(NodeId),
 }
 
 /// Where the actor's seed addresses come from.
@@ -141,6 +143,9 @@ impl Actor {
                     let _ = reply.send(());
                     return;
                 }
+                Step::Command(Some(Command::ConnectionRefused(peer))) => {
+                    self.driver.handle_connection_refused(Instant::now(), &peer);
+                }
                 Step::Command(None) => return,
                 Step::Deadline => {
                     let now = Instant::now();
@@ -236,6 +241,14 @@ impl Actor {
         bump(metrics, "members_overflow", now.events_dropped, was.events_dropped);
         bump(metrics, "send_failed", now.transmits_dropped, was.transmits_dropped);
         self.shared.metrics.stuck_suspicions.inc_by(now.stuck_suspicions.saturating_sub(was.stuck_suspicions));
+        let refused = &self.shared.metrics.refused_connections;
+        for (action, current, before) in [
+            ("suspect", now.refused_suspicions, was.refused_suspicions),
+            ("down", now.refused_downs, was.refused_downs),
+            ("untracked", now.refusals_untracked, was.refusals_untracked),
+        ] {
+            refused.with_label_values(&[action]).inc_by(current.saturating_sub(before));
+        }
     }
 
     /// Leaves through the driver, then lingers until its re-gossip rounds are done: still

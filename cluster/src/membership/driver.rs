@@ -73,6 +73,7 @@ use super::channels::{
 use super::events::EventTracker;
 use super::health::{self, HEALTH_TICK, LocalHealth, MAX_HEALTH_FACTOR};
 use super::identity::GossipIdentity;
+use super::refusals::{Refusals, Verdict};
 use super::suspicion::StuckSuspicions;
 use super::timers::{Armed, TimerQueue};
 use super::{MAX_ADDRS_PER_SEED, MAX_SEEDS, MembershipConfig, MembershipError, validate_local};
@@ -204,6 +205,13 @@ pub struct DriverStats {
     /// Members this node declared down because their suspicion outlived every timeout
     /// (`cohort_membership_stuck_suspicions_total`).
     pub stuck_suspicions: u64,
+    /// Members suspected because their internode port refused a connection
+    /// (`cohort_membership_refused_connections_total{action="suspect"}`).
+    pub refused_suspicions: u64,
+    /// Members declared down on that evidence after the confirmation window (`action="down"`).
+    pub refused_downs: u64,
+    /// Refusals not tracked: the table was full (`action="untracked"`).
+    pub refusals_untracked: u64,
 }
 
 /// Where a leave stands.
@@ -277,6 +285,8 @@ pub struct MembershipDriver {
     tracker: EventTracker,
     /// Keyed by (node id, renew, leaving): an identity's ordered parts.
     suspicions: StuckSuspicions<(NodeId, u32, bool)>,
+    /// Refused connections reported by the transport, same keys.
+    refusals: Refusals<(NodeId, u32, bool)>,
     settings: DriverSettings,
     local_name: String,
     local_addr: SocketAddr,
@@ -340,6 +350,7 @@ impl MembershipDriver {
             suspicions: StuckSuspicions::new(
                 settings.base_suspicion.mul_f64(MAX_HEALTH_FACTOR) + STUCK_SUSPICION_MARGIN,
             ),
+            refusals: Refusals::default(),
             settings,
             local_name,
             local_addr,
@@ -500,6 +511,7 @@ impl MembershipDriver {
             self.next_health_tick = now + HEALTH_TICK;
             self.expire_stuck_suspicions(now);
         }
+        self.decide_refusals(now);
         while let Some(armed) = self.timers.pop_due(now) {
             if let Some(later) = self.deferred_due(&armed, now) {
                 let deferred = Armed { due: later, ..armed };
@@ -559,6 +571,9 @@ impl MembershipDriver {
                 let mut due = self.next_health_tick.min(self.next_join_attempt);
                 if let Some(timer) = self.timers.next_due() {
                     due = due.min(timer);
+                }
+                if let Some(confirm) = self.refusals.next_due() {
+                    due = due.min(confirm);
                 }
                 Some(due)
             }
@@ -654,9 +669,73 @@ impl MembershipDriver {
         (due > now).then_some(due)
     }
 
+    /// Evidence from the transport that `peer`'s process is gone: its internode port refused a
+    /// connection, or answered as a later incarnation of the node (`super::refusals`). The
+    /// first report of a live member's incarnation makes this node suspect it (gossiped, so a
+    /// live member refutes); a second report and [`super::refusals::CONFIRM_AFTER`] without a
+    /// refutation make it down. Ignored while leaving and for members not alive or suspect.
+    pub fn handle_connection_refused(&mut self, now: Instant, peer: &NodeId) {
+        if self.leave != Leave::Member {
+            return;
+        }
+        let found = self
+            .foca
+            .iter_membership_state()
+            .find(|member| {
+                member.id().info.id == *peer
+                    && matches!(member.state(), State::Alive | State::Suspect)
+                    && !member.id().leaving
+            })
+            .map(|member| (member.id().clone(), member.incarnation(), member.state()));
+        let Some((id, incarnation, state)) = found else { return };
+        match self.refusals.report(now, identity_key(&id), u64::from(incarnation)) {
+            Verdict::Suspect if state == State::Alive => {
+                tracing::info!(member = id.name(), "membership: internode connection refused; suspecting it");
+                self.stats.refused_suspicions += 1;
+                let suspect = std::iter::once(Member::new(id, incarnation, State::Suspect));
+                if let Err(error) = self.foca.apply_many(suspect, true, &mut self.runtime) {
+                    tracing::debug!(%error, "foca refused the suspect update");
+                }
+                self.drain(now);
+            }
+            Verdict::Suspect | Verdict::Wait => {}
+            Verdict::Full => self.stats.refusals_untracked += 1,
+        }
+        self.decide_refusals(now);
+        self.after_input();
+    }
+
+    /// Declares down the members refused twice and silent for the confirmation window.
+    fn decide_refusals(&mut self, now: Instant) {
+        let active: std::collections::BTreeMap<(NodeId, u32, bool), (GossipIdentity, u64)> = self
+            .foca
+            .iter_membership_state()
+            .filter(|member| matches!(member.state(), State::Alive | State::Suspect))
+            .map(|member| (identity_key(member.id()), (member.id().clone(), u64::from(member.incarnation()))))
+            .collect();
+        let down = self.refusals.observe(now, |key| active.get(key).map(|(_, incarnation)| *incarnation));
+        if down.is_empty() {
+            return;
+        }
+        for (key, incarnation) in down {
+            let Some((id, _)) = active.get(&key).cloned() else { continue };
+            let Ok(incarnation) = Incarnation::try_from(incarnation) else { continue };
+            tracing::info!(
+                member = id.name(),
+                "membership: internode connections refused and no refutation; declaring it down"
+            );
+            self.stats.refused_downs += 1;
+            let down = std::iter::once(Member::new(id, incarnation, State::Down));
+            if let Err(error) = self.foca.apply_many(down, true, &mut self.runtime) {
+                tracing::debug!(%error, "foca refused the down update");
+            }
+        }
+        self.drain(now);
+    }
+
     /// Declares down the members whose suspicion outlived every suspicion timeout here too.
     fn expire_stuck_suspicions(&mut self, now: Instant) {
-        let key = |id: &GossipIdentity| (id.info.id.clone(), id.renew, id.leaving);
+        let key = identity_key;
         let suspects: Vec<(GossipIdentity, u64)> = self
             .foca
             .iter_membership_state()
@@ -852,6 +931,11 @@ fn build_view<'a>(
     view.push(MemberView { info: local.info.clone(), state: local_state, is_self: true });
     view.sort_by(|a, b| a.info.id.name.cmp(&b.info.id.name));
     view
+}
+
+/// An identity's ordered parts: (node id, renew, leaving).
+fn identity_key(id: &GossipIdentity) -> (NodeId, u32, bool) {
+    (id.info.id.clone(), id.renew, id.leaving)
 }
 
 #[cfg(test)]
@@ -1168,6 +1252,55 @@ mod tests {
             );
         }
         assert!(net.nodes.iter().all(|node| node.health_factor() == 1.0));
+    }
+
+    /// The transport of `observer` reports `subject`'s port refused (what a dial does every
+    /// backoff step once `subject`'s process is gone).
+    fn refused(net: &mut Net, observer: usize, subject: usize) {
+        let now = net.now;
+        net.nodes[observer].handle_connection_refused(now, &member(subject).id);
+        net.collect(observer);
+    }
+
+    #[test]
+    fn a_killed_node_whose_port_refuses_is_down_everywhere_well_before_swim_would_say_so() {
+        let mut net = joined(4, 5);
+        let others = [0, 1, 2];
+        // Killed: its datagrams stop and its port refuses. Two survivors' links notice.
+        net.cut.insert(3);
+        refused(&mut net, 0, 3);
+        assert_eq!(net.state(0, 3), Some(MemberState::Suspect), "the first refusal suspects it");
+        net.run_until(Duration::from_millis(100), |_| false);
+        refused(&mut net, 0, 3);
+        refused(&mut net, 1, 3);
+        let took = net
+            .run_until(Duration::from_secs(3), |net| net.all_show(&others, &[3], MemberState::Down))
+            .expect("down everywhere");
+        // The confirmation window (500 ms after the first refusal) and a gossip hop; SWIM alone
+        // takes 2-4 s here (a_cut_off_node_is_declared_down_and_rejoins_after_the_heal).
+        assert!(took + Duration::from_millis(100) <= Duration::from_millis(800), "{took:?}");
+        assert_eq!((net.nodes[0].stats().refused_suspicions, net.nodes[0].stats().refused_downs), (1, 1));
+    }
+
+    #[test]
+    fn a_live_node_refused_by_a_firewall_refutes_and_is_not_suspected_again_for_a_while() {
+        let mut net = joined(3, 6);
+        // n2 is alive and reachable over gossip; only its internode port refuses n0.
+        refused(&mut net, 0, 2);
+        net.run_until(Duration::from_millis(100), |_| false);
+        refused(&mut net, 0, 2);
+        let all = everyone(3);
+        net.run_until(Duration::from_secs(2), |_| false);
+        assert!(net.all_show(&all, &all, MemberState::Alive), "refuted: alive everywhere");
+        assert_eq!(net.nodes[0].stats().refused_downs, 0);
+        assert!(!net.events_about(0, 2).iter().any(|e| matches!(e, MembershipEvent::Down(_))));
+        // More refusals while quiet change nothing.
+        for _ in 0..5 {
+            refused(&mut net, 0, 2);
+            net.run_until(Duration::from_millis(200), |_| false);
+        }
+        assert!(net.all_show(&all, &all, MemberState::Alive));
+        assert_eq!(net.nodes[0].stats().refused_suspicions, 1);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! Invariants: registered once per node at boot with every series present (one per
 //! [`MemberState`], factor 1, lag 0); no node name or pid is ever a label.
 
-use prometheus::{Gauge, IntCounter, IntGaugeVec, Opts, Registry};
+use prometheus::{Gauge, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use crate::MemberState;
 
@@ -14,6 +14,8 @@ pub(crate) struct MembershipMetrics {
     pub(crate) health_factor: Gauge,
     pub(crate) events_lagged: IntCounter,
     pub(crate) stuck_suspicions: IntCounter,
+    /// By `action`: `suspect`, `down`, `untracked` (see `super::refusals`).
+    pub(crate) refused_connections: IntCounterVec,
 }
 
 impl MembershipMetrics {
@@ -39,11 +41,22 @@ impl MembershipMetrics {
         )?;
         registry.register(Box::new(events_lagged.clone()))?;
         registry.register(Box::new(stuck_suspicions.clone()))?;
+        let refused_connections = IntCounterVec::new(
+            Opts::new(
+                "cohort_membership_refused_connections_total",
+                "What this node did on the transport's evidence that a member's internode port refused a connection: suspect (first refusal), down (refused again and no refutation within the confirmation window), untracked (table full).",
+            ),
+            &["action"],
+        )?;
+        registry.register(Box::new(refused_connections.clone()))?;
+        for action in ["suspect", "down", "untracked"] {
+            refused_connections.with_label_values(&[action]).inc_by(0);
+        }
         for state in MemberState::ALL {
             members.with_label_values(&[state.as_str()]).set(0);
         }
         health_factor.set(1.0);
-        Ok(Self { members, health_factor, events_lagged, stuck_suspicions })
+        Ok(Self { members, health_factor, events_lagged, stuck_suspicions, refused_connections })
     }
 
     /// Sets the member gauges from per-state counts (indexed like [`MemberState::ALL`]).

@@ -94,6 +94,7 @@ mod events;
 mod health;
 mod identity;
 mod metrics;
+mod refusals;
 mod suspicion;
 mod timers;
 
@@ -551,6 +552,15 @@ impl Membership {
     /// this node's own timers fire late (1 = healthy).
     pub fn local_health_factor(&self) -> f64 {
         f64::from_bits(self.inner.shared.health_bits.load(Ordering::Relaxed))
+    }
+
+    /// Evidence from the transport that `peer`'s process is gone: a dial to its internode port
+    /// was refused (nothing listens there), or answered by a later incarnation of the node. The
+    /// first report suspects the member; a second one and no refutation within 500 ms make it
+    /// down (docs/architecture.md "Failure detection"). Never blocks: when the command channel
+    /// is full the report is dropped (the transport reports every refused dial).
+    pub fn report_connection_refused(&self, peer: &crate::NodeId) {
+        let _ = self.inner.commands.try_send(Command::ConnectionRefused(peer.clone()));
     }
 
     /// Leaves the cluster gracefully (peers show this node `left`, not `down`), then stops the

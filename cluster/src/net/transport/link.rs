@@ -101,6 +101,9 @@ pub(super) async fn run_link(inner: Arc<Inner>, peer: Arc<Peer>, link: Link) {
             }
             Err(DialError::Connect(error)) => {
                 tracing::debug!(peer = %peer.id, addr = %peer.addr, %link, %error, "internode connect failed");
+                if error.kind() == io::ErrorKind::ConnectionRefused {
+                    inner.report_gone(&peer.id);
+                }
             }
         }
         failures = failures.saturating_add(1);
@@ -150,8 +153,12 @@ async fn dial(inner: &Inner, peer: &Peer, link: Link) -> Result<(TcpStream, Seal
         Ok(Ok((established, sealer))) => {
             if established.peer != peer.id {
                 // Same name, other incarnation: membership will tell us about the new run soon;
-                // until then the link carries traffic for the node name.
+                // until then the link carries traffic for the node name. A later incarnation
+                // answering on the address means the run we dialled is over.
                 tracing::debug!(expected = %peer.id, found = %established.peer, "internode peer has another incarnation");
+                if established.peer.incarnation > peer.id.incarnation {
+                    inner.report_gone(&peer.id);
+                }
             }
             Ok((stream, sealer))
         }

@@ -434,9 +434,22 @@ struct Inner {
     tasks: Mutex<JoinSet<()>>,
     /// The runtime `start` ran on: tasks are spawned there, so `peer_up` works from any thread.
     runtime: tokio::runtime::Handle,
+    /// Who is told that a peer's process is gone by the evidence of a dial
+    /// ([`Transport::on_peer_gone`]).
+    gone_hook: std::sync::OnceLock<GoneHook>,
 }
 
+/// What [`Transport::on_peer_gone`] calls.
+pub type GoneHook = Box<dyn Fn(&NodeId) + Send + Sync>;
+
 impl Inner {
+    /// Tells the hook of [`Transport::on_peer_gone`] that `peer`'s process is gone.
+    fn report_gone(&self, peer: &NodeId) {
+        if let Some(hook) = self.gone_hook.get() {
+            hook(peer);
+        }
+    }
+
     fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
     }
@@ -563,10 +576,21 @@ impl Transport {
             shutdown: watch::Sender::new(false),
             tasks: Mutex::new(JoinSet::new()),
             runtime: tokio::runtime::Handle::current(),
+            gone_hook: std::sync::OnceLock::new(),
         });
         inner.spawn(inbound::accept_loop(Arc::clone(&inner), listener));
         tracing::info!(node = %inner.local, addr = %local_addr, "internode transport listening");
         Ok(Self { inner })
+    }
+
+    /// Sets who is told that a peer's process is gone by the evidence of a dial: its internode
+    /// port refused the connection (nothing listens there: the process exited or was killed; a
+    /// partition drops packets and never refuses), or a later incarnation of the node answered.
+    /// Called on the link's task at every such dial (at most once per backoff step), so it must
+    /// not block; the node passes `Membership::report_connection_refused`, which turns it into a
+    /// fast, confirmed `down`. Only the first hook set is kept (returns false for later ones).
+    pub fn on_peer_gone(&self, hook: GoneHook) -> bool {
+        self.inner.gone_hook.set(hook).is_ok()
     }
 
     /// The receiver of every frame of `class` from any peer. One consumer per class: the first
