@@ -34,12 +34,12 @@ struct Cli {
 enum Command {
     /// Run one cluster node.
     Node(Box<NodeArgs>),
-    /// Start a local cluster of N nodes on 127.0.0.1 with generated secrets (the embedded default).
+    /// Start a local cluster of N nodes on 127.0.0.1 with a generated key and admin token, chaos enabled.
     Up(crate::up::UpArgs),
     /// Print a new random 32-byte cluster key (base64) for `cluster_secret_file`.
     #[command(long_about = KEYGEN_ABOUT)]
     Keygen(KeygenArgs),
-    /// Chaos scenarios (SPEC 11).
+    /// Chaos scenarios: real nodes on 127.0.0.1, injected faults, checked invariants (docs/chaos.md).
     #[command(subcommand)]
     Chaos(ChaosCommand),
     /// Deterministic whole-cluster simulation: seeded composed faults on a simulated network and clock.

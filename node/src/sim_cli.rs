@@ -23,9 +23,9 @@ pub const MAX_SEEDS: u64 = 10_000_000;
 /// The voter ladder's rule, as a flag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum RuleFlag {
-    /// SPEC 7 (the default and the only rule of real nodes).
+    /// A voter is replaced only after it was down for dead_voter_after, never below 3 voters (real nodes' rule).
     Autopilot,
-    /// Test-only: the rule of before issue 11 (reconcile to the live members at once).
+    /// Test-only: the old rule, which reconciles the voters to the live members at once.
     LiveMembers,
 }
 
