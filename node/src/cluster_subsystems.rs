@@ -31,7 +31,7 @@ use crate::node::BOOT_GRACE;
 /// least every gossip period (200 ms); 5 s of silence means it is stuck or starved.
 pub const GOSSIP_MAX_SILENCE: Duration = Duration::from_secs(5);
 /// How often the pump refreshes the `cluster` readiness gate between events.
-pub const READINESS_REFRESH: Duration = Duration::from_millis(250);
+pub const READINESS_REFRESH: Duration = Duration::from_secs(1);
 
 /// Why the cluster subsystems could not start.
 #[derive(Debug, thiserror::Error)]

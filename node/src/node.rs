@@ -47,7 +47,7 @@ use crate::probe::Probes;
 use crate::telemetry::LogControl;
 
 /// How often the runtime watchdog beats its activity check.
-pub const WATCHDOG_PERIOD: Duration = Duration::from_millis(250);
+pub const WATCHDOG_PERIOD: Duration = Duration::from_secs(1);
 /// Silence after which the runtime watchdog check fails: a Tokio runtime that cannot run a timer
 /// task for this long is starved or deadlocked.
 pub const WATCHDOG_MAX_SILENCE: Duration = Duration::from_secs(5);

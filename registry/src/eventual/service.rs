@@ -59,8 +59,9 @@ pub type RevokeSink = Arc<dyn Fn(NameRevoked) -> bool + Send + Sync>;
 /// arrived; beyond, they are dropped and counted (`busy`) and anti-entropy repairs them.
 const MAX_DEFERRED_DELTAS: usize = 4096;
 
-/// The granularity of the anti-entropy loop's clock.
-const LOOP_TICK: Duration = Duration::from_millis(50);
+/// The longest the anti-entropy loop sleeps without looking at the driver's deadline: a guard,
+/// since every input that can bring the deadline closer also wakes the loop (`Shared::wake`).
+const MAX_LOOP_SLEEP: Duration = Duration::from_secs(1);
 
 struct Inner {
     driver: EventualDriver,
@@ -91,6 +92,9 @@ struct Shared {
     /// Deltas the gossip layer refused since the last tick; told to the driver on the tick (the
     /// gossip callback must not wait for the lock to say so).
     broadcasts_refused: AtomicU64,
+    /// Wakes the anti-entropy loop to look at the driver's deadline again: an idle node sleeps
+    /// until its next round instead of polling on a fixed tick.
+    wake: tokio::sync::Notify,
     /// Peers' deltas the gossip callback could not apply at once (state busy), bounded by
     /// [`MAX_DEFERRED_DELTAS`]; the anti-entropy task applies them.
     deferred: mpsc::Sender<Delta>,
@@ -142,6 +146,7 @@ impl EventualTier {
             transport,
             metrics,
             broadcasts_refused: AtomicU64::new(0),
+            wake: tokio::sync::Notify::new(),
             deferred: deferred_tx,
         });
         membership
@@ -264,6 +269,8 @@ impl Shared {
             (value, self.drain(&mut inner))
         };
         self.perform(outputs);
+        // The input may have brought the next round closer (a round wanted early).
+        self.wake.notify_one();
         value
     }
 
@@ -353,6 +360,7 @@ impl Shared {
                 Err(error) => {
                     tracing::trace!(%error, "eventual: delta left to anti-entropy");
                     self.broadcasts_refused.fetch_add(1, Ordering::Relaxed);
+                    self.wake.notify_one();
                 }
             }
         }
@@ -491,9 +499,13 @@ async fn run(
     mut deferred: mpsc::Receiver<Delta>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(LOOP_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // Sleep until the driver's next round (or a refused broadcast to report): an idle node
+        // wakes once per anti-entropy interval, not on a fixed tick.
+        let now = Instant::now();
+        let due = lock(&shared.inner).driver.poll_timeout().unwrap_or(now + MAX_LOOP_SLEEP);
+        let pending = shared.broadcasts_refused.load(Ordering::Relaxed) > 0;
+        let wait = if pending { Duration::ZERO } else { due.saturating_duration_since(now).min(MAX_LOOP_SLEEP) };
         tokio::select! {
             _ = stop.changed() => return,
             frame = inbound.recv() => match frame {
@@ -501,7 +513,8 @@ async fn run(
                 None => return,
             },
             Some(delta) = deferred.recv() => shared.apply_deferred(delta),
-            _ = tick.tick() => shared.on_tick(),
+            () = shared.wake.notified() => {}
+            () = tokio::time::sleep(wait) => shared.on_tick(),
         }
     }
 }
