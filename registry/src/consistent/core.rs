@@ -719,6 +719,21 @@ impl RaftCore {
             MessageType::MsgHeartbeat if msg.commit > log.last_index() => {
                 Err(StepError::Malformed("heartbeat commits past the local log"))
             }
+            // `step_leader` aborts on an empty proposal ("stepped empty MsgProp"). And a peer
+            // forwards registry commands only: configuration changes are this leader's own
+            // decisions (the voter ladder), never a peer's.
+            MessageType::MsgPropose if msg.get_entries().is_empty() => {
+                Err(StepError::Malformed("empty forwarded proposal"))
+            }
+            // A read request's context is its one entry; the leader indexes `entries[0]`.
+            MessageType::MsgReadIndex if msg.get_entries().len() != 1 => {
+                Err(StepError::Malformed("a read request without exactly one context entry"))
+            }
+            MessageType::MsgPropose
+                if msg.get_entries().iter().any(|e| e.get_entry_type() != EntryType::EntryNormal) =>
+            {
+                Err(StepError::Malformed("a forwarded proposal changes the configuration"))
+            }
             MessageType::MsgAppend => {
                 for (i, e) in msg.get_entries().iter().enumerate() {
                     if Some(e.index) != msg.index.checked_add(1 + i as u64) {
