@@ -17,7 +17,7 @@ use std::time::Duration;
 /// How often the driver measures its own lateness (how late the shell calls its timeout).
 ///
 /// Why: short enough that a stall of a few hundred milliseconds is seen within one probe period
-/// (800 ms by default), long enough to cost nothing (10 wake-ups per second).
+/// (600 ms by default), long enough to cost nothing (10 wake-ups per second).
 pub(crate) const HEALTH_TICK: Duration = Duration::from_millis(100);
 
 /// The largest factor: suspicion can be stretched at most 8x (1.2 s becomes 9.6 s).
