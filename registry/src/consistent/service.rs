@@ -479,6 +479,8 @@ impl ConsistentTier {
         let (stop_tx, stop_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
         let control = core.control_view(None);
+        // The planes gauges show the boot state before the actor's first turn (present from boot).
+        metrics.observe_planes(&control, core.restart_state());
         let status = raft_status(&core, &control, &(Vec::new(), Vec::new()), &config.storage);
         let shared = Arc::new(Shared {
             local: local.clone(),
@@ -996,6 +998,7 @@ impl Actor {
         tracing::error!(%reason, "consistent: the raft actor is down");
         let mut view = self.shared.view.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         view.restart_state = RestartState::Fatal { reason: reason.clone() };
+        self.shared.metrics.observe_restart_state(&view.restart_state);
         view.down = Some(reason);
     }
 
@@ -1107,6 +1110,7 @@ impl Actor {
             view.is_voter = is_voter;
             view.last_contact = self.last_contact;
             view.last_loop = now;
+            self.shared.metrics.observe_planes(&view.control, &view.restart_state);
         }
         let stats = self.driver.core().stats();
         let store = self.driver.core().store_stats();
