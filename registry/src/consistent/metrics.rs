@@ -11,7 +11,7 @@
 //! ([`ConsistentMetrics::observe_core`]). Of each state gauge family exactly one series is 1 from the
 //! tier's start on ([`ConsistentMetrics::observe_planes`], then on every published view).
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use super::core::CoreStats;
 use super::freshness::ControlView;
@@ -108,6 +108,7 @@ pub struct ConsistentMetrics {
     pub(crate) snapshot_receives: IntCounterVec,
     pub(crate) storage_writes: IntCounter,
     pub(crate) conf_changes: IntCounter,
+    proposal_duration: HistogramVec,
     root_lag: IntGauge,
     catch_up_state: StateGauges,
     degraded_mode: StateGauges,
@@ -190,6 +191,15 @@ impl ConsistentMetrics {
         )?;
         let conf_changes =
             IntCounter::new("cohort_raft_conf_changes_total", "Raft configuration entries applied on this node.")?;
+        let proposal_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "cohort_raft_proposal_duration_seconds",
+                "Time from a consistent write entering this node to its answer (forwarding to the leader, commit and apply included), by result: applied or refused.",
+            )
+            // Up to raft.request_timeout_ms (5 s by default): a write is answered by then.
+            .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &["result"],
+        )?;
         let root_lag = IntGauge::new(
             "cohort_raft_root_lag",
             "Log entries between the newest commit this node knows of and what its registry view applied (the root_lag of /admin/planes).",
@@ -216,7 +226,8 @@ impl ConsistentMetrics {
             &RESTART_STATES,
         )?;
         for collector in [
-            Box::new(root_lag.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(proposal_duration.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(root_lag.clone()),
             Box::new(term.clone()),
             Box::new(commit_index.clone()),
             Box::new(applied_index.clone()),
@@ -263,6 +274,9 @@ impl ConsistentMetrics {
         for result in SNAPSHOT_RECEIVE_RESULTS {
             snapshot_receives.with_label_values(&[result]).inc_by(0);
         }
+        for result in ["applied", "refused"] {
+            proposal_duration.with_label_values(&[result]);
+        }
         Ok(Self {
             term,
             commit_index,
@@ -284,11 +298,17 @@ impl ConsistentMetrics {
             snapshot_receives,
             storage_writes,
             conf_changes,
+            proposal_duration,
             root_lag,
             catch_up_state,
             degraded_mode,
             restart_state,
         })
+    }
+
+    /// Observes how long one caller's write took to be answered, and whether it applied.
+    pub(crate) fn proposal_answered(&self, seconds: f64, applied: bool) {
+        self.proposal_duration.with_label_values(&[if applied { "applied" } else { "refused" }]).observe(seconds);
     }
 
     /// Sets the planes gauges from the control view and restart state that `/admin/planes` shows:
@@ -441,6 +461,8 @@ mod tests {
         let m = ConsistentMetrics::register(&registry).unwrap();
         let text = render(&registry);
         assert!(text.contains("cohort_raft_root_lag 0"), "{text}");
+        assert!(text.contains("cohort_raft_proposal_duration_seconds_count{result=\"applied\"} 0"), "{text}");
+        assert!(text.contains("cohort_raft_proposal_duration_seconds_count{result=\"refused\"} 0"), "{text}");
         for s in CatchUpState::ALL {
             assert!(text.contains(&format!("cohort_catch_up_state{{state=\"{}\"}} 0", s.as_str())), "{text}");
         }

@@ -550,12 +550,14 @@ impl ConsistentTier {
     /// `request_timeout`. Cancel-safe: dropping the future leaves the write to finish or time out.
     pub async fn propose(&self, proposal: Proposal) -> Result<Applied, Admission> {
         let (reply, answer) = oneshot::channel();
-        let deadline = Instant::now() + self.shared.request_timeout;
-        self.enqueue(Cmd::Propose { proposal, reply: Some(reply), deadline })?;
-        match answer.await {
-            Ok(result) => result,
-            Err(_) => Err(Admission::Canceled),
-        }
+        let entered = Instant::now();
+        let deadline = entered + self.shared.request_timeout;
+        let result = match self.enqueue(Cmd::Propose { proposal, reply: Some(reply), deadline }) {
+            Ok(()) => answer.await.unwrap_or(Err(Admission::Canceled)),
+            Err(refusal) => Err(refusal),
+        };
+        self.shared.metrics.proposal_answered(entered.elapsed().as_secs_f64(), result.is_ok());
+        result
     }
 
     fn enqueue(&self, cmd: Cmd) -> Result<(), Admission> {
