@@ -37,6 +37,7 @@
 //! assert_eq!(kinds, [EventKind::Join, EventKind::Leave, EventKind::Leave]);
 //! ```
 
+pub mod admission;
 pub mod host;
 pub mod pg;
 pub mod pid;

@@ -216,6 +216,11 @@ async fn an_isolated_node_refuses_strong_and_bounded_and_serves_best_effort_mark
     assert_eq!((status, j["pid"].as_str(), j["fence_token"].as_u64()), (200, Some(pid.as_str()), Some(token)), "{j}");
     let served_mode = j["witness"]["degraded_mode"].as_str().unwrap();
     assert!(matches!(served_mode, "view_only" | "root_unavailable"), "{j} (planes said {mode})");
+    // The gauges say so too, so an alert can fire on it (deploy/prometheus, CohortNodeWithoutQuorum).
+    let m = get(url, "/metrics").await.body;
+    let cut_off = metric_sum(&m, "cohort_degraded_mode{mode=\"view_only\"}")
+        + metric_sum(&m, "cohort_degraded_mode{mode=\"root_unavailable\"}");
+    assert_eq!((cut_off, metric_sum(&m, "cohort_degraded_mode")), (1.0, 1.0), "{m}");
     assert_eq!(j["witness"]["served_freshness"], "best_effort");
     // Admission during failover: a write on the cut-off node is answered within request_timeout
     // (5 s, plus a tick and the HTTP hop) with a typed refusal, never later.
@@ -584,6 +589,9 @@ async fn the_raft_actor_refuses_a_malformed_heartbeat_and_is_restarted_after_a_p
     assert_eq!(planes["execution"]["restart_state"]["state"], "recovered", "{planes}");
     let m = get(url, "/metrics").await.body;
     assert_eq!(metric_sum(&m, "cohort_raft_actor_restarts_total"), 1.0);
+    // The restart state gauge follows the restart: recovered is the one series at 1.
+    assert_eq!(metric_sum(&m, "cohort_restart_state{state=\"recovered\"}"), 1.0, "{m}");
+    assert_eq!(metric_sum(&m, "cohort_restart_state"), 1.0, "{m}");
     common::promtool_check(&m);
     assert_eq!(get(url, "/livez").await.status, 200);
     // It rebuilt its view from the log and serves reads and writes again.

@@ -239,6 +239,29 @@ impl RegistryError {
         }
     }
 
+    /// The SPEC 8 admission verdict of a register or unregister that ended with this error
+    /// (`cohort_admissions_total{work="registry_<tier>"}`): `Accepted` when the tier took the write
+    /// and this is its answer (the name is held, or this node holds no registration of it), the
+    /// refusal's reason when the node did not take it (`TooManyNames`: a bounded table is full, so
+    /// `QueueSaturated`), `None` when there is no verdict (invalid input, or the tier does not run
+    /// here: `Unavailable` is not an admission word).
+    pub fn write_admission(&self) -> Option<&'static str> {
+        match self {
+            RegistryError::AlreadyRegistered { .. } | RegistryError::NotRegistered { .. } => Some("Accepted"),
+            RegistryError::NotHosted { .. } => Some("NotHosted"),
+            RegistryError::NotLeader { .. } => Some("NotLeader"),
+            RegistryError::TimedOut => Some("TimedOut"),
+            RegistryError::QueueSaturated { .. } | RegistryError::TooManyNames { .. } => Some("QueueSaturated"),
+            RegistryError::Canceled => Some("Canceled"),
+            RegistryError::NotFound
+            | RegistryError::InvalidName { .. }
+            | RegistryError::UnknownTier { .. }
+            | RegistryError::Unavailable { .. }
+            | RegistryError::Send(_)
+            | RegistryError::ReadRefused { .. } => None,
+        }
+    }
+
     /// The bounded `result` label of `cohort_registry_operations_total`.
     pub fn result_label(&self) -> &'static str {
         match self {
@@ -408,6 +431,7 @@ impl Registry {
             Err(error) => error.result_label(),
         };
         self.metrics.operation(tier, "register", label);
+        self.metrics.write_admission(tier, result.as_ref().err());
         result
     }
 
@@ -488,6 +512,7 @@ impl Registry {
             Err(error) => error.result_label(),
         };
         self.metrics.operation(Tier::Consistent, "register", label);
+        self.metrics.write_admission(Tier::Consistent, result.as_ref().err());
         result
     }
 
@@ -551,6 +576,7 @@ impl Registry {
             "unregister",
             result.as_ref().map_or_else(RegistryError::result_label, |_| "ok"),
         );
+        self.metrics.write_admission(Tier::Consistent, result.as_ref().err());
         result
     }
 
@@ -600,6 +626,7 @@ impl Registry {
             Tier::Consistent => Err(consistent_is_async()),
         };
         self.metrics.operation(tier, "unregister", result.as_ref().map_or_else(RegistryError::result_label, |_| "ok"));
+        self.metrics.write_admission(tier, result.as_ref().err());
         result
     }
 

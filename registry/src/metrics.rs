@@ -5,9 +5,10 @@
 //! safety counters especially: conflicts, revocations, refused frames); labels are bounded enums
 //! (tier, operation, result, reason), never a name or a pid.
 
+use cohort_actors::admission::{self, AdmissionCounter};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-use crate::Tier;
+use crate::{RegistryError, Tier};
 
 /// Results an operation is counted under.
 pub const RESULTS: [&str; 13] = [
@@ -57,6 +58,29 @@ pub struct RegistryMetrics {
     pub(crate) delta_bytes: IntCounterVec,
     pub(crate) deltas: IntCounterVec,
     pub(crate) refused: IntCounterVec,
+    /// `cohort_admissions_total{work="registry_local|registry_eventual|registry_consistent"}`,
+    /// indexed like [`Tier::ALL`].
+    admissions: [AdmissionCounter; 3],
+}
+
+/// The admission reasons a write of `tier` can end with (see [`RegistryError::write_admission`]).
+fn write_reasons(tier: Tier) -> &'static [&'static str] {
+    match tier {
+        Tier::Local | Tier::Eventual => &["Accepted", "NotHosted", "QueueSaturated"],
+        Tier::Consistent => &["Accepted", "NotHosted", "NotLeader", "TimedOut", "QueueSaturated", "Canceled"],
+    }
+}
+
+fn admission_work(tier: Tier) -> &'static str {
+    match tier {
+        Tier::Local => admission::REGISTRY_LOCAL,
+        Tier::Eventual => admission::REGISTRY_EVENTUAL,
+        Tier::Consistent => admission::REGISTRY_CONSISTENT,
+    }
+}
+
+fn tier_index(tier: Tier) -> usize {
+    Tier::ALL.iter().position(|t| *t == tier).unwrap_or(0)
 }
 
 impl RegistryMetrics {
@@ -165,6 +189,8 @@ impl RegistryMetrics {
         for reason in REFUSALS {
             refused.with_label_values(&[reason]).inc_by(0);
         }
+        let admission = |tier| AdmissionCounter::register(registry, admission_work(tier), write_reasons(tier));
+        let admissions = [admission(Tier::ALL[0])?, admission(Tier::ALL[1])?, admission(Tier::ALL[2])?];
         Ok(Self {
             names,
             operations,
@@ -177,7 +203,20 @@ impl RegistryMetrics {
             delta_bytes,
             deltas,
             refused,
+            admissions,
         })
+    }
+
+    /// Counts the admission verdict of one register or unregister in `tier` (`None`: it succeeded).
+    pub(crate) fn write_admission(&self, tier: Tier, error: Option<&RegistryError>) {
+        let reason = match error {
+            None => "Accepted",
+            Some(error) => match error.write_admission() {
+                Some(reason) => reason,
+                None => return,
+            },
+        };
+        self.admissions[tier_index(tier)].count(reason, 1);
     }
 
     /// Counts one operation.
@@ -200,5 +239,48 @@ impl RegistryMetrics {
 
     pub(crate) fn delta(&self, outcome: &str) {
         self.deltas.with_label_values(&[outcome]).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cohort_actors::Pid;
+    use cohort_cluster::NodeId;
+
+    use super::*;
+
+    #[test]
+    fn registry_writes_count_admissions_by_tier_with_declared_reasons() {
+        let m = RegistryMetrics::register(&Registry::new()).unwrap();
+        let pid = Pid::new(NodeId::new("a", 1), 1);
+        let errors = [
+            RegistryError::AlreadyRegistered { tier: Tier::Local, pid: pid.clone() },
+            RegistryError::NotRegistered { tier: Tier::Eventual },
+            RegistryError::NotHosted { pid },
+            RegistryError::TooManyNames { tier: Tier::Eventual, max: 1 },
+            RegistryError::NotLeader { leader_hint: None },
+            RegistryError::TimedOut,
+            RegistryError::QueueSaturated { class: "raft_mailbox".into() },
+            RegistryError::Canceled,
+            RegistryError::InvalidName { reason: String::new() },
+            RegistryError::Unavailable { reason: String::new() },
+        ];
+        // Local and eventual writes end only with these; consistent writes with any of them.
+        let local_errors = &errors[..4];
+        for error in &errors {
+            if let Some(reason) = error.write_admission() {
+                assert!(write_reasons(Tier::Consistent).contains(&reason), "{error:?} -> {reason}");
+            }
+        }
+        for error in local_errors {
+            let reason = error.write_admission().unwrap();
+            assert!(write_reasons(Tier::Local).contains(&reason), "{error:?} -> {reason}");
+        }
+        m.write_admission(Tier::Eventual, None);
+        m.write_admission(Tier::Eventual, Some(&errors[3]));
+        m.write_admission(Tier::Eventual, Some(&errors[8]));
+        let eventual = &m.admissions[tier_index(Tier::Eventual)];
+        assert_eq!((eventual.get("Accepted"), eventual.get("QueueSaturated")), (1, 1));
+        assert_eq!(m.admissions[tier_index(Tier::Local)].get("Accepted"), 0);
     }
 }

@@ -5,9 +5,11 @@
 //! (rejections, overflows, refused deliveries) is created at 0 when the service starts. Counters
 //! on the join/leave hot path are resolved once, so counting costs one atomic add.
 
+use cohort_cluster::net::transport::SendError;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use super::wire::PgMessage;
+use crate::admission::{self, AdmissionCounter};
 
 /// Operations counted in `cohort_pg_operations_total{op}`.
 pub(crate) const OPS: [&str; 6] = ["join", "leave", "monitor", "monitor_scope", "broadcast", "broadcast_local"];
@@ -113,6 +115,21 @@ pub(crate) struct PgMetrics {
     pub monitors: IntGauge,
     pub monitor_overflow: IntCounter,
     pub deliveries: IntCounterVec,
+    /// `cohort_admissions_total{work="broadcast"}`: one verdict per recipient (a local member's
+    /// mailbox, or a frame towards a node with members).
+    pub admissions: AdmissionCounter,
+}
+
+/// The admission verdict of a delivery result; `None` for `undecodable` (the sender's payload does
+/// not fit the member's type: a caller bug) and `remote_refused` (counted with its transport
+/// reason by [`PgMetrics::remote_refused`]).
+fn delivery_admission(result: &str) -> Option<&'static str> {
+    match result {
+        delivery::DELIVERED | delivery::REMOTE_SENT => Some("Accepted"),
+        delivery::NOT_HOSTED => Some("NotHosted"),
+        delivery::MAILBOX_FULL => Some("QueueSaturated"),
+        _ => None,
+    }
 }
 
 impl PgMetrics {
@@ -190,6 +207,11 @@ impl PgMetrics {
         for result in delivery::ALL {
             deliveries.with_label_values(&[result]);
         }
+        let admissions = AdmissionCounter::register(
+            registry,
+            admission::BROADCAST,
+            &["Accepted", "NotHosted", "QueueSaturated", "Canceled"],
+        )?;
         Ok(Self {
             join_ok: operations.with_label_values(&["join", "ok"]),
             leave_ok: operations.with_label_values(&["leave", "ok"]),
@@ -205,6 +227,7 @@ impl PgMetrics {
             monitors,
             monitor_overflow,
             deliveries,
+            admissions,
         })
     }
 
@@ -232,6 +255,46 @@ impl PgMetrics {
     pub fn delivery(&self, result: &'static str, n: u64) {
         if n > 0 {
             self.deliveries.with_label_values(&[result]).inc_by(n);
+            if let Some(reason) = delivery_admission(result) {
+                self.admissions.count(reason, n);
+            }
+        }
+    }
+
+    /// Counts the admission verdict of a broadcast frame the transport refused towards one node
+    /// (the frame itself is counted as `remote_refused` with the other remote results). A frame
+    /// too large for the transport is the sender's bug, not a verdict, and is not counted here.
+    pub fn remote_refused(&self, error: &SendError) {
+        let reason = match error {
+            SendError::QueueSaturated { .. } => "QueueSaturated",
+            SendError::UnknownPeer => "NotHosted",
+            SendError::ShuttingDown => "Canceled",
+            SendError::TooLarge { .. } => return,
+        };
+        self.admissions.count(reason, 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broadcast_recipients_are_counted_as_admissions() {
+        let m = PgMetrics::register(&Registry::new()).unwrap();
+        m.delivery(delivery::DELIVERED, 3);
+        m.delivery(delivery::REMOTE_SENT, 1);
+        m.delivery(delivery::MAILBOX_FULL, 2);
+        m.delivery(delivery::UNDECODABLE, 5);
+        m.remote_refused(&SendError::UnknownPeer);
+        m.remote_refused(&SendError::TooLarge { len: 2, max: 1 });
+        assert_eq!(m.admissions.get("Accepted"), 4);
+        assert_eq!(m.admissions.get("QueueSaturated"), 2);
+        assert_eq!(m.admissions.get("NotHosted"), 1);
+        for result in delivery::ALL {
+            if let Some(reason) = delivery_admission(result) {
+                assert!(admission::REASONS.contains(&reason));
+            }
         }
     }
 }

@@ -681,13 +681,13 @@ impl Scope {
                         transport.take_resync(&node.name);
                     }
                     refused += 1;
-                    report.refuse(BroadcastRefusal::Remote {
-                        node: node.clone(),
-                        error: SendError::QueueSaturated { class: Class::Pg },
-                    });
+                    let error = SendError::QueueSaturated { class: Class::Pg };
+                    shared.metrics.remote_refused(&error);
+                    report.refuse(BroadcastRefusal::Remote { node: node.clone(), error });
                 }
                 Err(error) => {
                     refused += 1;
+                    shared.metrics.remote_refused(&error);
                     report.refuse(BroadcastRefusal::Remote { node: node.clone(), error });
                 }
             }

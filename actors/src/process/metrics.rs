@@ -3,6 +3,7 @@
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
+use crate::admission::{self, AdmissionCounter};
 use crate::host::ExitReason;
 
 /// Exit reasons a hosted process can have (the `reason` label of `cohort_process_exits_total`).
@@ -48,6 +49,22 @@ pub(crate) struct Metrics {
     pub(crate) monitors: IntGauge,
     monitor_refused: IntCounterVec,
     pub(crate) hook_panics: IntCounter,
+    /// `cohort_admissions_total{work="remote_send"}`, derived from each remote send's result.
+    remote_admissions: AdmissionCounter,
+    /// `cohort_admissions_total{work="fenced_send"}`: the fence guard's verdicts on this node.
+    fenced_admissions: AdmissionCounter,
+}
+
+/// The admission verdict of a remote send result; `None` for the caller's bugs (a message that
+/// does not encode or fit in a frame), which are not a verdict on the node's ability to take work.
+fn remote_admission(result: &str) -> Option<&'static str> {
+    match result {
+        REMOTE_QUEUED => Some("Accepted"),
+        REMOTE_QUEUE_SATURATED => Some("QueueSaturated"),
+        REMOTE_NOT_HOSTED => Some("NotHosted"),
+        REMOTE_CANCELED => Some("Canceled"),
+        _ => None,
+    }
 }
 
 impl Metrics {
@@ -91,6 +108,16 @@ impl Metrics {
                 "cohort_process_exit_hook_panics_total",
                 "Exit hooks that panicked (caught; the exit pipeline went on)",
             )?,
+            remote_admissions: AdmissionCounter::register(
+                registry,
+                admission::REMOTE_SEND,
+                &["Accepted", "NotHosted", "QueueSaturated", "Canceled"],
+            )?,
+            fenced_admissions: AdmissionCounter::register(
+                registry,
+                admission::FENCED_SEND,
+                &["Accepted", "EpochMismatch"],
+            )?,
         };
         for label in EXIT_LABELS {
             metrics.exits.with_label_values(&[label]);
@@ -124,6 +151,14 @@ impl Metrics {
 
     pub(crate) fn remote_send(&self, result: &'static str) {
         self.remote_sends.with_label_values(&[result]).inc();
+        if let Some(reason) = remote_admission(result) {
+            self.remote_admissions.count(reason, 1);
+        }
+    }
+
+    /// Counts the fence guard's verdict on one fenced send to a process of this node.
+    pub(crate) fn fenced_send(&self, admitted: bool) {
+        self.fenced_admissions.count(if admitted { "Accepted" } else { "EpochMismatch" }, 1);
     }
 
     pub(crate) fn inbound_dropped(&self, reason: &'static str) {
@@ -132,5 +167,27 @@ impl Metrics {
 
     pub(crate) fn monitor_refused(&self, reason: &'static str) {
         self.monitor_refused.with_label_values(&[reason]).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_remote_result_is_an_admission_or_a_caller_bug() {
+        for result in REMOTE_RESULTS {
+            match remote_admission(result) {
+                Some(reason) => assert!(admission::REASONS.contains(&reason), "{result} -> {reason}"),
+                None => assert!([REMOTE_TOO_LARGE, REMOTE_UNENCODABLE].contains(&result), "{result}"),
+            }
+        }
+        let m = Metrics::register(&Registry::new()).unwrap();
+        m.remote_send(REMOTE_QUEUED);
+        m.remote_send(REMOTE_TOO_LARGE);
+        m.fenced_send(false);
+        assert_eq!(m.remote_admissions.get("Accepted"), 1);
+        assert_eq!(m.fenced_admissions.get("EpochMismatch"), 1);
+        assert_eq!(m.fenced_admissions.get("Accepted"), 0);
     }
 }

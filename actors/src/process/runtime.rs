@@ -395,7 +395,9 @@ impl Shared {
 
     fn fence_admits(&self, name: &str, fence_token: u64, pid: &Pid) -> bool {
         // Without a guard nobody can vouch for the token: refusing is the safe side.
-        self.fence_guard.get().is_some_and(|guard| guard.admit(name, fence_token, pid))
+        let admitted = self.fence_guard.get().is_some_and(|guard| guard.admit(name, fence_token, pid));
+        self.metrics.fenced_send(admitted);
+        admitted
     }
 
     /// A send by consistent-tier name carrying its fencing token: checked by the fence guard of
@@ -417,24 +419,36 @@ impl Shared {
             }
             return self.send_to(pid, message);
         }
-        if self.reachability(&pid.node).is_some() {
-            return Err(SendError::NotHosted(pid.clone()));
-        }
-        let Some(transport) = &self.transport else { return Err(SendError::NotHosted(pid.clone())) };
-        let frame = wire::encode_send_fenced(pid, name, fence_token, &message)
-            .map_err(|e| SendError::Unencodable(e.to_string()))?;
-        let result = transport
-            .send(&pid.node.name, Class::User, KIND_SEND_FENCED, frame)
-            .map(|_| ())
-            .map_err(|e| SendError::from_transport(e, pid));
+        // Counted like a plain remote send, refusals before the transport included.
+        let result = self.send_fenced_remote(pid, name, fence_token, &message);
         self.metrics.remote_send(match &result {
             Ok(()) => metrics::REMOTE_QUEUED,
             Err(SendError::QueueSaturated { .. }) => metrics::REMOTE_QUEUE_SATURATED,
             Err(SendError::TooLarge { .. }) => metrics::REMOTE_TOO_LARGE,
             Err(SendError::Canceled) => metrics::REMOTE_CANCELED,
+            Err(SendError::Unencodable(_)) => metrics::REMOTE_UNENCODABLE,
             Err(_) => metrics::REMOTE_NOT_HOSTED,
         });
         result
+    }
+
+    fn send_fenced_remote<M: Serialize>(
+        &self,
+        pid: &Pid,
+        name: &str,
+        fence_token: u64,
+        message: &M,
+    ) -> Result<(), SendError> {
+        if self.reachability(&pid.node).is_some() {
+            return Err(SendError::NotHosted(pid.clone()));
+        }
+        let Some(transport) = &self.transport else { return Err(SendError::NotHosted(pid.clone())) };
+        let frame = wire::encode_send_fenced(pid, name, fence_token, message)
+            .map_err(|e| SendError::Unencodable(e.to_string()))?;
+        transport
+            .send(&pid.node.name, Class::User, KIND_SEND_FENCED, frame)
+            .map(|_| ())
+            .map_err(|e| SendError::from_transport(e, pid))
     }
 
     fn on_fenced_send_frame(&self, from: &NodeId, payload: &Bytes) {

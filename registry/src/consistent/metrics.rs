@@ -1,16 +1,21 @@
 //! The consistent tier's Prometheus series (SPEC 10): raft term and indices, leader changes,
 //! proposals by outcome, admissions by reason, reads by freshness and result, fence rejections,
-//! dropped raft frames, snapshots, chunked snapshot transfers and storage writes.
+//! dropped raft frames, snapshots, chunked snapshot transfers and storage writes; and the SPEC 8
+//! planes as gauges (root lag, and one 0/1 series per `CatchUpState`, `DegradedMode` and
+//! `RestartState` value), so an alert can fire on "this node serves stale reads" or "no quorum".
 //!
 //! Invariants: registered once per node at boot, every labelled series present at 0 (the safety
 //! counters especially: fence rejections, dropped frames, admissions refused); labels are bounded
-//! enums (outcome, reason, freshness, result), never a name or a pid. Counters that mirror the raft
-//! core's cumulative stats are advanced by difference ([`ConsistentMetrics::observe_core`]).
+//! enums (outcome, reason, freshness, result, state, mode), never a name or a pid. Counters that
+//! mirror the raft core's cumulative stats are advanced by difference
+//! ([`ConsistentMetrics::observe_core`]). Of each state gauge family exactly one series is 1 from the
+//! tier's start on ([`ConsistentMetrics::observe_planes`], then on every published view).
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use super::core::CoreStats;
-use super::planes::{Admission, ExecutionOutcome, Freshness};
+use super::freshness::ControlView;
+use super::planes::{Admission, CatchUpState, DegradedMode, ExecutionOutcome, Freshness, RestartState};
 use super::snapshot_transfer::TransferStats;
 use super::storage::StoreStats;
 
@@ -52,6 +57,34 @@ pub const SNAPSHOT_RECEIVE_RESULTS: [&str; 10] = [
     "evicted",
 ];
 
+/// The `state` label values of `cohort_restart_state` (the spellings of [`RestartState::as_str`]).
+pub const RESTART_STATES: [&str; 4] = ["clean", "recovered", "degraded", "fatal"];
+
+/// One 0/1 gauge per value of a state enum, resolved at registration.
+#[derive(Clone)]
+struct StateGauges(Vec<(&'static str, IntGauge)>);
+
+impl StateGauges {
+    fn register(
+        registry: &Registry,
+        name: &str,
+        help: &str,
+        label: &str,
+        values: &[&'static str],
+    ) -> Result<Self, prometheus::Error> {
+        let family = IntGaugeVec::new(Opts::new(name, help), &[label])?;
+        registry.register(Box::new(family.clone()))?;
+        Ok(Self(values.iter().map(|v| (*v, family.with_label_values(&[v]))).collect()))
+    }
+
+    /// Sets the series of `current` to 1 and every other one to 0.
+    fn set(&self, current: &str) {
+        for (value, gauge) in &self.0 {
+            gauge.set(i64::from(*value == current));
+        }
+    }
+}
+
 /// The consistent tier's series.
 #[derive(Clone)]
 pub struct ConsistentMetrics {
@@ -75,6 +108,11 @@ pub struct ConsistentMetrics {
     pub(crate) snapshot_receives: IntCounterVec,
     pub(crate) storage_writes: IntCounter,
     pub(crate) conf_changes: IntCounter,
+    proposal_duration: HistogramVec,
+    root_lag: IntGauge,
+    catch_up_state: StateGauges,
+    degraded_mode: StateGauges,
+    restart_state: StateGauges,
 }
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec, prometheus::Error> {
@@ -153,8 +191,44 @@ impl ConsistentMetrics {
         )?;
         let conf_changes =
             IntCounter::new("cohort_raft_conf_changes_total", "Raft configuration entries applied on this node.")?;
+        let proposal_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "cohort_raft_proposal_duration_seconds",
+                "Time from a consistent write entering this node to its answer (forwarding to the leader, commit and apply included), by result: applied or refused.",
+            )
+            // Up to raft.request_timeout_ms (5 s by default): a write is answered by then.
+            .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &["result"],
+        )?;
+        let root_lag = IntGauge::new(
+            "cohort_raft_root_lag",
+            "Log entries between the newest commit this node knows of and what its registry view applied (the root_lag of /admin/planes).",
+        )?;
+        let catch_up_state = StateGauges::register(
+            registry,
+            "cohort_catch_up_state",
+            "1 for this node's CatchUpState (fresh, lagging, bootstrap_required, recovering, unavailable), 0 for the others.",
+            "state",
+            &CatchUpState::ALL.map(CatchUpState::as_str),
+        )?;
+        let degraded_mode = StateGauges::register(
+            registry,
+            "cohort_degraded_mode",
+            "1 for this node's DegradedMode (healthy, coordinator_degraded, root_lagging, root_unavailable, view_only), 0 for the others.",
+            "mode",
+            &DegradedMode::ALL.map(DegradedMode::as_str),
+        )?;
+        let restart_state = StateGauges::register(
+            registry,
+            "cohort_restart_state",
+            "1 for the RestartState of this node's durable raft state at boot or at the raft actor's last restart (clean, recovered, degraded, fatal), 0 for the others.",
+            "state",
+            &RESTART_STATES,
+        )?;
         for collector in [
-            Box::new(term.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(proposal_duration.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(root_lag.clone()),
+            Box::new(term.clone()),
             Box::new(commit_index.clone()),
             Box::new(applied_index.clone()),
             Box::new(is_leader.clone()),
@@ -200,6 +274,9 @@ impl ConsistentMetrics {
         for result in SNAPSHOT_RECEIVE_RESULTS {
             snapshot_receives.with_label_values(&[result]).inc_by(0);
         }
+        for result in ["applied", "refused"] {
+            proposal_duration.with_label_values(&[result]);
+        }
         Ok(Self {
             term,
             commit_index,
@@ -221,7 +298,33 @@ impl ConsistentMetrics {
             snapshot_receives,
             storage_writes,
             conf_changes,
+            proposal_duration,
+            root_lag,
+            catch_up_state,
+            degraded_mode,
+            restart_state,
         })
+    }
+
+    /// Observes how long one caller's write took to be answered, and whether it applied.
+    pub(crate) fn proposal_answered(&self, seconds: f64, applied: bool) {
+        self.proposal_duration.with_label_values(&[if applied { "applied" } else { "refused" }]).observe(seconds);
+    }
+
+    /// Sets the planes gauges from the control view and restart state that `/admin/planes` shows:
+    /// the root lag (known commit minus applied, as the planes compute it) and one 1 per state
+    /// family.
+    pub(crate) fn observe_planes(&self, control: &ControlView, restart: &RestartState) {
+        let lag = control.applied.lag_behind(&control.current.max(control.applied));
+        self.root_lag.set(i64::try_from(lag).unwrap_or(i64::MAX));
+        self.catch_up_state.set(control.catch_up_state.as_str());
+        self.degraded_mode.set(control.degraded_mode.as_str());
+        self.restart_state.set(restart.as_str());
+    }
+
+    /// Sets only the restart-state gauge (the raft actor went down: no view is published after).
+    pub(crate) fn observe_restart_state(&self, restart: &RestartState) {
+        self.restart_state.set(restart.as_str());
     }
 
     /// Counts one admission verdict.
@@ -321,5 +424,86 @@ impl ConsistentMetrics {
     /// Fence rejections so far.
     pub fn fence_rejections(&self) -> u64 {
         self.fence_rejections.get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus::{Encoder, TextEncoder};
+
+    use super::super::freshness::RaftRole;
+    use super::super::planes::RootToken;
+    use super::*;
+
+    fn render(registry: &Registry) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&registry.gather(), &mut buf).unwrap();
+        String::from_utf8(buf).unwrap()
+    }
+
+    fn view(applied: u64, current: u64, catch_up_state: CatchUpState, degraded_mode: DegradedMode) -> ControlView {
+        ControlView {
+            role: RaftRole::Follower,
+            leader_hint: None,
+            quorum_reachable: false,
+            has_view: true,
+            applied: RootToken::new(2, applied),
+            current: RootToken::new(2, current),
+            read_index: None,
+            catch_up_state,
+            degraded_mode,
+        }
+    }
+
+    #[test]
+    fn planes_gauges_exist_from_registration_and_follow_the_view() {
+        let registry = Registry::new();
+        let m = ConsistentMetrics::register(&registry).unwrap();
+        let text = render(&registry);
+        assert!(text.contains("cohort_raft_root_lag 0"), "{text}");
+        assert!(text.contains("cohort_raft_proposal_duration_seconds_count{result=\"applied\"} 0"), "{text}");
+        assert!(text.contains("cohort_raft_proposal_duration_seconds_count{result=\"refused\"} 0"), "{text}");
+        for s in CatchUpState::ALL {
+            assert!(text.contains(&format!("cohort_catch_up_state{{state=\"{}\"}} 0", s.as_str())), "{text}");
+        }
+        for d in DegradedMode::ALL {
+            assert!(text.contains(&format!("cohort_degraded_mode{{mode=\"{}\"}} 0", d.as_str())), "{text}");
+        }
+        for r in RESTART_STATES {
+            assert!(text.contains(&format!("cohort_restart_state{{state=\"{r}\"}} 0")), "{text}");
+        }
+
+        m.observe_planes(
+            &view(10, 40, CatchUpState::Lagging, DegradedMode::ViewOnly),
+            &RestartState::Recovered { applied_index: 10 },
+        );
+        let text = render(&registry);
+        assert!(text.contains("cohort_raft_root_lag 30"), "{text}");
+        assert!(text.contains("cohort_catch_up_state{state=\"lagging\"} 1"), "{text}");
+        assert!(text.contains("cohort_catch_up_state{state=\"fresh\"} 0"), "{text}");
+        assert!(text.contains("cohort_degraded_mode{mode=\"view_only\"} 1"), "{text}");
+        assert!(text.contains("cohort_degraded_mode{mode=\"healthy\"} 0"), "{text}");
+        assert!(text.contains("cohort_restart_state{state=\"recovered\"} 1"), "{text}");
+
+        // A view ahead of what it knows committed (applied after a snapshot) is not "behind".
+        m.observe_planes(&view(50, 40, CatchUpState::Fresh, DegradedMode::Healthy), &RestartState::Clean);
+        m.observe_restart_state(&RestartState::Fatal { reason: "a reason is never a label".into() });
+        let text = render(&registry);
+        assert!(text.contains("cohort_raft_root_lag 0"), "{text}");
+        assert!(text.contains("cohort_degraded_mode{mode=\"view_only\"} 0"), "{text}");
+        assert!(text.contains("cohort_restart_state{state=\"fatal\"} 1"), "{text}");
+        assert!(text.contains("cohort_restart_state{state=\"clean\"} 0"), "{text}");
+        assert!(!text.contains("a reason is never a label"), "{text}");
+    }
+
+    #[test]
+    fn restart_state_labels_are_the_planes_spellings() {
+        let all = [
+            RestartState::Clean,
+            RestartState::Recovered { applied_index: 1 },
+            RestartState::Degraded { reason: String::new() },
+            RestartState::Fatal { reason: String::new() },
+        ];
+        assert_eq!(all.map(|r| r.as_str()), RESTART_STATES);
     }
 }

@@ -486,6 +486,8 @@ mod tests {
         ];
         let reasons: Vec<_> = all.iter().map(Admission::reason).collect();
         assert_eq!(reasons, Admission::REASONS);
+        // `cohort_admissions_total` (registered by other crates too) speaks the same words.
+        assert_eq!(Admission::REASONS, cohort_actors::admission::REASONS);
         let json = serde_json::to_value(&all[1]).unwrap();
         assert_eq!(json, serde_json::json!({"reason": "not_leader", "leader_hint": "b"}));
         let back: Admission = serde_json::from_value(json).unwrap();

@@ -479,6 +479,8 @@ impl ConsistentTier {
         let (stop_tx, stop_rx) = oneshot::channel();
         let (done_tx, done_rx) = oneshot::channel();
         let control = core.control_view(None);
+        // The planes gauges show the boot state before the actor's first turn (present from boot).
+        metrics.observe_planes(&control, core.restart_state());
         let status = raft_status(&core, &control, &(Vec::new(), Vec::new()), &config.storage);
         let shared = Arc::new(Shared {
             local: local.clone(),
@@ -548,12 +550,14 @@ impl ConsistentTier {
     /// `request_timeout`. Cancel-safe: dropping the future leaves the write to finish or time out.
     pub async fn propose(&self, proposal: Proposal) -> Result<Applied, Admission> {
         let (reply, answer) = oneshot::channel();
-        let deadline = Instant::now() + self.shared.request_timeout;
-        self.enqueue(Cmd::Propose { proposal, reply: Some(reply), deadline })?;
-        match answer.await {
-            Ok(result) => result,
-            Err(_) => Err(Admission::Canceled),
-        }
+        let entered = Instant::now();
+        let deadline = entered + self.shared.request_timeout;
+        let result = match self.enqueue(Cmd::Propose { proposal, reply: Some(reply), deadline }) {
+            Ok(()) => answer.await.unwrap_or(Err(Admission::Canceled)),
+            Err(refusal) => Err(refusal),
+        };
+        self.shared.metrics.proposal_answered(entered.elapsed().as_secs_f64(), result.is_ok());
+        result
     }
 
     fn enqueue(&self, cmd: Cmd) -> Result<(), Admission> {
@@ -996,6 +1000,7 @@ impl Actor {
         tracing::error!(%reason, "consistent: the raft actor is down");
         let mut view = self.shared.view.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         view.restart_state = RestartState::Fatal { reason: reason.clone() };
+        self.shared.metrics.observe_restart_state(&view.restart_state);
         view.down = Some(reason);
     }
 
@@ -1107,6 +1112,7 @@ impl Actor {
             view.is_voter = is_voter;
             view.last_contact = self.last_contact;
             view.last_loop = now;
+            self.shared.metrics.observe_planes(&view.control, &view.restart_state);
         }
         let stats = self.driver.core().stats();
         let store = self.driver.core().store_stats();
