@@ -18,6 +18,8 @@ use cohort_actors::pg::PgService;
 use cohort_actors::supervisor::{ChildError, StopSignal};
 use cohort_cluster::auth::ClusterSecret;
 use cohort_cluster::membership::{EventRecvError, Membership, MembershipConfig};
+
+use crate::events::{DecisionKind, membership_decision};
 use cohort_cluster::net::transport::{Transport, TransportConfig};
 use cohort_cluster::secure::Keyring;
 use cohort_cluster::{FaultInjector, MemberAddrs, MemberInfo, MemberState, MembershipEvent, NodeId};
@@ -159,6 +161,8 @@ pub(crate) struct Followers {
     pub processes: Processes,
     pub pg: PgService,
     pub registry: Registry,
+    /// Where membership changes are recorded as decisions (`crate::events`).
+    pub decisions: crate::events::DecisionLog,
 }
 
 impl Followers {
@@ -196,8 +200,22 @@ pub(crate) async fn pump(
             _ = stop.wait() => break,
             _ = refresh.tick() => {}
             event = events.recv() => match event {
-                Ok(MembershipEvent::Up(m)) if m.id != local => followers.up(&m),
-                Ok(MembershipEvent::Down(m) | MembershipEvent::Left(m)) if m.id != local => followers.down(&m),
+                Ok(MembershipEvent::Up(m)) if m.id != local => {
+                    followers.decisions.record(membership_decision(DecisionKind::MemberUp, &m, "membership reported it reachable"));
+                    followers.up(&m);
+                }
+                Ok(MembershipEvent::Down(m)) if m.id != local => {
+                    followers.decisions.record(membership_decision(
+                        DecisionKind::MemberDown,
+                        &m,
+                        "its suspicion expired unrefuted, or its internode port refused connections",
+                    ));
+                    followers.down(&m);
+                }
+                Ok(MembershipEvent::Left(m)) if m.id != local => {
+                    followers.decisions.record(membership_decision(DecisionKind::MemberLeft, &m, "it announced a graceful leave"));
+                    followers.down(&m);
+                }
                 Ok(_) => {}
                 Err(EventRecvError::Lagged { skipped }) => {
                     tracing::warn!(skipped, "membership events lagged; resynchronising from the view");

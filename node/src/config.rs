@@ -99,6 +99,22 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// The consistent tier's raft group.
     pub raft: RaftSection,
+    /// The decision log.
+    pub events: EventsConfig,
+}
+
+/// The decision log (`GET /admin/events`, docs/operations.md "The decision log").
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Decisions kept in the ring (4096); the oldest is evicted and counted.
+    pub capacity: usize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self { capacity: crate::events::DEFAULT_EVENTS_CAPACITY }
+    }
 }
 
 /// How the raft log is stored.
@@ -227,6 +243,7 @@ impl Default for Config {
             processes: ProcessesConfig::default(),
             registry: RegistryConfig::default(),
             raft: RaftSection::default(),
+            events: EventsConfig::default(),
         }
     }
 }
@@ -596,6 +613,9 @@ impl Config {
                     format!("must be between {MIN_SNAPSHOT_CHUNK_BYTES} and {MAX_SNAPSHOT_CHUNK_BYTES}"),
                 ));
             }
+        }
+        if !crate::events::EVENTS_CAPACITY_RANGE.contains(&self.events.capacity) {
+            return Err(ConfigError::invalid("events.capacity", "must be between 16 and 1000000"));
         }
         if !(1..=65_536).contains(&self.http.max_in_flight) {
             return Err(ConfigError::invalid("http.max_in_flight", "must be between 1 and 65536"));

@@ -32,7 +32,7 @@ use crate::health::{Health, HealthReport};
 use crate::metrics::Metrics;
 use crate::node::NodeAddrs;
 use crate::telemetry::LogControl;
-use crate::{http_pg, http_registry};
+use crate::{http_events, http_pg, http_registry};
 use cohort_cluster::faults::FaultRules;
 use cohort_cluster::membership::Membership;
 use cohort_cluster::net::FaultInstallError;
@@ -56,6 +56,9 @@ pub(crate) struct HttpState {
     pub pg: cohort_actors::pg::PgService,
     pub registry: cohort_registry::Registry,
     pub probes: Option<crate::probe::Probes>,
+    pub decisions: crate::events::DecisionLog,
+    /// Live decision streams open now (`http_events::MAX_EVENT_STREAMS`).
+    pub streams: Arc<Semaphore>,
 }
 
 /// A JSON error answer: `{"error": reason, "detail": detail}`.
@@ -145,6 +148,8 @@ pub(crate) fn router(state: HttpState, max_body_bytes: usize) -> Router {
         .route("/admin/probe/register", post(http_registry::probe_register))
         .route("/admin/probe/unregister", post(http_registry::probe_unregister))
         .route("/admin/probe/send", post(http_registry::probe_send))
+        .route("/admin/events", get(http_events::events))
+        .route("/admin/events/stream", get(http_events::stream))
         .route("/admin/raft", get(http_registry::raft))
         .route("/admin/raft/inject", post(http_registry::raft_inject))
         .route("/admin/planes", get(http_registry::planes))

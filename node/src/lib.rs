@@ -29,8 +29,10 @@
 pub mod cli;
 mod cluster_subsystems;
 pub mod config;
+pub mod events;
 pub mod health;
 mod http;
+mod http_events;
 mod http_pg;
 mod http_registry;
 pub mod metrics;

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::events::{DecisionLog, Observed, Observer, RaftObserved};
 use cohort_actors::pg::{PgConfig, PgService};
 use cohort_actors::supervisor::{
     ChildSpec, Restart, RestartIntensity, StopSignal, Strategy, Supervisor, SupervisorMetrics, SupervisorSpec,
@@ -45,6 +46,66 @@ use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
 use crate::probe::Probes;
 use crate::telemetry::LogControl;
+
+/// How often the decision observer compares what the subsystems publish (`crate::events`).
+pub const DECISIONS_PERIOD: Duration = Duration::from_secs(1);
+
+/// What the decision observer reads each turn.
+#[derive(Clone)]
+struct Sources {
+    membership: Membership,
+    transport: Transport,
+    registry: Registry,
+}
+
+impl Sources {
+    fn gather(&self) -> Observed {
+        let mut observed = Observed {
+            members: self.membership.members().as_ref().clone(),
+            local_health_factor: self.membership.local_health_factor(),
+            ..Observed::default()
+        };
+        for peer in self.transport.snapshot().peers {
+            for class in peer.classes {
+                observed.queue_drops.insert((peer.node.name.clone(), class.class.to_string()), class.dropped);
+            }
+        }
+        if let Some(tier) = self.registry.consistent() {
+            let status = tier.raft_status();
+            let planes = tier.planes();
+            observed.restarts.insert("raft".into(), planes.execution.raft_actor_restarts);
+            observed.raft = Some(RaftObserved {
+                term: status.term,
+                leader: status.leader.clone(),
+                voters: status.voters.clone(),
+                degraded_mode: planes.control.degraded_mode.as_str().to_string(),
+                catch_up_state: planes.control.catch_up_state.as_str().to_string(),
+                root_lag: planes.control.root_lag,
+                quorum_reachable: planes.control.quorum_reachable,
+                transitions: planes
+                    .control
+                    .transitions
+                    .iter()
+                    .map(|t| {
+                        let steps = serde_json::to_string(&t.steps).unwrap_or_default();
+                        (t.id.to_string(), (json_name(&t.phase), t.reason.clone(), steps))
+                    })
+                    .collect(),
+            });
+        }
+        observed
+    }
+}
+
+/// A plane value's name as `/admin/planes` writes it (its serde form: a string for the unit
+/// enums the observer reads).
+fn json_name(value: &impl serde::Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        Ok(other) => other.to_string(),
+        Err(_) => String::new(),
+    }
+}
 
 /// How often the runtime watchdog beats its activity check.
 pub const WATCHDOG_PERIOD: Duration = Duration::from_secs(1);
@@ -206,6 +267,7 @@ pub struct Node {
     id: NodeId,
     addrs: NodeAddrs,
     bound: NodeAddrs,
+    decisions: DecisionLog,
     config: Arc<Config>,
     health: Health,
     metrics: Metrics,
@@ -270,6 +332,7 @@ impl Node {
 
         let health = Health::new(started);
         let metrics = Metrics::new(&id.name)?;
+        let decisions = DecisionLog::new(config.events.capacity, metrics.registry())?;
         let startup_gate = health.register_gate("startup")?;
         let cluster_gate = health.register_gate("cluster")?;
         let faults = if config.chaos.enabled { FaultInjector::enabled() } else { FaultInjector::disabled() };
@@ -326,6 +389,7 @@ impl Node {
             id,
             addrs,
             bound,
+            decisions,
             config: Arc::new(config),
             health,
             metrics,
@@ -412,7 +476,34 @@ impl Node {
             processes: self.processes.clone(),
             pg: self.pg.clone(),
             registry: self.registry.clone(),
+            decisions: self.decisions.clone(),
         };
+        let observed = Sources {
+            membership: self.membership.clone(),
+            transport: self.transport.clone(),
+            registry: self.registry.clone(),
+        };
+        let decisions = self.decisions.clone();
+        let observer = ChildSpec::new("decisions", Restart::Permanent, move |stop: StopSignal| {
+            let observed = observed.clone();
+            let decisions = decisions.clone();
+            async move {
+                // A fresh observer after a restart primes itself again: nothing is reported twice.
+                let mut observer = Observer::default();
+                let mut tick = tokio::time::interval(DECISIONS_PERIOD);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = stop.wait() => return Ok(()),
+                        _ = tick.tick() => {
+                            for decision in observer.observe(&observed.gather()) {
+                                decisions.record(decision);
+                            }
+                        }
+                    }
+                }
+            }
+        });
         let membership = self.membership.clone();
         let pump = ChildSpec::new("cluster", Restart::Permanent, move |stop: StopSignal| {
             cluster::pump(membership.clone(), followers.clone(), gate.clone(), stop)
@@ -420,7 +511,8 @@ impl Node {
         let spec = SupervisorSpec::new("node", Strategy::OneForOne)
             .with_intensity(NODE_RESTART_INTENSITY)
             .with_child(watchdog)
-            .with_child(pump);
+            .with_child(pump)
+            .with_child(observer);
         let supervisor =
             Supervisor::start(spec, &self.supervisor_metrics).map_err(|e| StartError::Supervisor(e.to_string()))?;
         let watched = supervisor.clone();
@@ -469,6 +561,8 @@ impl Node {
             pg: self.pg.clone(),
             registry: self.registry.clone(),
             probes: self.probes.clone(),
+            decisions: self.decisions.clone(),
+            streams: Arc::new(Semaphore::new(crate::http_events::MAX_EVENT_STREAMS)),
         };
         let app = http::router(state, self.config.http.max_body_bytes);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -495,6 +589,11 @@ impl Node {
     /// advertise is set. Seeds for other nodes come from here.
     pub fn addrs(&self) -> NodeAddrs {
         self.addrs
+    }
+
+    /// The decision log (`GET /admin/events`).
+    pub fn decisions(&self) -> &DecisionLog {
+        &self.decisions
     }
 
     /// The addresses the listeners are bound to (real ports, also when the config asked for port 0).

@@ -356,3 +356,103 @@ async fn ipv6_nodes_form_a_cluster() {
         n.shutdown().await;
     }
 }
+
+/// Reads a Server-Sent Events stream from `base` + `path` until a `decision` event whose JSON
+/// satisfies `want`, within `within`; returns that JSON.
+async fn sse_until(
+    base: &str,
+    path: &str,
+    within: Duration,
+    want: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.unwrap();
+    let deadline = Instant::now() + within;
+    let mut text = String::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        for block in text.split("\n\n") {
+            if !block.contains("event: decision") {
+                continue;
+            }
+            let data: String = block.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+            if let Ok(json) = serde_json::from_str::<serde_json::Value>(&data)
+                && want(&json)
+            {
+                return json;
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no matching decision on the stream within {within:?}:\n{text}");
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Ok(Ok(0)) => panic!("the stream closed:\n{text}"),
+            Ok(Ok(n)) => text.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Ok(Err(e)) => panic!("read: {e}"),
+            Err(_) => panic!("no matching decision on the stream within {within:?}:\n{text}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_decision_log_explains_a_partition_the_downing_and_the_heal() {
+    let secret = secret_file(common::TEST_KEY);
+    let (a, b, c) = three(&secret).await;
+    for n in [&a, &b, &c] {
+        wait_states(n, &ALL_ALIVE, Duration::from_secs(10)).await;
+    }
+    // Every member's arrival is on record, with its address as evidence.
+    let ups = get(&url(&a), "/admin/events?kind=MemberUp").await.json();
+    let subjects: Vec<&str> = ups["events"].as_array().unwrap().iter().filter_map(|e| e["subject"].as_str()).collect();
+    assert!(subjects.iter().any(|s| s.starts_with("c.")), "{ups}");
+    assert_eq!(get(&url(&a), "/admin/events?kind=Nope").await.status, 400);
+    let since = ups["next"].as_u64().unwrap();
+
+    let auth = format!("Bearer {TOKEN}");
+    let h = [("Authorization", auth.as_str())];
+    let cut_c = r#"{"rules":[{"peer":"c","direction":"both","drop":1.0}]}"#;
+    let cut_ab = r#"{"rules":[{"peer":"a","drop":1.0},{"peer":"b","drop":1.0}]}"#;
+    for (n, body) in [(&a, cut_c), (&b, cut_c), (&c, cut_ab)] {
+        assert_eq!(request("POST", &url(n), "/admin/faults", &h, Some(body)).await.status, 200);
+    }
+    // The suspicion, then the downing, each with its evidence, in that order.
+    let page = wait_for(Duration::from_secs(20), "a records c suspected, then down", || async {
+        let page = get(&url(&a), &format!("/admin/events?since={since}")).await.json();
+        let events = page["events"].as_array()?.clone();
+        let about_c = |kind: &str| {
+            events.iter().position(|e| e["kind"] == kind && e["subject"].as_str().is_some_and(|s| s.starts_with("c.")))
+        };
+        match (about_c("MemberSuspected"), about_c("MemberDown")) {
+            (Some(suspected), Some(down)) if suspected < down => Some(page),
+            _ => None,
+        }
+    })
+    .await;
+    let down = page["events"].as_array().unwrap().iter().find(|e| e["kind"] == "MemberDown").unwrap().clone();
+    assert!(down["seq"].as_u64().unwrap() > since && down["at_ms"].as_u64().unwrap() > 0, "{down}");
+    assert!(down["evidence"]["detail"].as_str().is_some_and(|d| !d.is_empty()), "{down}");
+    let suspected = page["events"].as_array().unwrap().iter().find(|e| e["kind"] == "MemberSuspected").unwrap().clone();
+    assert!(suspected["evidence"]["local_health_factor"].as_f64().is_some(), "{suspected}");
+
+    // A live reader sees the heal as it happens. It starts from the last sequence read, so a
+    // decision recorded before its subscription is replayed from the ring, not lost.
+    let before_heal = get(&url(&a), &format!("/admin/events?since={since}")).await.json()["next"].as_u64().unwrap();
+    let base = url(&a);
+    let watch = tokio::spawn(async move {
+        let path = format!("/admin/events/stream?kind=MemberUp&since={before_heal}");
+        sse_until(&base, &path, Duration::from_secs(30), |e| e["subject"].as_str().is_some_and(|s| s.starts_with("c.")))
+            .await
+    });
+    for n in [&a, &b, &c] {
+        assert_eq!(request("DELETE", &url(n), "/admin/faults", &h, None).await.status, 200);
+    }
+    let up = watch.await.unwrap();
+    assert_eq!(up["kind"], "MemberUp", "{up}");
+    let m = get(&url(&a), "/metrics").await.body;
+    assert!(common::metric_sum(&m, "cohort_events_total") >= 4.0, "{m}");
+    for n in [c, b, a] {
+        n.shutdown().await;
+    }
+}
