@@ -60,11 +60,14 @@ pub enum DecisionKind {
     QueueSaturated,
     /// A supervised subsystem was restarted.
     SubsystemRestarted,
+    /// A local process lost an eventual-tier name to a registration made elsewhere (a merge
+    /// after a partition, or two registrations at the same moment).
+    NameRevoked,
 }
 
 impl DecisionKind {
     /// Every kind, in a stable order.
-    pub const ALL: [DecisionKind; 9] = [
+    pub const ALL: [DecisionKind; 10] = [
         Self::MemberUp,
         Self::MemberSuspected,
         Self::MemberDown,
@@ -74,6 +77,7 @@ impl DecisionKind {
         Self::DegradedModeChanged,
         Self::QueueSaturated,
         Self::SubsystemRestarted,
+        Self::NameRevoked,
     ];
 
     /// The name used in JSON, filters and the metric label.
@@ -88,6 +92,7 @@ impl DecisionKind {
             Self::DegradedModeChanged => "DegradedModeChanged",
             Self::QueueSaturated => "QueueSaturated",
             Self::SubsystemRestarted => "SubsystemRestarted",
+            Self::NameRevoked => "NameRevoked",
         }
     }
 
@@ -251,7 +256,14 @@ pub struct Observed {
     pub queue_drops: BTreeMap<(String, String), u64>,
     /// Per subsystem: supervised restarts so far.
     pub restarts: BTreeMap<String, u64>,
+    /// Eventual-tier names local processes lost since the last turn: (name, loser, winner).
+    pub revocations: Vec<(String, String, Option<String>)>,
+    /// Revocations dropped before they could be taken (the tier's bounded buffer overflowed).
+    pub revocations_dropped: u64,
 }
+
+/// The eventual tier's conflict rule, as evidence (docs/concepts.md "Registry tiers").
+pub const EVENTUAL_CONFLICT_RULE: &str = "the registration whose origin node ranks highest for the name wins: larger SHA-256 of name and node name, then higher incarnation, then node name";
 
 /// The consistent tier as the observer sees it.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -385,6 +397,25 @@ impl Observer {
             }
         }
         self.restarts = now.restarts.clone();
+
+        // Revocations are events, not state: each one taken is news, priming or not.
+        for (name, loser, winner) in &now.revocations {
+            out.push(Decision {
+                kind: DecisionKind::NameRevoked,
+                subject: name.clone(),
+                summary: format!(
+                    "{loser} lost the eventual name `{name}` to {}",
+                    winner.as_deref().unwrap_or("a registration not yet visible here")
+                ),
+                evidence: serde_json::json!({
+                    "name": name,
+                    "loser": loser,
+                    "winner": winner,
+                    "rule": EVENTUAL_CONFLICT_RULE,
+                    "dropped_before": now.revocations_dropped,
+                }),
+            });
+        }
         self.primed = true;
         out
     }
@@ -521,5 +552,12 @@ mod tests {
         seen.restarts.insert("raft".into(), 1);
         let kinds: Vec<DecisionKind> = o.observe(&seen).into_iter().map(|d| d.kind).collect();
         assert_eq!(kinds, vec![DecisionKind::VoterTransition, DecisionKind::SubsystemRestarted]);
+        seen.revocations = vec![("svc".into(), "<a.1.7>".into(), Some("<b.1.3>".into()))];
+        let revoked = o.observe(&seen);
+        assert_eq!(revoked.len(), 1);
+        assert_eq!(
+            (revoked[0].kind, revoked[0].evidence["winner"].as_str()),
+            (DecisionKind::NameRevoked, Some("<b.1.3>"))
+        );
     }
 }

@@ -70,6 +70,10 @@ impl Sources {
                 observed.queue_drops.insert((peer.node.name.clone(), class.class.to_string()), class.dropped);
             }
         }
+        let (revocations, dropped) = self.registry.eventual().take_revocations();
+        observed.revocations =
+            revocations.into_iter().map(|r| (r.name, r.loser.to_string(), r.winner.map(|w| w.to_string()))).collect();
+        observed.revocations_dropped = dropped;
         if let Some(tier) = self.registry.consistent() {
             let status = tier.raft_status();
             let planes = tier.planes();

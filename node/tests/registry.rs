@@ -177,6 +177,16 @@ async fn concurrent_registrations_across_a_partition_resolve_to_one_owner_and_th
         revocations += metric_sum(&get(u, "/metrics").await.body, "cohort_registry_revocations_total");
     }
     assert_eq!(revocations, 1.0);
+    // The losing node's decision log says who lost to whom, and by which rule.
+    let (loser, loser_url) = if winner == a { (&z, &c.urls[2]) } else { (&a, &c.urls[0]) };
+    let decision = wait_for(PROPAGATION, "NameRevoked in the loser's decision log", || async {
+        let page = get(loser_url, "/admin/events?kind=NameRevoked").await.json();
+        page["events"].as_array()?.iter().find(|e| e["subject"] == "leader").cloned()
+    })
+    .await;
+    assert_eq!(decision["evidence"]["loser"].as_str(), Some(loser.as_str()), "{decision}");
+    assert_eq!(decision["evidence"]["winner"].as_str(), Some(winner.as_str()), "{decision}");
+    assert!(decision["evidence"]["rule"].as_str().is_some_and(|r| r.contains("SHA-256")), "{decision}");
     // The loser no longer holds the name: when the winner exits, the name is free everywhere.
     let owner_url = if winner == a { &c.urls[0] } else { &c.urls[2] };
     assert_eq!(post(owner_url, "/admin/probe/exit", json!({"pids": [winner], "reason": "kill"})).await.0, 200);

@@ -98,6 +98,25 @@ struct Shared {
     /// Peers' deltas the gossip callback could not apply at once (state busy), bounded by
     /// [`MAX_DEFERRED_DELTAS`]; the anti-entropy task applies them.
     deferred: mpsc::Sender<Delta>,
+    /// Names this node's processes lost in a merge, kept for the node's decision log until it
+    /// takes them ([`EventualTier::take_revocations`]); bounded by [`MAX_KEPT_REVOCATIONS`], the
+    /// oldest dropped and counted in `dropped_revocations`.
+    revocations: Mutex<std::collections::VecDeque<Revocation>>,
+    dropped_revocations: AtomicU64,
+}
+
+/// Revocations kept for [`EventualTier::take_revocations`] between two takes.
+pub const MAX_KEPT_REVOCATIONS: usize = 256;
+
+/// A name a local process lost to another owner when two registrations met in a merge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revocation {
+    /// The name.
+    pub name: String,
+    /// The local process that held it and lost it.
+    pub loser: Pid,
+    /// The owner now visible, if known.
+    pub winner: Option<Pid>,
 }
 
 /// One node's eventual tier. Cheap to clone.
@@ -119,6 +138,14 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl EventualTier {
+    /// The names local processes lost in merges since the last call (at most
+    /// [`MAX_KEPT_REVOCATIONS`], oldest first), and how many older ones were dropped because no
+    /// one took them in time.
+    pub fn take_revocations(&self) -> (Vec<Revocation>, u64) {
+        let taken: Vec<Revocation> = lock(&self.shared.revocations).drain(..).collect();
+        (taken, self.shared.dropped_revocations.swap(0, Ordering::Relaxed))
+    }
+
     /// Starts the tier: registers its gossip channel with `membership`, takes the transport's
     /// `registry` class (one consumer per node) and spawns the anti-entropy task.
     pub fn start(
@@ -148,6 +175,8 @@ impl EventualTier {
             broadcasts_refused: AtomicU64::new(0),
             wake: tokio::sync::Notify::new(),
             deferred: deferred_tx,
+            revocations: Mutex::new(std::collections::VecDeque::new()),
+            dropped_revocations: AtomicU64::new(0),
         });
         membership
             .register_channel(CHANNEL_REGISTRY, Arc::new(Channel(Arc::downgrade(&shared))))
@@ -288,6 +317,14 @@ impl Shared {
             match event {
                 Event::Revoked { name, pid, winner } => {
                     tracing::info!(name = %name, loser = %pid, winner = ?winner.as_ref().map(ToString::to_string), "eventual: NameRevoked");
+                    {
+                        let mut kept = lock(&self.revocations);
+                        if kept.len() >= MAX_KEPT_REVOCATIONS {
+                            kept.pop_front();
+                            self.dropped_revocations.fetch_add(1, Ordering::Relaxed);
+                        }
+                        kept.push_back(Revocation { name: name.clone(), loser: pid.clone(), winner: winner.clone() });
+                    }
                     let sink = match inner.sinks.get(name.as_str()) {
                         Some((holder, _)) if *holder == pid => inner.sinks.remove(name.as_str()).map(|(_, sink)| sink),
                         _ => None,
