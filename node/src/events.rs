@@ -3,7 +3,8 @@
 //!
 //! Role: an operator asks *why* — why a member is down, why the voter set changed, why reads are
 //! refused. Every node keeps its own log: [`DecisionLog::record`] appends a [`Decision`] (typed,
-//! SPEC names), logs it at its level, counts it (`cohort_events_total{kind}`) and hands it to the
+//! SPEC names), logs it at its level inside a `decision` span (an OTLP span event when telemetry
+//! export is on), counts it (`cohort_events_total{kind}`) and hands it to the
 //! live subscribers (`GET /admin/events/stream`). `GET /admin/events?since=SEQ&kind=..` reads the
 //! ring.
 //!
@@ -191,6 +192,10 @@ impl DecisionLog {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
+        // Inside a span of its own, so that with OTLP on each decision is exported as a span
+        // event (logs outside any span are not exported as traces).
+        let span = tracing::info_span!("decision", kind = decision.kind.as_str(), subject = %decision.subject);
+        let _entered = span.enter();
         if decision.kind.is_warning() {
             tracing::warn!(kind = decision.kind.as_str(), subject = %decision.subject, evidence = %decision.evidence, "decision: {}", decision.summary);
         } else {
