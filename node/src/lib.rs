@@ -40,6 +40,7 @@ pub mod node;
 pub mod probe;
 pub mod sim_cli;
 pub mod telemetry;
+pub mod testing;
 pub mod up;
 
 pub use cluster_subsystems::{ClusterStartError, load_secret, load_secret_next};
