@@ -59,7 +59,10 @@ pub enum ClusterStartError {
 /// when none is configured (the node can then only form a cluster alone; the start log says so).
 pub fn load_secret(config: &Config) -> Result<ClusterSecret, ClusterStartError> {
     match &config.cluster_secret_file {
-        Some(path) => crate::config::read_cluster_secret(path).map_err(ClusterStartError::Secret),
+        Some(path) => {
+            crate::config::warn_if_readable_by_others("cluster_secret_file", path);
+            crate::config::read_cluster_secret(path).map_err(ClusterStartError::Secret)
+        }
         None => {
             tracing::warn!(
                 "no cluster_secret_file: using a random secret; no other node can join this one \
@@ -74,7 +77,10 @@ pub fn load_secret(config: &Config) -> Result<ClusterSecret, ClusterStartError> 
 /// during a rotation window (see docs/operations.md, "Rotating the cluster key").
 pub fn load_secret_next(config: &Config) -> Result<Option<ClusterSecret>, ClusterStartError> {
     match &config.cluster_secret_file_next {
-        Some(path) => crate::config::read_cluster_secret(path).map(Some).map_err(ClusterStartError::SecretNext),
+        Some(path) => {
+            crate::config::warn_if_readable_by_others("cluster_secret_file_next", path);
+            crate::config::read_cluster_secret(path).map(Some).map_err(ClusterStartError::SecretNext)
+        }
         None => Ok(None),
     }
 }

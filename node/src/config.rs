@@ -706,6 +706,27 @@ pub fn read_cluster_secret(path: &Path) -> Result<ClusterSecret, String> {
     })
 }
 
+/// Warns (once per call) when a secret file can be read by other users: its key material is then
+/// only as private as the machine's other accounts. Not refused, as ssh does for private keys,
+/// because a Kubernetes Secret volume is mode 0644 unless `defaultMode` says otherwise, and a
+/// node that will not start is worse than a warning an operator can act on. Returns whether it
+/// warned.
+pub fn warn_if_readable_by_others(key: &str, path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else { return false };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 == 0 {
+        return false;
+    }
+    tracing::warn!(
+        key,
+        file = %path.display(),
+        mode = format!("{mode:o}"),
+        "a secret file is readable by other users: `chmod 600` it (or set a Secret volume's defaultMode to 0400)"
+    );
+    true
+}
+
 /// Read an admin token file: its trimmed contents.
 pub fn read_admin_token(path: &Path) -> Result<String, String> {
     let text = read_small_text(path)?;
@@ -967,6 +988,18 @@ timeout_ms = 2000
         let c = Config::from_toml_str(text, "n.toml".as_ref()).unwrap();
         assert_eq!(c.gossip.advertise_port, Some(30481));
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn a_secret_file_readable_by_others_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::env::temp_dir().join(format!("cohort-mode-{}-{}", std::process::id(), line!()));
+        std::fs::write(&path, "x").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(warn_if_readable_by_others("cluster_secret_file", &path));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(!warn_if_readable_by_others("cluster_secret_file", &path));
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

@@ -302,6 +302,9 @@ impl Node {
         // Read before anything binds: a token file that went missing since validation stops the
         // start rather than leaving the admin API without its token.
         let admin_token = config.admin_token()?;
+        if let Some(path) = &config.admin_token_file {
+            crate::config::warn_if_readable_by_others("admin_token_file", path);
+        }
         let id = NodeId::new(config.name.clone(), NodeId::fresh_incarnation());
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
