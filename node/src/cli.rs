@@ -44,6 +44,9 @@ enum Command {
     Chaos(ChaosCommand),
     /// Deterministic whole-cluster simulation: seeded composed faults on a simulated network and clock.
     Sim(crate::sim_cli::SimArgs),
+    /// Operator commands against a running node's HTTP surface: members, status, raft, names, pg, faults.
+    #[command(long_about = crate::ctl::CTL_ABOUT)]
+    Ctl(crate::ctl::CtlArgs),
 }
 
 /// The long help of `cohort keygen`.
@@ -198,6 +201,7 @@ pub fn main() -> ExitCode {
         Command::Keygen(args) => keygen(&args),
         Command::Chaos(ChaosCommand::Run(args)) => run_chaos(args),
         Command::Sim(args) => crate::sim_cli::run(args),
+        Command::Ctl(args) => crate::ctl::run(args),
     }
 }
 

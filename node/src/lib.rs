@@ -29,6 +29,7 @@
 pub mod cli;
 mod cluster_subsystems;
 pub mod config;
+pub mod ctl;
 pub mod events;
 pub mod health;
 mod http;
