@@ -17,6 +17,7 @@
 
 mod client;
 mod commands;
+mod events;
 mod render;
 mod status;
 mod views;
@@ -128,6 +129,9 @@ enum CtlCommand {
     /// Fault rules of a chaos node (`--chaos`): show, set (replace), clear.
     #[command(subcommand)]
     Faults(commands::FaultsCommand),
+    /// The node's decision log: why members went down, leaders and voters changed, names were
+    /// revoked, with the evidence (--follow to watch it live).
+    Events(events::EventsArgs),
 }
 
 /// Why a command failed; [`CtlError::exit_code`] maps it onto the exit codes.
@@ -335,6 +339,7 @@ fn dispatch(ctx: &Ctx, command: CtlCommand) -> Result<Done, CtlError> {
         CtlCommand::Lookup(args) => commands::lookup(ctx, &args),
         CtlCommand::Pg(command) => commands::pg(ctx, &command),
         CtlCommand::Faults(command) => commands::faults(ctx, &command),
+        CtlCommand::Events(args) => events::events(ctx, &args),
     }
 }
 

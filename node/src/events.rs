@@ -226,6 +226,9 @@ impl DecisionLog {
     pub fn read(&self, since: u64, kinds: &[DecisionKind], limit: usize) -> Page {
         let limit = limit.clamp(1, MAX_EVENTS_PER_READ);
         let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        // A `since` from the future (a reader that followed an earlier run of this node, whose
+        // numbers start again at 1) means "from now on", not "never".
+        let since = since.min(ring.next_seq - 1);
         let oldest = ring.entries.front().map_or(ring.next_seq, |r| r.seq);
         let missed = since.saturating_add(1) < oldest && ring.evicted > 0;
         let mut events = Vec::new();
@@ -486,6 +489,8 @@ mod tests {
         let page = log.read(5, &[], 100);
         assert!(page.events.is_empty());
         assert_eq!(page.next, 5, "nothing new: ask again from the same place");
+        let page = log.read(1_000, &[], 100);
+        assert_eq!((page.events.len(), page.next), (0, 5), "a since from another run means from now on");
     }
 
     #[test]

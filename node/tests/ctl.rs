@@ -208,6 +208,14 @@ async fn ctl_reads_a_cluster_and_partitions_and_heals_it() {
     assert_eq!(wrong.code, Some(1), "{wrong:?}");
     assert!(wrong.stderr.contains("401 Unauthorized"), "{wrong:?}");
 
+    // Someone watches n0's decision log live while the partition happens, from what it holds
+    // now on.
+    let now = ctl(n0, &["events", "-o", "json"]).await.assert_ok().json()["next"].to_string();
+    let follow = common::Proc::spawn_env(
+        &["ctl", "events", "--follow", "--kind", "MemberSuspected,MemberDown,MemberUp", "--since", &now, "--node", n0],
+        &[],
+    );
+
     // {n0, n1} | {n2}: the token from the environment on one side, from a file on the other.
     let env = [("COHORT_ADMIN_TOKEN", TOKEN)];
     for u in &urls[..2] {
@@ -249,6 +257,18 @@ async fn ctl_reads_a_cluster_and_partitions_and_heals_it() {
     .await;
     assert!(cut.stdout.contains("ready             no ("), "{cut:?}");
 
+    // `events --follow` printed the downing of n2 as it happened; `events` shows it with its
+    // evidence in JSON.
+    follow.wait_stdout("MemberDown", Duration::from_secs(10)).await;
+    let downs = ctl(n0, &["events", "--kind", "MemberDown", "-o", "json"]).await;
+    let downs = downs.assert_ok().json();
+    let n2_down =
+        downs["events"].as_array().unwrap().iter().find(|e| e["subject"].as_str().unwrap_or("").starts_with("n2."));
+    assert!(n2_down.is_some_and(|e| e["evidence"]["detail"].is_string()), "{downs}");
+    let table = ctl(n0, &["events", "--kind", "MemberDown"]).await;
+    assert_eq!(table.assert_ok().rows()[0], ["SEQ", "UTC", "KIND", "SUBJECT", "SUMMARY"]);
+    assert_eq!(ctl(n0, &["events", "--kind", "Nope"]).await.code, Some(1), "the node refuses an unknown kind");
+
     // Heal from one node: every member's rules cleared, every view whole again.
     let cleared = ctl(n0, &["faults", "clear", "--all", "-o", "json", "--admin-token-file", token_file]).await;
     let nodes = cleared.assert_ok().json()["nodes"].clone();
@@ -261,6 +281,8 @@ async fn ctl_reads_a_cluster_and_partitions_and_heals_it() {
     for u in &urls {
         wait_members(u, &ALL_ALIVE, Duration::from_secs(30)).await;
     }
+    follow.wait_stdout("MemberUp", Duration::from_secs(10)).await;
+    drop(follow);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
