@@ -57,8 +57,9 @@ pub enum DecisionKind {
     VoterTransition,
     /// This node's degraded mode changed (what reads it may serve).
     DegradedModeChanged,
-    /// Frames to a peer were dropped or refused because a class queue was full.
-    QueueSaturated,
+    /// Frames of a class to or from a peer were dropped or refused: a full queue, a lost
+    /// connection, or an injected fault (the transport counts them together per class).
+    FramesDropped,
     /// A supervised subsystem was restarted.
     SubsystemRestarted,
     /// A local process lost an eventual-tier name to a registration made elsewhere (a merge
@@ -76,7 +77,7 @@ impl DecisionKind {
         Self::LeaderElected,
         Self::VoterTransition,
         Self::DegradedModeChanged,
-        Self::QueueSaturated,
+        Self::FramesDropped,
         Self::SubsystemRestarted,
         Self::NameRevoked,
     ];
@@ -91,7 +92,7 @@ impl DecisionKind {
             Self::LeaderElected => "LeaderElected",
             Self::VoterTransition => "VoterTransition",
             Self::DegradedModeChanged => "DegradedModeChanged",
-            Self::QueueSaturated => "QueueSaturated",
+            Self::FramesDropped => "FramesDropped",
             Self::SubsystemRestarted => "SubsystemRestarted",
             Self::NameRevoked => "NameRevoked",
         }
@@ -104,7 +105,7 @@ impl DecisionKind {
 
     /// Whether it is worth a warning in the logs (something an operator should look at).
     fn is_warning(self) -> bool {
-        matches!(self, Self::MemberDown | Self::QueueSaturated | Self::SubsystemRestarted)
+        matches!(self, Self::MemberDown | Self::FramesDropped | Self::SubsystemRestarted)
     }
 }
 
@@ -384,10 +385,16 @@ impl Observer {
             let before = self.queue_drops.get(&(peer.clone(), class.clone())).copied().unwrap_or(0);
             if dropped > before && self.primed {
                 out.push(Decision {
-                    kind: DecisionKind::QueueSaturated,
+                    kind: DecisionKind::FramesDropped,
                     subject: peer.clone(),
-                    summary: format!("{} {class} frames to {peer} dropped or refused: its queue was full", dropped - before),
-                    evidence: serde_json::json!({ "peer": peer, "class": class, "dropped": dropped - before, "total": dropped }),
+                    summary: format!("{} {class} frames to or from {peer} dropped or refused", dropped - before),
+                    evidence: serde_json::json!({
+                        "peer": peer,
+                        "class": class,
+                        "dropped": dropped - before,
+                        "total": dropped,
+                        "causes": "a full queue, a lost connection or an injected fault: cohort_internode_dropped_total{class,reason} tells them apart",
+                    }),
                 });
             }
         }
@@ -552,7 +559,7 @@ mod tests {
                 DecisionKind::MemberSuspected,
                 DecisionKind::LeaderElected,
                 DecisionKind::DegradedModeChanged,
-                DecisionKind::QueueSaturated
+                DecisionKind::FramesDropped
             ]
         );
         assert!(o.observe(&seen).is_empty(), "still suspect, same leader, same drops: nothing new");

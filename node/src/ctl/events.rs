@@ -25,7 +25,7 @@ pub(crate) const FOLLOW_EVERY: Duration = Duration::from_millis(500);
 #[derive(Args, Debug)]
 pub(crate) struct EventsArgs {
     /// Only these kinds (comma-separated or repeated): MemberUp, MemberSuspected, MemberDown,
-    /// MemberLeft, LeaderElected, VoterTransition, DegradedModeChanged, QueueSaturated,
+    /// MemberLeft, LeaderElected, VoterTransition, DegradedModeChanged, FramesDropped,
     /// SubsystemRestarted, NameRevoked.
     #[arg(long, value_delimiter = ',', value_name = "KIND")]
     kind: Vec<String>,
@@ -123,7 +123,7 @@ fn line(d: &Decision, color: bool) -> String {
 
 fn paint(kind: &str) -> Paint {
     match kind {
-        "MemberDown" | "QueueSaturated" | "SubsystemRestarted" | "NameRevoked" => Paint::Bad,
+        "MemberDown" | "FramesDropped" | "SubsystemRestarted" | "NameRevoked" => Paint::Bad,
         "MemberUp" | "LeaderElected" => Paint::Good,
         _ => Paint::Dim,
     }
