@@ -12,7 +12,12 @@
 //!   stable voters are the leader's voters when the cluster was last healthy for 10 s: judging
 //!   against them (not against the voters of the moment) is what catches a self-healing rule
 //!   that shrank the set during the faults and so made the cluster less fault tolerant than doing
-//!   nothing would have.
+//!   nothing would have. A recovery after a stable voter **left gracefully** (since the stable
+//!   snapshot) is not judged: a leave is an operator's removal, by design (docs/consistent.md,
+//!   `Left` departs at once), so the stable voters no longer say what "doing nothing" would give
+//!   (seeds 1038, 1133, 1766, 1926 of 3 nodes, `all`: a voter left, the 2 remaining voters
+//!   became 1, then that one, the leader, left too; plain Raft with the operator's removal is
+//!   unavailable there as well). The next snapshot, 10 s into a healthy cluster, is the new base.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -221,6 +226,7 @@ pub fn available_after_heal(
     ops: &[Recorded],
     topology: &[Topology],
     stable_voters: &[(u64, BTreeSet<usize>)],
+    leaves_at: &[(u64, usize)],
     clients_stop_us: u64,
 ) -> Verdict {
     const NAME: &str = "consistent_available_after_heal";
@@ -231,8 +237,11 @@ pub fn available_after_heal(
         .collect();
     let (mut judged, mut slowest) = (0usize, 0.0f64);
     for (i, t) in topology.iter().enumerate().filter(|(_, t)| t.recovery) {
-        let Some((_, voters)) = stable_voters.iter().rev().find(|(at, _)| *at <= t.at_us) else { continue };
+        let Some((stable_at, voters)) = stable_voters.iter().rev().find(|(at, _)| *at <= t.at_us) else { continue };
         if voters.is_empty() || t.degraded {
+            continue;
+        }
+        if leaves_at.iter().any(|(at, node)| voters.contains(node) && *at >= *stable_at && *at <= t.at_us) {
             continue;
         }
         let voters: Vec<usize> = voters.iter().copied().collect();

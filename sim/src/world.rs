@@ -397,6 +397,9 @@ struct World {
     ops: Vec<Recorded>,
     topology: Vec<Topology>,
     stable_voters: Vec<(u64, BTreeSet<usize>)>,
+    /// Graceful leaves (µs, node): an operator's removal, not a fault (the availability checker
+    /// does not judge across one).
+    leaves_at: Vec<(u64, usize)>,
     formed: Option<String>,
     hasher: DefaultHasher,
     trace: Vec<String>,
@@ -479,6 +482,7 @@ impl World {
             ops: Vec::new(),
             topology: Vec::new(),
             stable_voters: Vec::new(),
+            leaves_at: Vec::new(),
             formed: None,
             hasher: DefaultHasher::new(),
             trace: Vec::new(),
@@ -1038,6 +1042,7 @@ impl World {
     fn leave(&mut self, i: usize) {
         self.may_evict(i);
         self.stats.leaves += 1;
+        self.leaves_at.push((self.now, i));
         self.nodes[i].driver = None;
         self.links.clear_node(i);
         self.nodes[i].eventual = eventual::EventualSide::default();
@@ -1341,7 +1346,13 @@ impl World {
         verdicts.push(check::linearizable(&self.ops));
         verdicts.push(check::single_owner_per_token(&self.ops));
         verdicts.push(check::tokens_monotonic(&self.ops));
-        verdicts.push(check::available_after_heal(&self.ops, &self.topology, &self.stable_voters, self.client_stop));
+        verdicts.push(check::available_after_heal(
+            &self.ops,
+            &self.topology,
+            &self.stable_voters,
+            &self.leaves_at,
+            self.client_stop,
+        ));
         verdicts.push(self.converged());
         verdicts.push(self.eventual_converged());
         if self.cfg.pg {

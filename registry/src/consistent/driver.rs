@@ -731,13 +731,13 @@ impl<W, R> Driver<W, R> {
             }
         }
         if let Some(change) = out.leader_change {
-            tracing::info!(leader = ?change.leader_node.map(|n| n.name), term = change.term, "consistent: leader changed");
+            tracing::info!(node = %self.local, leader = ?change.leader_node.map(|n| n.name), term = change.term, "consistent: leader changed");
             self.removing.clear();
             self.down_since.clear();
         }
         self.transitions_dirty |= !out.transitions.is_empty();
         for transition in out.transitions {
-            tracing::info!(id = %transition.id, phase = ?transition.phase, reason = %transition.reason, "consistent: transition");
+            tracing::info!(node = %self.local, id = %transition.id, phase = ?transition.phase, reason = %transition.reason, "consistent: transition");
         }
     }
 
