@@ -17,7 +17,7 @@
 //! trips per latency case, default 5000); tuning: `BENCH_SNDBUF` (`SO_SNDBUF` of both links),
 //! `BENCH_RCVBUF` (`SO_RCVBUF` of accepted links), each in bytes with 0 for the kernel's
 //! autotuning, and `BENCH_BATCH_BYTES`; `BENCH_DEBUG` prints the snapshots after each throughput
-//! case.
+//! case; `BENCH_ONLY=transport:4096` (or `plain:4096`) runs only that throughput case.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -327,6 +327,19 @@ fn main() {
         "{:<10} {:>16} {:>12} {:>16} {:>12} {:>8}",
         "payload", "transport msg/s", "MB/s", "plain msg/s", "MB/s", "ratio"
     );
+    // `BENCH_ONLY=transport:4096` (or `plain:N`) runs that one throughput case and exits: for
+    // profiling one side with `perf`.
+    if let Some(only) = std::env::var("BENCH_ONLY").ok() {
+        let (side, len) = only.split_once(':').unwrap_or((&only, "4096"));
+        let len: usize = len.parse().expect("BENCH_ONLY payload length");
+        let t = if side == "plain" {
+            plain_socket_throughput(len, window)
+        } else {
+            transport_throughput(&config, len, window)
+        };
+        println!("{side} {len} B: {:.0} msg/s, {:.1} MB/s", t.msgs_per_sec, t.mb_per_sec);
+        return;
+    }
     for payload_len in [64usize, 4096] {
         let ours = transport_throughput(&config, payload_len, window);
         let plain = plain_socket_throughput(payload_len, window);

@@ -198,14 +198,22 @@ impl Inner {
         let mut frames = Vec::with_capacity(FRAMES_PER_PASS);
         // Frames a chaos `Delay` fault holds back; empty (and free) unless one is installed.
         let mut held = HeldIn { inbound: self, from, line: DelayLine::default() };
-        let mut buf = BytesMut::with_capacity(chunk);
+        // Opened frame bytes not decoded yet: a frame whose rest is in records still to come.
+        let mut buf = BytesMut::new();
         loop {
-            if let Err(error) = opener.open(&mut raw, &mut buf) {
-                self.metrics.record_error(&error);
-                if self.may_warn() {
-                    tracing::warn!(peer = %from, %error, "internode record refused; closing the connection");
+            // The records are opened in place in `raw`, and their frames decoded from there.
+            match opener.open_in_place(&mut raw) {
+                Ok(opened) if buf.is_empty() => buf = opened,
+                // Only a frame split across records gets here: the writer fills records with
+                // whole frames unless one is larger than a record.
+                Ok(opened) => buf.extend_from_slice(&opened),
+                Err(error) => {
+                    self.metrics.record_error(&error);
+                    if self.may_warn() {
+                        tracing::warn!(peer = %from, %error, "internode record refused; closing the connection");
+                    }
+                    return Err(InboundError::Record { peer: from.clone(), error });
                 }
-                return Err(InboundError::Record { peer: from.clone(), error });
             }
             let decoded = loop {
                 let mut tally = Tally::default();
@@ -251,7 +259,13 @@ impl Inner {
                 return Err(InboundError::Frame { peer: from.clone(), error });
             }
             if raw.capacity() - raw.len() < chunk / 2 {
-                raw.reserve(chunk);
+                // A new buffer of `chunk` bytes past what is left (a partial record), rather than
+                // `reserve`: the old buffer is shared with the frames just decoded, and `reserve`
+                // would double it whenever they happen to be gone already, up to sizes the
+                // allocator maps and unmaps for each read.
+                let mut fresh = BytesMut::with_capacity(raw.len() + chunk);
+                fresh.extend_from_slice(&raw);
+                raw = fresh;
             }
             if link == Link::Bulk {
                 // One read per poll: the per-frame budget above bounds frames, not bytes; with
