@@ -91,6 +91,9 @@ pub const MAX_RECORD_PLAINTEXT: usize = MAX_NOISE_MESSAGE - NOISE_TAG_BYTES;
 /// Bytes before a record's ciphertext (its length).
 pub const RECORD_HEADER_BYTES: usize = 2;
 
+/// The most bytes one record takes on the wire: its length and the longest Noise message.
+pub const MAX_RECORD_BYTES: usize = RECORD_HEADER_BYTES + MAX_NOISE_MESSAGE;
+
 /// The version byte of a sealed gossip datagram.
 pub const DATAGRAM_VERSION: u8 = 2;
 
