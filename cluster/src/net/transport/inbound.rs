@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
@@ -326,6 +326,10 @@ impl Inner {
             // A full delay line stops reading: the sender's writes back up, as behind a full
             // TCP window.
             let room = held.line.has_room();
+            // At most `chunk` per read, though the buffer has room for more: one read is what
+            // the next poll decrypts, and a bigger one would hold the priority link's reader on
+            // this worker longer.
+            let mut space = (&mut raw).limit(chunk);
             let read = tokio::select! {
                 biased;
                 () = shutdown_signalled(&mut shutdown) => return Ok(()),
@@ -337,7 +341,7 @@ impl Inner {
                     }
                     continue;
                 }
-                read = stream.read_buf(&mut raw), if room => read,
+                read = stream.read_buf(&mut space), if room => read,
             };
             match read {
                 Ok(0) => return Ok(()),
