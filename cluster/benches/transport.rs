@@ -17,7 +17,9 @@
 //! trips per latency case, default 5000); tuning: `BENCH_SNDBUF` (`SO_SNDBUF` of both links),
 //! `BENCH_RCVBUF` (`SO_RCVBUF` of accepted links), each in bytes with 0 for the kernel's
 //! autotuning, and `BENCH_BATCH_BYTES`; `BENCH_DEBUG` prints the snapshots after each throughput
-//! case; `BENCH_ONLY=transport:4096` (or `plain:4096`) runs only that throughput case.
+//! case; `BENCH_ONLY=transport:4096` (or `plain:4096`) runs only that throughput case and
+//! prints each busy thread's CPU time per payload byte; `BENCH_ONLY=raft:4096` runs only the raft
+//! round trips, unloaded and under that flood.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -366,6 +368,19 @@ fn main() {
     if let Ok(only) = std::env::var("BENCH_ONLY") {
         let (side, len) = only.split_once(':').unwrap_or((&only, "4096"));
         let len: usize = len.parse().expect("BENCH_ONLY payload length");
+        if side == "raft" {
+            // Round trips unloaded, then under a flood of `len`-byte frames.
+            let mut p99s = Vec::new();
+            for flood in [None, Some(len)] {
+                let mut samples = raft_round_trips(&config, pings, flood);
+                samples.sort_unstable();
+                let (p50, p99) = (percentile(&samples, 0.50), percentile(&samples, 0.99));
+                p99s.push(p99);
+                println!("raft {flood:?}: p50 {:.0} µs, p99 {:.0} µs", micros(p50), micros(p99));
+            }
+            println!("raft p99 under {len} B flood / unloaded: {:.2}x", p99s[1].as_secs_f64() / p99s[0].as_secs_f64());
+            return;
+        }
         let t = if side == "plain" {
             plain_socket_throughput(len, window)
         } else {
