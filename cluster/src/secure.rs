@@ -541,8 +541,8 @@ impl Opener {
     /// plaintext of those records, in order (possibly empty); a partial record stays in `raw`.
     ///
     /// No copy: each record is decrypted onto the end of the plaintext of the ones before it, in
-    /// `raw`'s own memory (which the returned buffer then shares). On an error nothing is taken
-    /// and the connection must close.
+    /// `raw`'s own memory (which the returned buffer then shares). On an error nothing is
+    /// returned and the connection must close (`raw` may then hold partly decrypted records).
     pub fn open_in_place(&mut self, raw: &mut BytesMut) -> Result<BytesMut, RecordError> {
         // `read` walks the records; `written` is where the plaintext so far ends.
         let (mut read, mut written) = (0usize, 0usize);
@@ -574,6 +574,10 @@ impl Opener {
                 .map_err(|_| RecordError::Auth)?;
             written += len - NOISE_TAG_BYTES;
             read = end;
+        }
+        if read == 0 {
+            // Nothing whole yet; an empty buffer that does not share `raw`'s memory.
+            return Ok(BytesMut::new());
         }
         let mut plaintext = raw.split_to(read);
         plaintext.truncate(written);

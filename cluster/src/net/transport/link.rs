@@ -2,8 +2,8 @@
 //! naming the link, then drain that link's queues in batches onto the connection, each batch
 //! encoded straight into encrypted records ([`Sealer`], sealed in place) and written with one
 //! `write_all`; on any failure, back off (exponential, jittered, rate-limited across peers) and
-//! dial again, while frames keep queuing under their class policies. The two links of a peer are independent
-//! tasks: one being slow, blocked or redialling never holds up the other.
+//! dial again, while frames keep queuing under their class policies. The two links of a peer are
+//! independent tasks: one being slow, blocked or redialling never holds up the other.
 
 use std::io;
 use std::sync::Arc;
