@@ -17,7 +17,9 @@
 //! trips per latency case, default 5000); tuning: `BENCH_SNDBUF` (`SO_SNDBUF` of both links),
 //! `BENCH_RCVBUF` (`SO_RCVBUF` of accepted links), each in bytes with 0 for the kernel's
 //! autotuning, and `BENCH_BATCH_BYTES`; `BENCH_DEBUG` prints the snapshots after each throughput
-//! case.
+//! case; `BENCH_ONLY=transport:4096` (or `plain:4096`) runs only that throughput case and
+//! prints each busy thread's CPU time per payload byte; `BENCH_ONLY=raft:4096` runs only the raft
+//! round trips, unloaded and under that flood.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -163,12 +165,46 @@ struct Throughput {
     mb_per_sec: f64,
 }
 
+/// Per thread of this process: (name, ns on a CPU, ns waiting for one), from
+/// `/proc/self/task/*/schedstat`; empty where that does not exist.
+fn thread_times() -> Vec<(String, u64, u64)> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return Vec::new() };
+    let mut out = Vec::new();
+    for task in tasks.flatten() {
+        let path = task.path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default().trim().to_owned();
+        let stat = std::fs::read_to_string(path.join("schedstat")).unwrap_or_default();
+        let mut fields = stat.split_whitespace().map(|f| f.parse::<u64>().unwrap_or(0));
+        let (run, wait) = (fields.next().unwrap_or(0), fields.next().unwrap_or(0));
+        out.push((format!("{name}/{}", task.file_name().to_string_lossy()), run, wait));
+    }
+    out
+}
+
 fn measure(received: &AtomicU64, payload_len: usize, warmup: Duration, window: Duration) -> Throughput {
     std::thread::sleep(warmup);
+    let before = thread_times();
     let (start_count, start) = (received.load(Ordering::Relaxed), Instant::now());
     std::thread::sleep(window);
     let n = received.load(Ordering::Relaxed) - start_count;
     let secs = start.elapsed().as_secs_f64();
+    if std::env::var("BENCH_ONLY").is_ok() {
+        // CPU cost per payload byte of each busy thread: unlike throughput, hardly moved by other
+        // load on the machine (the wait column says how much of that there was).
+        let bytes = (n as f64 * payload_len as f64).max(1.0);
+        for (name, run, wait) in thread_times() {
+            let Some((_, run0, wait0)) = before.iter().find(|(other, _, _)| *other == name) else { continue };
+            let (run, wait) = (run - run0, wait - wait0);
+            if run as f64 > 0.05 * secs * 1e9 {
+                println!(
+                    "  {name:<24} on cpu {:>5.1} %, {:.3} ns per payload byte, waited {:.1} % of the window",
+                    run as f64 / secs / 1e7,
+                    run as f64 / bytes,
+                    wait as f64 / secs / 1e7
+                );
+            }
+        }
+    }
     let msgs_per_sec = n as f64 / secs;
     // Payload bytes only (the same for both sides of the comparison).
     Throughput { msgs_per_sec, mb_per_sec: msgs_per_sec * payload_len as f64 / 1e6 }
@@ -327,6 +363,32 @@ fn main() {
         "{:<10} {:>16} {:>12} {:>16} {:>12} {:>8}",
         "payload", "transport msg/s", "MB/s", "plain msg/s", "MB/s", "ratio"
     );
+    // `BENCH_ONLY=transport:4096` (or `plain:N`) runs that one throughput case and exits: for
+    // profiling one side with `perf`.
+    if let Ok(only) = std::env::var("BENCH_ONLY") {
+        let (side, len) = only.split_once(':').unwrap_or((&only, "4096"));
+        let len: usize = len.parse().expect("BENCH_ONLY payload length");
+        if side == "raft" {
+            // Round trips unloaded, then under a flood of `len`-byte frames.
+            let mut p99s = Vec::new();
+            for flood in [None, Some(len)] {
+                let mut samples = raft_round_trips(&config, pings, flood);
+                samples.sort_unstable();
+                let (p50, p99) = (percentile(&samples, 0.50), percentile(&samples, 0.99));
+                p99s.push(p99);
+                println!("raft {flood:?}: p50 {:.0} µs, p99 {:.0} µs", micros(p50), micros(p99));
+            }
+            println!("raft p99 under {len} B flood / unloaded: {:.2}x", p99s[1].as_secs_f64() / p99s[0].as_secs_f64());
+            return;
+        }
+        let t = if side == "plain" {
+            plain_socket_throughput(len, window)
+        } else {
+            transport_throughput(&config, len, window)
+        };
+        println!("{side} {len} B: {:.0} msg/s, {:.1} MB/s", t.msgs_per_sec, t.mb_per_sec);
+        return;
+    }
     for payload_len in [64usize, 4096] {
         let ours = transport_throughput(&config, payload_len, window);
         let plain = plain_socket_throughput(payload_len, window);

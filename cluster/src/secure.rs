@@ -32,7 +32,12 @@
 //! After the handshake the data flows one way (the initiator writes, the responder reads) as
 //! **records**: `len u16 | ciphertext` with at most [`MAX_RECORD_PLAINTEXT`] bytes of frames
 //! inside. Each direction's nonce is a counter, so a replayed, reordered, dropped or altered
-//! record fails to decrypt and closes the connection.
+//! record fails to decrypt and closes the connection. A record is exactly the Noise transport
+//! message snow would make at that counter; it is sealed and opened with `ring`'s AES-256-GCM
+//! directly, under the key the Noise split gave its direction and with Noise's nonce, so that
+//! frames are encrypted where they were encoded and decrypted where they were read (snow's
+//! `write_message`/`read_message` copy into a second, zero-filled buffer). docs/protocol.md,
+//! "Records", says why this is the same construction.
 //!
 //! **Gossip datagrams** are `version u8 (2) | nonce [24] | XChaCha20-Poly1305(key, nonce,
 //! aad = version, sent_ms u64 | envelope)`. A datagram whose send time is more than the window
@@ -45,11 +50,12 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{BufMut, BytesMut};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hkdf::Hkdf;
 use rand::CryptoRng;
+use ring::aead::{self, Aad, LessSafeKey, Nonce, Tag, UnboundKey};
 use sha2::Sha256;
 use snow::{HandshakeState, TransportState};
 use thiserror::Error;
@@ -84,6 +90,9 @@ pub const MAX_RECORD_PLAINTEXT: usize = MAX_NOISE_MESSAGE - NOISE_TAG_BYTES;
 
 /// Bytes before a record's ciphertext (its length).
 pub const RECORD_HEADER_BYTES: usize = 2;
+
+/// The most bytes one record takes on the wire: its length and the longest Noise message.
+pub const MAX_RECORD_BYTES: usize = RECORD_HEADER_BYTES + MAX_NOISE_MESSAGE;
 
 /// The version byte of a sealed gossip datagram.
 pub const DATAGRAM_VERSION: u8 = 2;
@@ -280,11 +289,14 @@ impl Initiator {
         if peer.name == self.own.name {
             return Err(HandshakeError::SelfConnection { name: peer.name });
         }
+        let (to_responder, _) = self.state.dangerously_get_raw_split();
         let mut transport = self.state.into_transport_mode().map_err(|_| noise_failure("noise transport"))?;
         let mut confirm = vec![0u8; NOISE_TAG_BYTES];
         let n = transport.write_message(&[], &mut confirm).map_err(|_| noise_failure("noise confirm"))?;
         confirm.truncate(n);
-        Ok((Peer { peer }, confirm, Sealer { transport }))
+        // The records continue the initiator's Noise cipher state: same key, next nonce (1).
+        let sealer = Sealer { cipher: RecordCipher::new(to_responder, transport.sending_nonce())? };
+        Ok((Peer { peer }, confirm, sealer))
     }
 }
 
@@ -322,14 +334,17 @@ impl Responder {
         let mut ack = vec![0u8; HANDSHAKE_BUFFER];
         let n = state.write_message(&encode_identity(own)?, &mut ack).map_err(|_| noise_failure("noise ack"))?;
         ack.truncate(n);
+        let (from_initiator, _) = state.dangerously_get_raw_split();
         let transport = state.into_transport_mode().map_err(|_| noise_failure("noise transport"))?;
-        Ok((AwaitingConfirm { transport, peer }, ack))
+        Ok((AwaitingConfirm { transport, from_initiator: Key(from_initiator), peer }, ack))
     }
 }
 
 /// The accepting side, waiting for the initiator's `Confirm`.
 pub struct AwaitingConfirm {
     transport: TransportState,
+    /// The initiator-to-responder key of the Noise split, for the records after the `Confirm`.
+    from_initiator: Key,
     peer: NodeId,
 }
 
@@ -344,7 +359,11 @@ impl AwaitingConfirm {
     pub fn on_confirm(mut self, confirm: &[u8]) -> Result<(Peer, Opener), HandshakeError> {
         let mut empty = [0u8; 1];
         match self.transport.read_message(confirm, &mut empty) {
-            Ok(0) => Ok((Peer { peer: self.peer }, Opener { transport: self.transport })),
+            Ok(0) => {
+                // The records continue the initiator's Noise cipher state: same key, next nonce.
+                let cipher = RecordCipher::new(self.from_initiator.0, self.transport.receiving_nonce())?;
+                Ok((Peer { peer: self.peer }, Opener { cipher }))
+            }
             Ok(_) => Err(noise_failure("confirm carries data")),
             Err(_) => Err(HandshakeError::BadProof),
         }
@@ -384,9 +403,47 @@ impl RecordError {
     }
 }
 
+/// One direction's record cipher: AES-256-GCM (ring) under the key the Noise split gave that
+/// direction, with the nonce of Noise's `AESGCM` cipher functions (32 zero bits, then the
+/// counter as 64 bits big-endian) and empty associated data. A record is therefore byte for byte
+/// the Noise transport message snow would make at that counter; what ring adds is sealing and
+/// opening in place, where snow's `write_message`/`read_message` copy into a second buffer.
+///
+/// Not `Clone`: one counter per direction and connection, so no nonce is used twice.
+struct RecordCipher {
+    key: LessSafeKey,
+    /// The counter of the next record; `u64::MAX` is never used (Noise reserves it).
+    next: u64,
+}
+
+impl RecordCipher {
+    /// The cipher of one direction from its key of the Noise split, continuing at `next`.
+    fn new(key: [u8; KEY_BYTES], next: u64) -> Result<Self, HandshakeError> {
+        // A 32-byte key is always a valid AES-256 key: this cannot fail.
+        let key = UnboundKey::new(&aead::AES_256_GCM, &key).map_err(|_| noise_failure("record key"))?;
+        Ok(Self { key: LessSafeKey::new(key), next })
+    }
+
+    /// The next record's nonce, or `None` when the counter is used up (2^64 - 1 records, as
+    /// snow's `validate_nonce`): the connection must close.
+    fn nonce(&mut self) -> Option<Nonce> {
+        if self.next == u64::MAX {
+            return None;
+        }
+        let mut nonce = [0u8; aead::NONCE_LEN];
+        nonce[4..].copy_from_slice(&self.next.to_be_bytes());
+        self.next += 1;
+        Some(Nonce::assume_unique_for_key(nonce))
+    }
+}
+
 /// Seals the frames a connection writes into records (the initiator's side).
+///
+/// In place: [`start_record`](Self::start_record) reserves a record's length at the end of the
+/// write buffer, the caller encodes frames right after it, and
+/// [`finish_record`](Self::finish_record) encrypts them where they are and appends the tag.
 pub struct Sealer {
-    transport: TransportState,
+    cipher: RecordCipher,
 }
 
 impl fmt::Debug for Sealer {
@@ -395,22 +452,68 @@ impl fmt::Debug for Sealer {
     }
 }
 
+/// Where a record being built in a write buffer starts; see [`Sealer::start_record`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "a started record must be finished"]
+pub struct RecordStart(usize);
+
+impl RecordStart {
+    /// The frame bytes appended to `out` since the record started.
+    pub fn plaintext_len(self, out: &BytesMut) -> usize {
+        out.len().saturating_sub(self.0 + RECORD_HEADER_BYTES)
+    }
+
+    /// Drops the record from `out` (its length and whatever was appended after it) without
+    /// sealing it: no nonce is used.
+    pub fn cancel(self, out: &mut BytesMut) {
+        out.truncate(self.0);
+    }
+}
+
 impl Sealer {
-    /// Appends `plaintext` to `out` as records of at most [`MAX_RECORD_PLAINTEXT`] bytes each.
-    /// Fails only when the connection's nonces are exhausted (2^64 records): close it.
+    /// Starts a record at the end of `out` (room for its length); append at most
+    /// [`MAX_RECORD_PLAINTEXT`] bytes of frames, then call [`finish_record`](Self::finish_record).
+    pub fn start_record(out: &mut BytesMut) -> RecordStart {
+        let start = out.len();
+        out.put_u16(0);
+        RecordStart(start)
+    }
+
+    /// Encrypts the bytes appended since `start` in place and appends the tag. Fails when they
+    /// are more than [`MAX_RECORD_PLAINTEXT`] (a caller bug) or when the connection's nonces are
+    /// used up (2^64 - 1 records): close the connection. On failure `out` is cut back to where
+    /// the record started.
+    pub fn finish_record(&mut self, out: &mut BytesMut, start: RecordStart) -> Result<(), RecordError> {
+        let body = start.0 + RECORD_HEADER_BYTES;
+        let plaintext_len = start.plaintext_len(out);
+        if out.len() < body || plaintext_len > MAX_RECORD_PLAINTEXT {
+            out.truncate(start.0);
+            return Err(RecordError::Length { len: plaintext_len + NOISE_TAG_BYTES });
+        }
+        let Some(nonce) = self.cipher.nonce() else {
+            out.truncate(start.0);
+            return Err(RecordError::Auth);
+        };
+        let Ok(tag) = self.cipher.key.seal_in_place_separate_tag(nonce, Aad::empty(), &mut out[body..]) else {
+            out.truncate(start.0);
+            return Err(RecordError::Auth);
+        };
+        out.extend_from_slice(tag.as_ref());
+        // plaintext_len + 16 <= MAX_NOISE_MESSAGE = u16::MAX, checked above.
+        let len = u16::try_from(plaintext_len + NOISE_TAG_BYTES).unwrap_or(u16::MAX);
+        out[start.0..body].copy_from_slice(&len.to_be_bytes());
+        Ok(())
+    }
+
+    /// Appends `plaintext` to `out` as records of at most [`MAX_RECORD_PLAINTEXT`] bytes each
+    /// (a copy; the write path builds records in place). Fails only when the connection's
+    /// nonces are exhausted: close it.
     pub fn seal(&mut self, plaintext: &[u8], out: &mut BytesMut) -> Result<(), RecordError> {
+        out.reserve(Self::sealed_len(plaintext.len()));
         for chunk in plaintext.chunks(MAX_RECORD_PLAINTEXT) {
-            let start = out.len();
-            out.put_u16(0);
-            out.resize(start + RECORD_HEADER_BYTES + chunk.len() + NOISE_TAG_BYTES, 0);
-            let n = self
-                .transport
-                .write_message(chunk, &mut out[start + RECORD_HEADER_BYTES..])
-                .map_err(|_| RecordError::Auth)?;
-            out.truncate(start + RECORD_HEADER_BYTES + n);
-            // n <= MAX_NOISE_MESSAGE = u16::MAX by construction.
-            let len = u16::try_from(n).map_err(|_| RecordError::Length { len: n })?;
-            out[start..start + RECORD_HEADER_BYTES].copy_from_slice(&len.to_be_bytes());
+            let start = Self::start_record(out);
+            out.extend_from_slice(chunk);
+            self.finish_record(out, start)?;
         }
         Ok(())
     }
@@ -424,7 +527,7 @@ impl Sealer {
 
 /// Opens the records a connection reads (the responder's side).
 pub struct Opener {
-    transport: TransportState,
+    cipher: RecordCipher,
 }
 
 impl fmt::Debug for Opener {
@@ -434,33 +537,59 @@ impl fmt::Debug for Opener {
 }
 
 impl Opener {
-    /// Decrypts every whole record at the front of `raw` (removing it) onto the end of
-    /// `plaintext`; a partial record stays in `raw`. Returns the plaintext bytes added.
-    pub fn open(&mut self, raw: &mut BytesMut, plaintext: &mut BytesMut) -> Result<usize, RecordError> {
-        let mut added = 0;
-        while raw.len() >= RECORD_HEADER_BYTES {
-            let len = usize::from(u16::from_be_bytes([raw[0], raw[1]]));
+    /// Opens every whole record at the front of `raw` in place and takes them off it: the
+    /// plaintext of those records, in order (possibly empty); a partial record stays in `raw`.
+    ///
+    /// No copy: each record is decrypted onto the end of the plaintext of the ones before it, in
+    /// `raw`'s own memory (which the returned buffer then shares). On an error nothing is
+    /// returned and the connection must close (`raw` may then hold partly decrypted records).
+    pub fn open_in_place(&mut self, raw: &mut BytesMut) -> Result<BytesMut, RecordError> {
+        // `read` walks the records; `written` is where the plaintext so far ends.
+        let (mut read, mut written) = (0usize, 0usize);
+        while let Some(header) = raw.get(read..read + RECORD_HEADER_BYTES) {
+            let len = usize::from(u16::from_be_bytes([header[0], header[1]]));
             if len < NOISE_TAG_BYTES {
                 return Err(RecordError::Length { len });
             }
-            if raw.len() < RECORD_HEADER_BYTES + len {
+            let body = read + RECORD_HEADER_BYTES;
+            let end = body + len;
+            if raw.len() < end {
                 break;
             }
-            let start = plaintext.len();
-            plaintext.resize(start + len, 0);
-            let record = &raw[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + len];
-            let n = match self.transport.read_message(record, &mut plaintext[start..]) {
-                Ok(n) => n,
-                Err(_) => {
-                    plaintext.truncate(start);
-                    return Err(RecordError::Auth);
-                }
-            };
-            plaintext.truncate(start + n);
-            raw.advance(RECORD_HEADER_BYTES + len);
-            added += n;
+            let nonce = self.cipher.nonce().ok_or(RecordError::Auth)?;
+            let tag_at = end - NOISE_TAG_BYTES;
+            let mut tag = [0u8; NOISE_TAG_BYTES];
+            tag.copy_from_slice(&raw[tag_at..end]);
+            // The ciphertext at `body..tag_at` is decrypted to `written..`, which is at or
+            // before it (ring reads each block before writing over it).
+            self.cipher
+                .key
+                .open_in_place_separate_tag(
+                    nonce,
+                    Aad::empty(),
+                    Tag::from(tag),
+                    &mut raw[written..tag_at],
+                    body - written..,
+                )
+                .map_err(|_| RecordError::Auth)?;
+            written += len - NOISE_TAG_BYTES;
+            read = end;
         }
-        Ok(added)
+        if read == 0 {
+            // Nothing whole yet; an empty buffer that does not share `raw`'s memory.
+            return Ok(BytesMut::new());
+        }
+        let mut plaintext = raw.split_to(read);
+        plaintext.truncate(written);
+        Ok(plaintext)
+    }
+
+    /// Decrypts every whole record at the front of `raw` (removing it) onto the end of
+    /// `plaintext`; a partial record stays in `raw`. Returns the plaintext bytes added.
+    pub fn open(&mut self, raw: &mut BytesMut, plaintext: &mut BytesMut) -> Result<usize, RecordError> {
+        let opened = self.open_in_place(raw)?;
+        plaintext.extend_from_slice(&opened);
+        Ok(opened.len())
     }
 }
 
@@ -667,6 +796,88 @@ mod tests {
         assert!(raw.is_empty());
         assert_eq!(plain.len(), 6 + 3 * MAX_RECORD_PLAINTEXT + 5);
         assert_eq!(&plain[..6], b"frames");
+    }
+
+    /// Records are Noise transport messages: what the ring sealer makes, snow's transport state
+    /// opens, and the other way round, at the same counters, byte for byte.
+    #[test]
+    fn records_are_the_noise_transport_messages_of_the_split_keys() {
+        let prologue = prologue(1, b"p");
+        let psk = &keys(1).internode[0];
+        let mut initiator = noise(psk, &prologue, true).unwrap();
+        let mut responder = noise(psk, &prologue, false).unwrap();
+        let (mut a, mut b) = (vec![0u8; HANDSHAKE_BUFFER], vec![0u8; HANDSHAKE_BUFFER]);
+        let n = initiator.write_message(b"i", &mut a).unwrap();
+        responder.read_message(&a[..n], &mut b).unwrap();
+        let n = responder.write_message(b"r", &mut a).unwrap();
+        initiator.read_message(&a[..n], &mut b).unwrap();
+        let (to_responder, _) = initiator.dangerously_get_raw_split();
+        let (from_initiator, _) = responder.dangerously_get_raw_split();
+        let mut snow_sender = initiator.into_transport_mode().unwrap();
+        let mut snow_receiver = responder.into_transport_mode().unwrap();
+        let mut sealer = Sealer { cipher: RecordCipher::new(to_responder, 0).unwrap() };
+        let mut opener = Opener { cipher: RecordCipher::new(from_initiator, 0).unwrap() };
+        let mut message = vec![0u8; MAX_NOISE_MESSAGE];
+        let mut payload = vec![0u8; MAX_NOISE_MESSAGE];
+        for (i, len) in [0usize, 1, 15, 16, 17, 4102, MAX_RECORD_PLAINTEXT].into_iter().enumerate() {
+            let plaintext: Vec<u8> = (0..len).map(|j| (i * 31 + j) as u8).collect();
+            // Ours, opened by snow.
+            let mut record = BytesMut::new();
+            let start = Sealer::start_record(&mut record);
+            record.extend_from_slice(&plaintext);
+            sealer.finish_record(&mut record, start).unwrap();
+            let n = snow_sender.write_message(&plaintext, &mut message).unwrap();
+            assert_eq!(&record[..RECORD_HEADER_BYTES], &u16::try_from(n).unwrap().to_be_bytes());
+            assert_eq!(&record[RECORD_HEADER_BYTES..], &message[..n], "same bytes as snow's at counter {i}");
+            let m = snow_receiver.read_message(&record[RECORD_HEADER_BYTES..], &mut payload).unwrap();
+            assert_eq!(&payload[..m], &plaintext[..]);
+            // Snow's message, opened by ours.
+            let mut raw = BytesMut::from(&u16::try_from(n).unwrap().to_be_bytes()[..]);
+            raw.extend_from_slice(&message[..n]);
+            assert_eq!(&opener.open_in_place(&mut raw).unwrap()[..], &plaintext[..]);
+            assert!(raw.is_empty());
+        }
+    }
+
+    /// 40 records built in place (0 to 6 pieces of 100 bytes each) and their plaintext.
+    fn records_in_place(sealer: &mut Sealer) -> (BytesMut, Vec<u8>) {
+        let mut wire = BytesMut::new();
+        let mut expected = Vec::new();
+        for i in 0..40usize {
+            let start = Sealer::start_record(&mut wire);
+            for j in 0..(i % 7) {
+                wire.extend_from_slice(&[(i * 7 + j) as u8; 100]);
+                expected.extend_from_slice(&[(i * 7 + j) as u8; 100]);
+            }
+            assert_eq!(start.plaintext_len(&wire), (i % 7) * 100);
+            sealer.finish_record(&mut wire, start).unwrap();
+        }
+        (wire, expected)
+    }
+
+    #[test]
+    fn records_built_in_place_open_in_place_whatever_the_reads() {
+        for step in [1usize, 3, 17, 250, 4096, 1 << 20] {
+            let (_, _, mut sealer, mut opener) = handshake(&keys(1), &keys(1)).unwrap();
+            let (wire, expected) = records_in_place(&mut sealer);
+            let mut raw = BytesMut::new();
+            let mut plain = Vec::new();
+            for piece in wire.chunks(step) {
+                raw.extend_from_slice(piece);
+                plain.extend_from_slice(&opener.open_in_place(&mut raw).unwrap());
+            }
+            assert!(raw.is_empty());
+            assert_eq!(plain, expected, "reads of {step} bytes");
+        }
+        // A record over the limit is refused and taken back; the next one still opens.
+        let (_, _, mut sealer, mut opener) = handshake(&keys(1), &keys(1)).unwrap();
+        let mut wire = BytesMut::new();
+        let too_long = Sealer::start_record(&mut wire);
+        wire.extend_from_slice(&vec![0; MAX_RECORD_PLAINTEXT + 1]);
+        assert!(sealer.finish_record(&mut wire, too_long).is_err());
+        assert!(wire.is_empty(), "a refused record is taken back");
+        sealer.seal(b"after", &mut wire).unwrap();
+        assert_eq!(&opener.open_in_place(&mut wire).unwrap()[..], b"after");
     }
 
     #[test]

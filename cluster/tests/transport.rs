@@ -316,6 +316,37 @@ async fn frames_of_every_class_flow_both_ways_in_order_tagged_with_sender() {
     b.transport.shutdown().await;
 }
 
+/// Frames of every size around a record's (65,519 bytes of frames): packed whole into records,
+/// cut across records when larger, and a small frame behind a large one: all arrive whole and
+/// in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_smaller_and_larger_than_a_record_arrive_whole_and_in_order() {
+    let (a, b) = pair().await;
+    let mut at_b = b.transport.subscribe(Class::User).unwrap();
+    let record = cohort_cluster::secure::MAX_RECORD_PLAINTEXT;
+    // Payload lengths; each frame adds 6 bytes of header.
+    let sizes =
+        [0, 1, 4096, record - 6, record - 5, record - 4096, 4096, 70_000, 3, 1 << 20, record - 6, 2 * record, 10];
+    for round in 0..3u8 {
+        for (i, len) in sizes.iter().enumerate() {
+            let payload: Bytes = (0..*len).map(|j| (j as u8) ^ (i as u8) ^ round).collect::<Vec<_>>().into();
+            assert_eq!(a.transport.send("b", Class::User, i as u8, payload), Ok(SendOutcome::Queued));
+        }
+    }
+    for round in 0..3u8 {
+        for (i, len) in sizes.iter().enumerate() {
+            let got = recv(&mut at_b).await;
+            assert_eq!((got.kind, got.payload.len()), (i as u8, *len), "round {round}");
+            assert!(
+                got.payload.iter().enumerate().all(|(j, b)| *b == (j as u8) ^ (i as u8) ^ round),
+                "round {round}, frame {i}"
+            );
+        }
+    }
+    a.transport.shutdown().await;
+    b.transport.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_serializes_with_the_admin_field_names_and_send_errors_are_typed() {
     let a = start_node("a", CLUSTER, secret(), fast_config()).await;

@@ -1,9 +1,9 @@
 //! One outbound link to one peer (its priority or its bulk link, see [`Link`]): dial, handshake
 //! naming the link, then drain that link's queues in batches onto the connection, each batch
-//! sealed into encrypted records ([`Sealer`]) and written with one `write_all`; on any
-//! failure, back off (exponential, jittered, rate-limited across peers) and dial again, while
-//! frames keep queuing under their class policies. The two links of a peer are independent
-//! tasks: one being slow, blocked or redialling never holds up the other.
+//! encoded straight into encrypted records ([`Sealer`], sealed in place) and written with one
+//! `write_all`; on any failure, back off (exponential, jittered, rate-limited across peers) and
+//! dial again, while frames keep queuing under their class policies. The two links of a peer are
+//! independent tasks: one being slow, blocked or redialling never holds up the other.
 
 use std::io;
 use std::sync::Arc;
@@ -26,7 +26,7 @@ use super::{Inner, Peer, PeerLink, lock};
 use crate::faults::{Direction, Verdict};
 use crate::frame::Frame;
 use crate::queue::Class;
-use crate::secure::Sealer;
+use crate::secure::{MAX_RECORD_PLAINTEXT, RecordStart, Sealer};
 
 /// Why a link's connection ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -58,10 +58,7 @@ pub(super) async fn run_link(inner: Arc<Inner>, peer: Arc<Peer>, link: Link) {
     let mut shutdown = inner.shutdown.subscribe();
     let mut failures: u32 = 0;
     let mut first_dial = true;
-    let mut buf = Buffers {
-        plain: BytesMut::with_capacity(inner.config.write_batch_max_bytes + 1024),
-        sealed: BytesMut::with_capacity(Sealer::sealed_len(inner.config.write_batch_max_bytes + 1024)),
-    };
+    let mut buf = Buffers::new(&inner.config);
     loop {
         if *shutdown.borrow() {
             return;
@@ -215,9 +212,8 @@ async fn write_loop(
             return LinkEnd::Lost;
         }
         // A rare huge frame must not pin its buffer for the life of the link.
-        if buf.plain.capacity() > 4 * config.write_batch_max_bytes {
-            buf.plain = BytesMut::with_capacity(config.write_batch_max_bytes + 1024);
-            buf.sealed = BytesMut::with_capacity(Sealer::sealed_len(config.write_batch_max_bytes + 1024));
+        if buf.sealed.capacity() > 4 * config.write_batch_max_bytes || buf.large.capacity() > 0 {
+            *buf = Buffers::new(config);
         }
         if kind == Link::Bulk {
             // One batch per poll. Otherwise, while the peer's receive window is open, a flooded
@@ -337,14 +333,30 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// A link's write buffers, kept across batches: the encoded frames and their sealed records.
+/// A link's write buffers, kept across batches.
 struct Buffers {
-    plain: BytesMut,
+    /// The batch's records: frames are encoded straight into them and sealed in place.
     sealed: BytesMut,
+    /// A frame too large for one record, encoded before it is cut into records (rare).
+    large: BytesMut,
 }
 
-/// Encodes the frames into `buf`, seals them and writes the records with one `write_all` (the
+impl Buffers {
+    fn new(config: &super::TransportConfig) -> Self {
+        Self {
+            sealed: BytesMut::with_capacity(Sealer::sealed_len(config.write_batch_max_bytes + 1024)),
+            large: BytesMut::new(),
+        }
+    }
+}
+
+/// Encodes the frames into records, seals them and writes them with one `write_all` (the
 /// fault filter has already judged them, see [`judge`]).
+///
+/// A record holds whole frames, as many as fit in [`MAX_RECORD_PLAINTEXT`], encoded in place
+/// after its length and sealed where they are; only a frame larger than a record is encoded
+/// apart and cut into records of its own. So the reader can usually decode a record's frames
+/// without keeping a partial frame back for the next one.
 async fn write_frames<W: AsyncWrite + Unpin>(
     inner: &Inner,
     peer: &Peer,
@@ -360,35 +372,63 @@ async fn write_frames<W: AsyncWrite + Unpin>(
     for (class, _) in &frames {
         in_flight.pending[class.code() as usize] += 1;
     }
-    buf.plain.clear();
+    let max_frame_bytes = inner.config.max_frame_bytes;
+    buf.sealed.clear();
+    let mut record: Option<RecordStart> = None;
     for (class, frame) in frames {
-        if frame.encode_into(&mut buf.plain, inner.config.max_frame_bytes).is_err() {
+        let len = frame.encoded_len();
+        let encoded = if len > MAX_RECORD_PLAINTEXT {
+            if let Some(start) = record.take() {
+                finish_record(sealer, &mut buf.sealed, start)?;
+            }
+            buf.large.clear();
+            let encoded = frame.encode_into(&mut buf.large, max_frame_bytes).is_ok();
+            if encoded {
+                // Fails only when the connection's 2^64 nonces are used up: a new connection
+                // starts over.
+                sealer.seal(&buf.large, &mut buf.sealed).map_err(io::Error::other)?;
+            }
+            buf.large.clear();
+            encoded
+        } else {
+            let start = match record.take() {
+                Some(start) if start.plaintext_len(&buf.sealed) + len <= MAX_RECORD_PLAINTEXT => start,
+                Some(full) => {
+                    finish_record(sealer, &mut buf.sealed, full)?;
+                    Sealer::start_record(&mut buf.sealed)
+                }
+                None => Sealer::start_record(&mut buf.sealed),
+            };
+            record = Some(start);
+            // Writes nothing when it fails.
+            frame.encode_into(&mut buf.sealed, max_frame_bytes).is_ok()
+        };
+        if !encoded {
             // `send` checked the size; only a config change could get here.
             in_flight.drop_one(class, DropCause::TooLarge);
             continue;
         }
         let entry = &mut in_flight.encoded[class.code() as usize];
         entry.0 += 1;
-        entry.1 += frame.encoded_len() as u64;
+        entry.1 += len as u64;
     }
-    flush(writer, sealer, buf, &mut in_flight).await
-}
-
-async fn flush<W: AsyncWrite + Unpin>(
-    writer: &mut W,
-    sealer: &mut Sealer,
-    buf: &mut Buffers,
-    in_flight: &mut InFlight<'_>,
-) -> io::Result<()> {
-    if buf.plain.is_empty() {
-        return Ok(());
+    if let Some(start) = record {
+        finish_record(sealer, &mut buf.sealed, start)?;
     }
-    buf.sealed.clear();
-    // Fails only when the connection's 2^64 nonces are used up: a new connection starts over.
-    sealer.seal(&buf.plain, &mut buf.sealed).map_err(io::Error::other)?;
-    writer.write_all(&buf.sealed).await?;
-    buf.plain.clear();
-    buf.sealed.clear();
+    if !buf.sealed.is_empty() {
+        writer.write_all(&buf.sealed).await?;
+        buf.sealed.clear();
+    }
     in_flight.written();
     Ok(())
+}
+
+/// Seals the record begun at `start`, or drops it if no frame went into it.
+fn finish_record(sealer: &mut Sealer, sealed: &mut BytesMut, start: RecordStart) -> io::Result<()> {
+    if start.plaintext_len(sealed) == 0 {
+        start.cancel(sealed);
+        return Ok(());
+    }
+    // Fails only when the connection's 2^64 nonces are used up: a new connection starts over.
+    sealer.finish_record(sealed, start).map_err(io::Error::other)
 }
